@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every test, from a fresh clone: fetches ONNX Runtime if it is missing, makes sure a Redis
+# answers (starting a throw-away one on a free port if none does), then `cargo test`.
+# Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test golden`).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+"$root/scripts/fetch-onnxruntime.sh"
+
+if [ ! -f "${TANDEM_SHARED_DIR:-$root/../shared}/models/mobilenet_v2.onnx" ]; then
+  echo "the test models are expected in ../shared/models beside the repository" >&2
+  exit 1
+fi
+
+# Redis for the integration tests: use the one the caller names, else one on 6379, else start one.
+if [ -z "${TANDEM_TEST_REDIS_URL:-}" ]; then
+  if command -v redis-cli >/dev/null && redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+    export TANDEM_TEST_REDIS_URL="redis://127.0.0.1:6379/"
+  elif command -v redis-server >/dev/null; then
+    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    redis_dir="$(mktemp -d)"
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$redis_dir" \
+      --daemonize yes --pidfile "$redis_dir/redis.pid" --logfile "$redis_dir/redis.log"
+    trap 'kill "$(cat "$redis_dir/redis.pid")" 2>/dev/null; rm -rf "$redis_dir"' EXIT
+    for _ in $(seq 50); do redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+    export TANDEM_TEST_REDIS_URL="redis://127.0.0.1:$port/"
+  else
+    echo "no Redis answers on 127.0.0.1:6379 and redis-server is not installed" >&2
+    exit 1
+  fi
+fi
+echo "integration tests use Redis at $TANDEM_TEST_REDIS_URL"
+
+cargo test --locked "$@"

@@ -1,0 +1,175 @@
+//! HTTP API: `POST /predict`, `GET /job/{id}`, health and readiness.
+//!
+//! Handlers only move data between HTTP and the engine/queue: the fast tier answers, the job
+//! is durably enqueued *before* the response is sent, and every error goes through
+//! [`error::ApiError`] so it leaves as `{"error": {"code", "message"}}` with the right status.
+
+pub mod error;
+pub mod input;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tower_http::catch_panic::CatchPanicLayer;
+use uuid::Uuid;
+
+use crate::engine::Classifier;
+use crate::jobs::{JobRecord, JobStatus, NewJob, format_ms, now_ms};
+use crate::queue::JobQueue;
+use error::{ApiError, error_body};
+
+/// Limits applied to `POST /predict`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body: usize,
+    pub max_inflight: usize,
+    pub request_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    fast: Classifier,
+    queue: JobQueue,
+    limits: Limits,
+    inflight: Arc<Semaphore>,
+}
+
+impl AppState {
+    pub fn new(fast: Classifier, queue: JobQueue, limits: Limits) -> Self {
+        let inflight = Arc::new(Semaphore::new(limits.max_inflight.max(1)));
+        Self { inner: Arc::new(Inner { fast, queue, limits, inflight }) }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/predict", post(predict))
+        .route("/job/{id}", get(job))
+        .fallback(not_found)
+        .with_state(state)
+        .layer(CatchPanicLayer::custom(panic_response))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "healthy"}))
+}
+
+async fn live() -> Json<Value> {
+    Json(json!({"status": "alive"}))
+}
+
+/// Ready when the models are loaded (they are before the listener opens) and the queue answers.
+async fn ready(State(state): State<AppState>) -> Response {
+    let queue = state.inner.queue.backend();
+    match state.inner.queue.check_ready().await {
+        Ok(()) => Json(json!({"status": "ready", "queue": queue})).into_response(),
+        Err(err) => {
+            let mut body = error_body("queue_unavailable", &err.to_string());
+            body["status"] = json!("not_ready");
+            body["queue"] = json!(queue);
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+async fn predict(State(state): State<AppState>, request: Request<Body>) -> Result<Json<Value>, ApiError> {
+    // Past the in-flight bound, refuse at once rather than queue without limit.
+    let Ok(_permit) = Arc::clone(&state.inner.inflight).try_acquire_owned() else {
+        return Err(ApiError::Overloaded);
+    };
+    let timeout = state.inner.limits.request_timeout;
+    tokio::time::timeout(timeout, predict_now(&state, request))
+        .await
+        .map_err(|_| ApiError::Timeout(timeout.as_secs_f64()))?
+}
+
+async fn predict_now(state: &AppState, request: Request<Body>) -> Result<Json<Value>, ApiError> {
+    let image = input::read_image(request, state.inner.limits.max_body).await?;
+    let sync = state.inner.fast.classify(image.clone()).await?;
+
+    let id = Uuid::new_v4();
+    let job = NewJob { id, image, sync: sync.clone(), created_at_ms: now_ms() };
+    // Enqueued before answering: a job id the client sees always resolves. If the queue cannot
+    // take it, the fast answer still goes out, with the reason instead of an id.
+    let mut body = json!({"job_id": null, "result_sync": sync.label, "sync": sync, "status_url": null});
+    match state.inner.queue.enqueue(job).await {
+        Ok(()) => {
+            body["job_id"] = json!(id);
+            body["status_url"] = json!(format!("/job/{id}"));
+        }
+        Err(err) => {
+            tracing::debug!(error = %err, "job not queued");
+            body["async_error"] = json!(err.to_string());
+        }
+    }
+    Ok(Json(body))
+}
+
+async fn job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let uuid = Uuid::try_parse(&id).map_err(|_| ApiError::InvalidJobId(id.clone()))?;
+    let record = state.inner.queue.get(uuid).await.map_err(ApiError::Queue)?;
+    let record = record.ok_or(ApiError::JobNotFound(id))?;
+    Ok(Json(job_body(&record)))
+}
+
+/// `GET /job/{id}`'s body. `prediction` stays `""` until completed, as the original design did.
+pub fn job_body(record: &JobRecord) -> Value {
+    let completed = record.status == JobStatus::Completed;
+    let prediction = match (&record.result, completed) {
+        (Some(result), true) => result.label.clone(),
+        _ => String::new(),
+    };
+    let mut body = json!({
+        "job_id": record.id,
+        "prediction": prediction,
+        "status": record.status.as_str(),
+        "sync": record.sync,
+        "attempts": record.attempts,
+        "created_at": format_ms(record.created_at_ms),
+    });
+    if let Some(queue_ms) = record.queue_ms() {
+        body["queue_ms"] = json!(queue_ms);
+    }
+    if let (Some(result), true) = (&record.result, completed) {
+        body["result"] = json!(result);
+        body["agrees_with_sync"] = json!(result.class_index == record.sync.class_index);
+        body["inference_ms"] = json!(result.inference_ms);
+    }
+    if let Some(at) = record.completed_at_ms {
+        body["completed_at"] = json!(format_ms(at));
+    }
+    if let Some(error) = &record.error {
+        body["error"] = json!(error);
+    }
+    body
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, Json(error_body("not_found", "no such route"))).into_response()
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = detail, "a request handler panicked");
+    ApiError::Internal("the request could not be completed".into()).into_response()
+}

@@ -1,0 +1,237 @@
+//! `tandem eval`: runs both tiers over a labelled image set and reports accuracy, latency and
+//! how often the accurate tier fixes (or breaks) the fast tier's answer.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use super::load_tier;
+use crate::config::{ModelArgs, Tier};
+use crate::engine::{Classifier, Prediction};
+use crate::labels::Labels;
+
+/// `--labels` here is the ground-truth CSV (as in `tandem eval DIR --labels LABELS.csv`), so the
+/// class-names file, `--labels` elsewhere, is `--class-labels` (or `TANDEM_LABELS`) for this command.
+#[derive(Debug, Args)]
+#[command(mut_arg("labels", |arg| arg.long("class-labels")))]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub models: ModelArgs,
+
+    /// Directory holding the images listed in --labels.
+    pub dir: PathBuf,
+
+    /// Ground truth: CSV with a header and columns `file,class_index,...` (file relative to DIR).
+    #[arg(long = "labels", id = "truth", value_name = "LABELS.CSV")]
+    pub labels_csv: PathBuf,
+
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One labelled image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelledImage {
+    pub file: String,
+    pub class_index: usize,
+}
+
+/// Parses `file,class_index,...` rows after a header line. Only the first two fields are read.
+pub fn parse_labels_csv(text: &str) -> anyhow::Result<Vec<LabelledImage>> {
+    let mut rows = Vec::new();
+    for (number, line) in text.lines().enumerate().skip(1) {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut fields = line.split(',');
+        let (Some(file), Some(class)) = (fields.next(), fields.next()) else {
+            anyhow::bail!("line {}: expected `file,class_index,...`, found {line:?}", number + 1);
+        };
+        let class_index = class
+            .trim()
+            .parse()
+            .with_context(|| format!("line {}: class_index {class:?} is not a number", number + 1))?;
+        rows.push(LabelledImage { file: file.trim().to_owned(), class_index });
+    }
+    Ok(rows)
+}
+
+#[derive(Debug, Serialize)]
+pub struct TierReport {
+    pub model: String,
+    pub top1: f64,
+    pub top5: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Tiers {
+    pub fast: TierReport,
+    pub accurate: TierReport,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EvalReport {
+    /// Images scored (readable ones).
+    pub images: usize,
+    pub unreadable: Vec<String>,
+    pub tiers: Tiers,
+    /// Fraction of images where both tiers give the same top-1 class.
+    pub agreement: f64,
+    /// Images the fast tier got wrong and the accurate tier got right.
+    pub fixed: usize,
+    /// Images the fast tier got right and the accurate tier got wrong.
+    pub broken: usize,
+}
+
+struct Scored {
+    truth: usize,
+    fast: Prediction,
+    accurate: Prediction,
+    fast_ms: f64,
+    accurate_ms: f64,
+}
+
+pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
+    let csv = std::fs::read_to_string(&args.labels_csv)
+        .with_context(|| format!("cannot read {}", args.labels_csv.display()))?;
+    let rows = parse_labels_csv(&csv)?;
+    let labels = Arc::new(Labels::load(&args.models.labels_path())?);
+    let fast = load_tier(&args.models, &labels, Tier::Fast, 5)?;
+    let accurate = load_tier(&args.models, &labels, Tier::Accurate, 5)?;
+
+    let progress = ProgressBar::new(rows.len() as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut scored = Vec::with_capacity(rows.len());
+    let mut unreadable = Vec::new();
+    for row in &rows {
+        progress.set_message(row.file.clone());
+        match score(&args.dir.join(&row.file), row.class_index, &fast, &accurate) {
+            Ok(result) => scored.push(result),
+            Err(error) => {
+                progress.suspend(|| tracing::warn!(file = %row.file, %error, "unreadable image"));
+                unreadable.push(row.file.clone());
+            }
+        }
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+
+    let report = summarize(&scored, unreadable, fast.model_name(), accurate.model_name());
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn score(path: &Path, truth: usize, fast: &Classifier, accurate: &Classifier) -> anyhow::Result<Scored> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let started = Instant::now();
+    let fast_prediction = fast.classify_blocking(&bytes)?;
+    let fast_ms = started.elapsed().as_secs_f64() * 1e3;
+    let started = Instant::now();
+    let accurate_prediction = accurate.classify_blocking(&bytes)?;
+    let accurate_ms = started.elapsed().as_secs_f64() * 1e3;
+    Ok(Scored { truth, fast: fast_prediction, accurate: accurate_prediction, fast_ms, accurate_ms })
+}
+
+fn summarize(scored: &[Scored], unreadable: Vec<String>, fast_model: &str, accurate_model: &str) -> EvalReport {
+    let n = scored.len();
+    let fraction = |count: usize| if n == 0 { 0.0 } else { count as f64 / n as f64 };
+    let tier = |model: &str, pick: &dyn Fn(&Scored) -> (&Prediction, f64)| {
+        let top1 = scored.iter().filter(|s| pick(s).0.class_index == s.truth).count();
+        let top5 = scored.iter().filter(|s| pick(s).0.top_k.iter().take(5).any(|c| c.class_index == s.truth)).count();
+        let mut latencies: Vec<f64> = scored.iter().map(|s| pick(s).1).collect();
+        latencies.sort_by(f64::total_cmp);
+        TierReport {
+            model: model.to_owned(),
+            top1: fraction(top1),
+            top5: fraction(top5),
+            p50_ms: percentile(&latencies, 0.50),
+            p99_ms: percentile(&latencies, 0.99),
+        }
+    };
+    let fast = tier(fast_model, &|s| (&s.fast, s.fast_ms));
+    let accurate = tier(accurate_model, &|s| (&s.accurate, s.accurate_ms));
+    let agree = scored.iter().filter(|s| s.fast.class_index == s.accurate.class_index).count();
+    let fixed = scored.iter().filter(|s| s.fast.class_index != s.truth && s.accurate.class_index == s.truth).count();
+    let broken = scored.iter().filter(|s| s.fast.class_index == s.truth && s.accurate.class_index != s.truth).count();
+    EvalReport { images: n, unreadable, tiers: Tiers { fast, accurate }, agreement: fraction(agree), fixed, broken }
+}
+
+/// Nearest-rank percentile of sorted values (0 when empty).
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn print_table(report: &EvalReport) {
+    println!("{} images scored, {} unreadable", report.images, report.unreadable.len());
+    for file in &report.unreadable {
+        println!("  unreadable: {file}");
+    }
+    println!("{:<9} {:<28} {:>7} {:>7} {:>9} {:>9}", "tier", "model", "top-1", "top-5", "p50 ms", "p99 ms");
+    for (name, tier) in [("fast", &report.tiers.fast), ("accurate", &report.tiers.accurate)] {
+        println!(
+            "{:<9} {:<28} {:>6.1}% {:>6.1}% {:>9.2} {:>9.2}",
+            name,
+            tier.model,
+            tier.top1 * 100.0,
+            tier.top5 * 100.0,
+            tier.p50_ms,
+            tier.p99_ms
+        );
+    }
+    println!(
+        "agreement {:.1}%, accurate tier fixed {} and broke {}",
+        report.agreement * 100.0,
+        report.fixed,
+        report.broken
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_csv_reads_first_two_columns() {
+        let rows = parse_labels_csv("file,class_index,synset,label\na.jpg,817,n1,sports car\n\nb.jpg, 3 ,x,y\n");
+        let Ok(rows) = rows else { panic!("parse failed") };
+        assert_eq!(
+            rows,
+            vec![
+                LabelledImage { file: "a.jpg".into(), class_index: 817 },
+                LabelledImage { file: "b.jpg".into(), class_index: 3 }
+            ]
+        );
+    }
+
+    #[test]
+    fn labels_csv_rejects_a_bad_class_index() {
+        assert!(parse_labels_csv("file,class_index\na.jpg,many\n").is_err());
+    }
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&values, 0.5), 50.0);
+        assert_eq!(percentile(&values, 0.99), 99.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+}

@@ -1,0 +1,290 @@
+//! Command-line and environment configuration.
+//!
+//! Every option is a `--flag` with a `TANDEM_*` environment variable, and `--help` shows its
+//! default. Option groups are shared between subcommands with `#[command(flatten)]`, so a flag
+//! means the same thing everywhere it appears.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::pipeline::PreprocessConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tandem",
+    version,
+    about = "Time-lagged image inference: a fast model answers now, an accurate model refines in the background",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service: the fast tier answers, the accurate tier refines in the background.
+    ///
+    /// Without --redis-url everything runs in this process on an embedded queue. With it, jobs
+    /// go to Redis and `tandem worker` processes (anywhere) run the accurate tier.
+    Serve(ServeArgs),
+    /// Run the accurate tier on jobs from Redis (needs --redis-url).
+    Worker(WorkerArgs),
+    /// Print the top-k classes of each image with either tier's model.
+    Classify(crate::cli::classify::ClassifyArgs),
+    /// Run both tiers over a labelled image set and report accuracy, latency and agreement.
+    Eval(crate::cli::eval::EvalArgs),
+    /// Manage model files.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Download the default model set (with sha256 checks), skipping files already present.
+    Pull(crate::models::pull::PullArgs),
+}
+
+/// Which of the two models a command uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Tier {
+    /// The fast model that answers synchronously.
+    Fast,
+    /// The slower, more accurate model that refines in the background.
+    Accurate,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Fast => "fast",
+            Tier::Accurate => "accurate",
+        }
+    }
+}
+
+/// Where the model files are and how each tier's input is prepared.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Directory holding the model and labels files.
+    #[arg(long, env = "TANDEM_MODEL_DIR", default_value = "models")]
+    pub model_dir: PathBuf,
+
+    /// Fast-tier ONNX model (relative to --model-dir unless absolute).
+    #[arg(long, env = "TANDEM_FAST_MODEL", default_value = "mobilenet_v2.onnx")]
+    pub fast_model: PathBuf,
+
+    /// Accurate-tier ONNX model (relative to --model-dir unless absolute).
+    #[arg(long, env = "TANDEM_ACCURATE_MODEL", default_value = "resnet50.onnx")]
+    pub accurate_model: PathBuf,
+
+    /// Labels file, one class per line; plain or `n01440764 tench, ...` synset lines.
+    #[arg(long, env = "TANDEM_LABELS", default_value = "imagenet_classes.txt")]
+    pub labels: PathBuf,
+
+    /// Fast tier: the shorter side is resized to this.
+    #[arg(long, env = "TANDEM_FAST_RESIZE", default_value_t = 256)]
+    pub fast_resize: u32,
+
+    /// Fast tier: side of the centered square crop fed to the model.
+    #[arg(long, env = "TANDEM_FAST_CROP", default_value_t = 224)]
+    pub fast_crop: u32,
+
+    /// Accurate tier: the shorter side is resized to this.
+    #[arg(long, env = "TANDEM_ACCURATE_RESIZE", default_value_t = 256)]
+    pub accurate_resize: u32,
+
+    /// Accurate tier: side of the centered square crop fed to the model.
+    #[arg(long, env = "TANDEM_ACCURATE_CROP", default_value_t = 224)]
+    pub accurate_crop: u32,
+
+    /// Per-channel (R,G,B) mean subtracted after scaling to [0,1].
+    #[arg(long, env = "TANDEM_MEAN", value_delimiter = ',', num_args = 3, value_name = "R,G,B", default_values_t = [0.485, 0.456, 0.406])]
+    pub mean: Vec<f32>,
+
+    /// Per-channel (R,G,B) standard deviation divided by after the mean.
+    #[arg(long, env = "TANDEM_STD", value_delimiter = ',', num_args = 3, value_name = "R,G,B", default_values_t = [0.229, 0.224, 0.225])]
+    pub std: Vec<f32>,
+
+    /// Images with more pixels than this are refused from their header, before decoding.
+    #[arg(long, env = "TANDEM_MAX_PIXELS", default_value_t = 64_000_000)]
+    pub max_pixels: u64,
+
+    /// ONNX Runtime intra-op threads per model (0: one per CPU core).
+    #[arg(long, env = "TANDEM_INTRA_THREADS", default_value_t = 0)]
+    pub intra_threads: usize,
+}
+
+impl ModelArgs {
+    fn resolve(&self, file: &Path) -> PathBuf {
+        if file.is_absolute() { file.to_owned() } else { self.model_dir.join(file) }
+    }
+
+    pub fn model_path(&self, tier: Tier) -> PathBuf {
+        match tier {
+            Tier::Fast => self.resolve(&self.fast_model),
+            Tier::Accurate => self.resolve(&self.accurate_model),
+        }
+    }
+
+    pub fn labels_path(&self) -> PathBuf {
+        self.resolve(&self.labels)
+    }
+
+    pub fn preprocess(&self, tier: Tier) -> PreprocessConfig {
+        let (resize, crop) = match tier {
+            Tier::Fast => (self.fast_resize, self.fast_crop),
+            Tier::Accurate => (self.accurate_resize, self.accurate_crop),
+        };
+        PreprocessConfig {
+            resize,
+            crop,
+            mean: triple(&self.mean),
+            std: triple(&self.std),
+            max_pixels: self.max_pixels,
+        }
+    }
+
+    pub fn intra_threads(&self) -> usize {
+        if self.intra_threads > 0 {
+            self.intra_threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+/// clap enforces three values; this only converts the `Vec` into an array.
+fn triple(values: &[f32]) -> [f32; 3] {
+    let mut out = [0.0; 3];
+    for (slot, value) in out.iter_mut().zip(values) {
+        *slot = *value;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
+
+/// Where jobs go and how long they live.
+#[derive(Debug, Clone, Args)]
+pub struct QueueArgs {
+    /// Redis URL (e.g. redis://127.0.0.1:6379/). Unset: the embedded in-process queue.
+    #[arg(long, env = "TANDEM_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    #[arg(long, env = "TANDEM_REDIS_PREFIX", default_value = "tandem")]
+    pub redis_prefix: String,
+
+    /// Jobs waiting or running before new ones are refused (the fast answer is still given).
+    #[arg(long, env = "TANDEM_MAX_QUEUE", default_value_t = 1000)]
+    pub max_queue: usize,
+
+    /// Seconds a job's record (and result) stays readable.
+    #[arg(long, env = "TANDEM_RESULT_TTL", default_value_t = 3600)]
+    pub result_ttl: u64,
+
+    /// Attempts before a job ends `failed` and goes to the dead-letter stream.
+    #[arg(long, env = "TANDEM_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+
+    /// Seconds after which a job taken by a worker that went silent is taken over (Redis).
+    #[arg(long, env = "TANDEM_RECLAIM_AFTER", default_value_t = 30.0)]
+    pub reclaim_after: f64,
+}
+
+impl QueueArgs {
+    pub fn policy(&self) -> crate::queue::QueuePolicy {
+        crate::queue::QueuePolicy {
+            max_queue: self.max_queue.max(1),
+            result_ttl: Duration::from_secs(self.result_ttl.max(1)),
+            max_attempts: self.max_attempts.max(1),
+        }
+    }
+
+    pub fn reclaim_after(&self) -> Duration {
+        Duration::from_secs_f64(self.reclaim_after.max(0.001))
+    }
+}
+
+/// How the accurate tier's jobs are run.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerPoolArgs {
+    /// Accurate-tier jobs run at once (per worker process, or inside `serve` in embedded mode).
+    #[arg(long, env = "TANDEM_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+
+    /// Largest batch the accurate model runs; jobs already waiting are batched together.
+    #[arg(long, env = "TANDEM_ACCURATE_MAX_BATCH", default_value_t = 4)]
+    pub accurate_max_batch: usize,
+
+    /// Milliseconds the accurate tier may hold a job back to fill a batch (0: never).
+    #[arg(long = "accurate-max-batch-delay", env = "TANDEM_ACCURATE_MAX_BATCH_DELAY", default_value_t = 0)]
+    pub accurate_max_batch_delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TANDEM_ADDR", default_value = "127.0.0.1:8000")]
+    pub addr: SocketAddr,
+
+    #[command(flatten)]
+    pub models: ModelArgs,
+
+    #[command(flatten)]
+    pub queue: QueueArgs,
+
+    #[command(flatten)]
+    pub workers: WorkerPoolArgs,
+
+    /// Largest batch the fast model runs; requests already waiting are batched together.
+    #[arg(long = "max-batch", env = "TANDEM_MAX_BATCH", default_value_t = 4)]
+    pub max_batch: usize,
+
+    /// Milliseconds the fast tier may hold a request back to fill a batch (0: never).
+    #[arg(long = "max-batch-delay", env = "TANDEM_MAX_BATCH_DELAY", default_value_t = 0)]
+    pub max_batch_delay_ms: u64,
+
+    /// `POST /predict` requests in flight at once; more get 429 with Retry-After.
+    #[arg(long, env = "TANDEM_MAX_INFLIGHT", default_value_t = 64)]
+    pub max_inflight: usize,
+
+    /// Largest request body in bytes (larger: 413).
+    #[arg(long, env = "TANDEM_MAX_BODY", default_value_t = 10 * 1024 * 1024)]
+    pub max_body: usize,
+
+    /// Seconds a `POST /predict` may take before it is answered 503.
+    #[arg(long, env = "TANDEM_REQUEST_TIMEOUT", default_value_t = 30.0)]
+    pub request_timeout: f64,
+
+    /// Seconds a client has to send its request headers (against slow clients).
+    #[arg(long, env = "TANDEM_HEADER_TIMEOUT", default_value_t = 10.0)]
+    pub header_timeout: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub models: ModelArgs,
+
+    #[command(flatten)]
+    pub queue: QueueArgs,
+
+    #[command(flatten)]
+    pub workers: WorkerPoolArgs,
+}

@@ -1,0 +1,278 @@
+//! Inference engine: ONNX Runtime models on dedicated threads, with dynamic batching.
+//!
+//! A [`Classifier`] owns one OS thread that loads its [`Model`] and runs every batch, so
+//! CPU-bound inference never runs on the async runtime's worker threads. Decoding and
+//! preprocessing happen before the request reaches that thread (on tokio's blocking pool for
+//! async callers), so the inference thread only assembles batches and runs the model.
+//! Batching is Triton-style: take whatever is already waiting, up to `max_batch`, and wait at
+//! most `max_delay` for more (0 by default: never hold a request back to fill a batch).
+
+mod model;
+pub mod runtime;
+
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+pub use model::{Model, ModelConfig};
+pub use runtime::RuntimeError;
+
+use crate::labels::Labels;
+use crate::pipeline::{self, ImageError, PreprocessConfig};
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("model file {file} not found (run `tandem models pull` or pass --model-dir)")]
+    ModelMissing { file: String },
+    #[error("model {file} refused: {reason}")]
+    InvalidModel { file: String, reason: String },
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+/// Why one image could not be classified.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClassifyError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("the inference queue is full")]
+    Overloaded,
+    #[error("the inference thread has stopped")]
+    Stopped,
+}
+
+/// One class and its probability.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassScore {
+    pub label: String,
+    pub class_index: usize,
+    pub score: f32,
+}
+
+/// A model's answer for one image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub model: String,
+    pub label: String,
+    pub class_index: usize,
+    pub score: f32,
+    pub top_k: Vec<ClassScore>,
+    /// Wall time of the model run this image was part of (batch included), in milliseconds.
+    pub inference_ms: f64,
+}
+
+impl Prediction {
+    fn from_probabilities(model: &str, labels: &Labels, probabilities: &[f32], k: usize, inference_ms: f64) -> Self {
+        let mut order: Vec<usize> = (0..probabilities.len()).collect();
+        let k = k.clamp(1, probabilities.len().max(1));
+        // Only the k best need sorting; total_cmp keeps a NaN from panicking the comparison.
+        if k < order.len() {
+            order.select_nth_unstable_by(k - 1, |&a, &b| probabilities[b].total_cmp(&probabilities[a]));
+            order.truncate(k);
+        }
+        order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]));
+        let top_k: Vec<ClassScore> = order
+            .iter()
+            .map(|&i| ClassScore { label: labels.name(i), class_index: i, score: probabilities[i] })
+            .collect();
+        let best = top_k.first().cloned().unwrap_or(ClassScore { label: String::new(), class_index: 0, score: 0.0 });
+        Self {
+            model: model.to_owned(),
+            label: best.label,
+            class_index: best.class_index,
+            score: best.score,
+            top_k,
+            inference_ms,
+        }
+    }
+}
+
+/// How requests are grouped into batches.
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    pub max_batch: usize,
+    /// How long the first request of a batch may wait for others to join it.
+    pub max_delay: Duration,
+    /// Requests waiting for the inference thread before new ones are refused.
+    pub queue_capacity: usize,
+    /// Classes reported in each [`Prediction::top_k`].
+    pub top_k: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self { max_batch: 1, max_delay: Duration::ZERO, queue_capacity: 64, top_k: 5 }
+    }
+}
+
+struct Request {
+    tensor: Vec<f32>,
+    reply: oneshot::Sender<Result<Prediction, EngineError>>,
+}
+
+/// A handle to one model on its own inference thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Classifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    requests: SyncSender<Request>,
+    preprocess: PreprocessConfig,
+    name: String,
+}
+
+impl Classifier {
+    /// Starts the inference thread, which loads the model; returns once it is ready (or failed).
+    pub fn start(config: ModelConfig, batching: BatchConfig) -> Result<Self, EngineError> {
+        let (requests, queue) = mpsc::sync_channel(batching.queue_capacity.max(1));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let name = config.name();
+        let preprocess = config.preprocess.clone();
+        let thread_name = format!("infer-{name}");
+        std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || {
+                // The model is created on this thread so ORT's own threads inherit its settings.
+                let model = match Model::load(&config) {
+                    Ok(model) => {
+                        let _ = ready_tx.send(Ok(()));
+                        model
+                    }
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(err));
+                        return;
+                    }
+                };
+                inference_loop(model, &config, &batching, queue);
+            })
+            .map_err(|e| EngineError::Inference(format!("cannot spawn inference thread: {e}")))?;
+        ready_rx
+            .recv()
+            .map_err(|_| EngineError::Inference("the inference thread died while loading the model".into()))??;
+        Ok(Self { inner: Arc::new(Inner { requests, preprocess, name }) })
+    }
+
+    /// The model's file name.
+    pub fn model_name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn preprocess_config(&self) -> &PreprocessConfig {
+        &self.inner.preprocess
+    }
+
+    /// Classifies an encoded image. Decoding runs on tokio's blocking pool, inference on the
+    /// model's own thread: the calling task only waits.
+    pub async fn classify(&self, image: impl AsRef<[u8]> + Send + 'static) -> Result<Prediction, ClassifyError> {
+        let config = self.inner.preprocess.clone();
+        let tensor = tokio::task::spawn_blocking(move || pipeline::preprocess(image.as_ref(), &config))
+            .await
+            .map_err(|_| ClassifyError::Stopped)??;
+        self.submit(tensor)?.await.map_err(|_| ClassifyError::Stopped)?.map_err(Into::into)
+    }
+
+    /// Blocking form of [`Classifier::classify`] for command-line tools (not for async code).
+    pub fn classify_blocking(&self, image: &[u8]) -> Result<Prediction, ClassifyError> {
+        let tensor = pipeline::preprocess(image, &self.inner.preprocess)?;
+        let (reply, answer) = oneshot::channel();
+        self.inner.requests.send(Request { tensor, reply }).map_err(|_| ClassifyError::Stopped)?;
+        answer.blocking_recv().map_err(|_| ClassifyError::Stopped)?.map_err(Into::into)
+    }
+
+    /// Queues an already preprocessed tensor without blocking.
+    fn submit(&self, tensor: Vec<f32>) -> Result<oneshot::Receiver<Result<Prediction, EngineError>>, ClassifyError> {
+        let (reply, answer) = oneshot::channel();
+        match self.inner.requests.try_send(Request { tensor, reply }) {
+            Ok(()) => Ok(answer),
+            Err(TrySendError::Full(_)) => Err(ClassifyError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(ClassifyError::Stopped),
+        }
+    }
+}
+
+/// Runs until every [`Classifier`] handle is dropped.
+fn inference_loop(mut model: Model, config: &ModelConfig, batching: &BatchConfig, queue: Receiver<Request>) {
+    let name = config.name();
+    let tensor_len = config.preprocess.tensor_len();
+    let max_batch = batching.max_batch.max(1);
+    let mut batch: Vec<Request> = Vec::with_capacity(max_batch);
+    let mut buffer: Vec<f32> = Vec::with_capacity(max_batch * tensor_len);
+    while let Ok(first) = queue.recv() {
+        batch.push(first);
+        collect_batch(&queue, &mut batch, max_batch, batching.max_delay);
+
+        buffer.clear();
+        for request in &batch {
+            buffer.extend_from_slice(&request.tensor);
+        }
+        let started = Instant::now();
+        let result = model.infer(&buffer, batch.len());
+        let inference_ms = started.elapsed().as_secs_f64() * 1e3;
+        match result {
+            Ok(rows) => {
+                for (request, row) in batch.drain(..).zip(rows) {
+                    let prediction =
+                        Prediction::from_probabilities(&name, &config.labels, &row, batching.top_k, inference_ms);
+                    let _ = request.reply.send(Ok(prediction));
+                }
+            }
+            Err(err) => {
+                for request in batch.drain(..) {
+                    let _ = request.reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Adds to `batch` what is already waiting, waiting up to `max_delay` for more.
+fn collect_batch(queue: &Receiver<Request>, batch: &mut Vec<Request>, max_batch: usize, max_delay: Duration) {
+    let deadline = Instant::now() + max_delay;
+    while batch.len() < max_batch {
+        match queue.try_recv() {
+            Ok(request) => batch.push(request),
+            Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Empty) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return;
+                }
+                match queue.recv_timeout(left) {
+                    Ok(request) => batch.push(request),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_is_sorted_and_names_labels() {
+        let labels = Labels::parse("a\nb\nc\nd\n");
+        let p = Prediction::from_probabilities("m", &labels, &[0.1, 0.5, 0.15, 0.25], 3, 1.0);
+        assert_eq!(p.class_index, 1);
+        assert_eq!(p.label, "b");
+        let order: Vec<usize> = p.top_k.iter().map(|c| c.class_index).collect();
+        assert_eq!(order, vec![1, 3, 2]);
+    }
+
+    #[test]
+    fn top_k_larger_than_classes_is_clamped() {
+        let labels = Labels::parse("a\nb\n");
+        let p = Prediction::from_probabilities("m", &labels, &[0.4, 0.6], 10, 1.0);
+        assert_eq!(p.top_k.len(), 2);
+    }
+}

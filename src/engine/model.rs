@@ -1,0 +1,170 @@
+//! One ONNX classifier: an ORT session plus what it takes to read its output.
+//!
+//! A `Model` is not shared between threads: it lives on the inference thread that loaded it
+//! (see [`super::Classifier`]), which is why it needs no locking.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ort::session::{Session, builder::GraphOptimizationLevel};
+use ort::value::{TensorElementType, TensorRef, ValueType};
+
+use super::{EngineError, runtime};
+use crate::labels::Labels;
+use crate::pipeline::PreprocessConfig;
+
+/// Everything needed to load a model.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub path: PathBuf,
+    pub labels: Arc<Labels>,
+    pub preprocess: PreprocessConfig,
+    /// ONNX Runtime intra-op threads for this model.
+    pub intra_threads: usize,
+    /// Whether idle ORT threads busy-wait for work. Faster for a model that owns the cores,
+    /// wasteful for one that shares them with a higher-priority model.
+    pub spinning: bool,
+}
+
+impl ModelConfig {
+    /// The model's file name, used as its name in answers and metrics.
+    pub fn name(&self) -> String {
+        self.path.file_name().map_or_else(|| self.path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    }
+}
+
+pub struct Model {
+    session: Session,
+    input_name: String,
+    output_name: String,
+    num_classes: usize,
+    crop: usize,
+}
+
+impl Model {
+    /// Loads and validates the model, then runs it once on a zero image so that the class count
+    /// is checked against the labels and the first real request does not pay for warm-up.
+    pub fn load(config: &ModelConfig) -> Result<Self, EngineError> {
+        let env = runtime::environment()?;
+        let file = config.path.display().to_string();
+        let invalid = |reason: String| EngineError::InvalidModel { file: file.clone(), reason };
+        if !config.path.is_file() {
+            return Err(EngineError::ModelMissing { file });
+        }
+        let session = Session::builder(env)
+            .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
+            .and_then(|b| b.with_intra_threads(config.intra_threads.max(1)).map_err(Into::into))
+            .and_then(|b| b.with_intra_op_spinning(config.spinning).map_err(Into::into))
+            .and_then(|mut b| b.commit_from_file(&config.path))
+            .map_err(|e| invalid(e.to_string()))?;
+
+        let [input] = session.inputs() else {
+            return Err(invalid(format!("expected exactly one input, found {}", session.inputs().len())));
+        };
+        let crop = config.preprocess.crop as i64;
+        match input.dtype() {
+            ValueType::Tensor { ty: TensorElementType::Float32, shape, .. }
+                if shape.len() == 4
+                    && (shape[1] == 3 || shape[1] < 0)
+                    && [shape[2], shape[3]].iter().all(|&d| d < 0 || d == crop) => {}
+            ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } if shape.len() == 4 && shape[1] == 3 => {
+                return Err(invalid(format!(
+                    "input `{}` is {:?} but the crop size is {crop}: set the tier's --*-crop to the model's input size",
+                    input.name(),
+                    &shape[..]
+                )));
+            }
+            other => {
+                return Err(invalid(format!("input `{}` must be a float tensor [N,3,H,W], found {other:?}", input.name())));
+            }
+        }
+        let input_name = input.name().to_owned();
+        let Some(output) = session.outputs().first() else {
+            return Err(invalid("the model has no output".into()));
+        };
+        let output_name = output.name().to_owned();
+
+        let mut model = Self { session, input_name, output_name, num_classes: 0, crop: crop as usize };
+        let zeros = vec![0.0; config.preprocess.tensor_len()];
+        let (shape, _) = model.run_raw(&zeros, 1).map_err(|e| invalid(e.to_string()))?;
+        let num_classes = match shape[..] {
+            [1, classes] => classes,
+            _ => return Err(invalid(format!("output `{}` must be [N, classes], found {shape:?}", model.output_name))),
+        };
+        if num_classes != config.labels.len() {
+            return Err(invalid(format!(
+                "the model has {num_classes} classes but the labels file has {} lines",
+                config.labels.len()
+            )));
+        }
+        model.num_classes = num_classes;
+        Ok(model)
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    /// Runs a batch of `n` preprocessed images laid end to end in `batch`, returning one row of
+    /// class probabilities per image (softmax applied unless the model already outputs them).
+    pub fn infer(&mut self, batch: &[f32], n: usize) -> Result<Vec<Vec<f32>>, EngineError> {
+        let (_, flat) = self.run_raw(batch, n)?;
+        let classes = self.num_classes;
+        if flat.len() != n * classes {
+            return Err(EngineError::Inference(format!("expected {n}x{classes} outputs, got {}", flat.len())));
+        }
+        Ok(flat.chunks_exact(classes).map(to_probabilities).collect())
+    }
+
+    fn run_raw(&mut self, batch: &[f32], n: usize) -> Result<(Vec<usize>, Vec<f32>), EngineError> {
+        let shape = [n, 3, self.crop, self.crop];
+        let tensor = TensorRef::from_array_view((shape, batch)).map_err(|e| EngineError::Inference(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => tensor])
+            .map_err(|e| EngineError::Inference(e.to_string()))?;
+        let Some(value) = outputs.get(&self.output_name) else {
+            return Err(EngineError::Inference(format!("output `{}` missing", self.output_name)));
+        };
+        let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| EngineError::Inference(e.to_string()))?;
+        let dims = shape.iter().map(|&d| d.max(0) as usize).collect();
+        Ok((dims, data.to_vec()))
+    }
+}
+
+/// Softmax, unless the row already is a probability distribution (some exports end in Softmax).
+fn to_probabilities(row: &[f32]) -> Vec<f32> {
+    let sum: f32 = row.iter().sum();
+    if row.iter().all(|&p| (0.0..=1.0).contains(&p)) && (sum - 1.0).abs() < 1e-3 {
+        return row.to_vec();
+    }
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = row.iter().map(|&x| (x - max).exp()).collect();
+    let total: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / total).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_probabilities;
+
+    #[test]
+    fn softmax_of_logits_sums_to_one_and_keeps_order() {
+        let p = to_probabilities(&[1.0, 3.0, 2.0]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(p[1] > p[2] && p[2] > p[0]);
+        assert!((p[1] - 0.665_240_9).abs() < 1e-5);
+    }
+
+    #[test]
+    fn probabilities_are_passed_through() {
+        assert_eq!(to_probabilities(&[0.25, 0.75]), vec![0.25, 0.75]);
+    }
+
+    #[test]
+    fn huge_logits_do_not_overflow() {
+        let p = to_probabilities(&[4000.0, -4000.0, 3990.0]);
+        assert!(p.iter().all(|x| x.is_finite()));
+        assert!(p[0] > 0.99);
+    }
+}

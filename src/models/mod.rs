@@ -1,0 +1,3 @@
+//! Model files: where they come from (`tandem models pull`).
+
+pub mod pull;

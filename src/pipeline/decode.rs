@@ -1,0 +1,164 @@
+//! Untrusted bytes → 8-bit gray or RGB pixels, EXIF orientation applied, after checking the
+//! format and the pixel count from the header.
+//!
+//! JPEGs big enough to be shrunk by 2, 4 or 8 on the way to `resize` are decoded at that scale
+//! by `jpeg-decoder` (see [`super::jpeg`]); everything else goes through `image` (zune-jpeg for
+//! JPEG), which is also what Pillow's full decode + resize is matched against.
+
+use std::io::Cursor;
+
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
+
+use super::jpeg;
+use super::{ImageError, PreprocessConfig};
+
+/// Decoded pixels, rows packed, upright (orientation applied).
+pub(super) struct Bitmap {
+    pub width: u32,
+    pub height: u32,
+    /// 1 (gray) or 3 (RGB). Gray stays 1 channel: replicating it before resizing would give the
+    /// same numbers at three times the cost.
+    pub channels: usize,
+    pub pixels: Vec<u8>,
+    /// Size of the full-resolution image, upright. Differs from `width`/`height` only when the
+    /// JPEG was downscaled while decoding; the output geometry is computed from this.
+    pub full_width: u32,
+    pub full_height: u32,
+    /// Decoded pixels per full-resolution pixel: 1, 1/2, 1/4 or 1/8.
+    pub scale: f64,
+}
+
+pub(super) fn decode(bytes: &[u8], config: &PreprocessConfig) -> Result<Bitmap, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    let format = image::guess_format(bytes).map_err(|_| ImageError::NotAnImage)?;
+    match format {
+        ImageFormat::Jpeg => {
+            let header = jpeg::read_header(bytes, config)?;
+            let divisor = jpeg::dct_divisor(header.width, header.height, config.resize);
+            if divisor > 1
+                && let Some(bitmap) = jpeg::decode_downscaled(bytes, &header, divisor)
+            {
+                return Ok(bitmap);
+            }
+            // zune-jpeg renders truncated files (gray fill) without complaint; Pillow refuses them.
+            jpeg::ensure_complete(bytes, header.scan_start)?;
+            decode_with_image(bytes, format, config)
+        }
+        ImageFormat::Png | ImageFormat::WebP | ImageFormat::Bmp | ImageFormat::Gif => {
+            if let Some((width, height)) = peek_size(format, bytes) {
+                check_pixels(width, height, config)?;
+            }
+            decode_with_image(bytes, format, config)
+        }
+        other => Err(ImageError::Unsupported(format!("{other:?} (supported: JPEG, PNG, WebP, BMP, GIF)"))),
+    }
+}
+
+pub(super) fn check_pixels(width: u32, height: u32, config: &PreprocessConfig) -> Result<(), ImageError> {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > config.max_pixels {
+        return Err(ImageError::TooLarge { width, height, pixels, limit: config.max_pixels });
+    }
+    if pixels == 0 {
+        return Err(ImageError::Truncated(format!("the header says {width}x{height} pixels")));
+    }
+    Ok(())
+}
+
+/// PNG and GIF sizes sit at fixed offsets. `image` reads further before it reports them (PNG to
+/// the first image data, GIF to the first frame), so a header-only bomb would be reported as
+/// truncated rather than too large.
+fn peek_size(format: ImageFormat, bytes: &[u8]) -> Option<(u32, u32)> {
+    let field = |range: std::ops::Range<usize>| bytes.get(range);
+    match format {
+        ImageFormat::Png if field(12..16) == Some(b"IHDR") => {
+            let be = |r| field(r).and_then(|b: &[u8]| b.try_into().ok()).map(u32::from_be_bytes);
+            Some((be(16..20)?, be(20..24)?))
+        }
+        ImageFormat::Gif => {
+            let le = |r| field(r).and_then(|b: &[u8]| b.try_into().ok()).map(u16::from_le_bytes).map(u32::from);
+            Some((le(6..8)?, le(8..10)?))
+        }
+        _ => None,
+    }
+}
+
+/// Decoder allocations are capped too, in case a decoder allocates from some field other than
+/// the dimensions we checked: 8 bytes per allowed pixel (16-bit RGBA) plus room for metadata.
+/// Width/height limits are left to [`check_pixels`] so that the error carries the dimensions.
+fn limits(config: &PreprocessConfig) -> Limits {
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(config.max_pixels.saturating_mul(8).saturating_add(64 << 20));
+    limits
+}
+
+pub(super) fn decode_with_image(
+    bytes: &[u8],
+    format: ImageFormat,
+    config: &PreprocessConfig,
+) -> Result<Bitmap, ImageError> {
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    reader.limits(limits(config));
+    // `into_decoder` reads the header only: the bitmap is allocated after the pixel check.
+    let mut decoder = reader.into_decoder().map_err(map_image_error)?;
+    let (width, height) = decoder.dimensions();
+    check_pixels(width, height, config)?;
+    // Broken metadata is no reason to refuse the pixels (Pillow ignores it too).
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let image = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
+    // Like Pillow's convert('RGB'): alpha is dropped (not composited), 16-bit becomes 8-bit.
+    let mut image = match image {
+        DynamicImage::ImageLuma8(_) | DynamicImage::ImageRgb8(_) => image,
+        other if other.color().has_color() => DynamicImage::ImageRgb8(other.to_rgb8()),
+        other => DynamicImage::ImageLuma8(other.to_luma8()),
+    };
+    image.apply_orientation(orientation);
+    Ok(bitmap_from(image, 1.0))
+}
+
+/// Rotates/flips `pixels` (`channels` = 1 or 3) upright and wraps them as a [`Bitmap`].
+pub(super) fn oriented(
+    width: u32,
+    height: u32,
+    channels: usize,
+    pixels: Vec<u8>,
+    orientation: Orientation,
+    scale: f64,
+) -> Option<Bitmap> {
+    let image = match channels {
+        1 => DynamicImage::ImageLuma8(image::GrayImage::from_raw(width, height, pixels)?),
+        3 => DynamicImage::ImageRgb8(image::RgbImage::from_raw(width, height, pixels)?),
+        _ => return None,
+    };
+    let mut image = image;
+    image.apply_orientation(orientation);
+    Some(bitmap_from(image, scale))
+}
+
+/// `image` must be Luma8 or Rgb8.
+fn bitmap_from(image: DynamicImage, scale: f64) -> Bitmap {
+    let (width, height) = (image.width(), image.height());
+    let (channels, pixels) = match image {
+        DynamicImage::ImageLuma8(buffer) => (1, buffer.into_raw()),
+        other => (3, other.into_rgb8().into_raw()),
+    };
+    // Recover the full-resolution size from the decoded one: exact at scale 1; for DCT-scaled
+    // JPEGs the caller overwrites it with the header's (upright) size.
+    Bitmap { width, height, channels, pixels, full_width: width, full_height: height, scale }
+}
+
+fn map_image_error(error: image::ImageError) -> ImageError {
+    use image::ImageError as E;
+    match error {
+        E::Unsupported(e) => ImageError::Unsupported(e.to_string()),
+        // The input is in memory, so an I/O error can only be running out of bytes.
+        E::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            ImageError::Truncated("the data ends unexpectedly".into())
+        }
+        E::Limits(e) => ImageError::Truncated(format!("decoding would exceed the memory limit ({e})")),
+        other => ImageError::Truncated(other.to_string()),
+    }
+}

@@ -1,0 +1,125 @@
+//! Job queue backends: the embedded in-process queue (zero-setup default) and Redis Streams
+//! (shared by any number of `serve` and `worker` processes).
+//!
+//! Both give the same contract: `enqueue` returns only once the job is stored (so a job id a
+//! client has seen always resolves), a job leaves the queue only once its result is stored,
+//! and a job that fails `max_attempts` times ends `failed` instead of blocking the queue.
+//! Dispatch is a plain enum: two backends do not need trait objects.
+
+pub mod embedded;
+pub mod redis;
+
+use std::time::Duration;
+
+pub use embedded::EmbeddedQueue;
+pub use redis::{RedisQueue, RedisQueueConfig};
+
+use crate::engine::Prediction;
+use crate::jobs::{Delivery, FailOutcome, JobId, JobRecord, NewJob};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum QueueError {
+    #[error("the job queue is full ({limit} jobs waiting)")]
+    Full { limit: usize },
+    #[error("the job queue is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the job queue is shutting down")]
+    Closed,
+}
+
+/// How many jobs are in the queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Not yet taken by any worker.
+    pub waiting: u64,
+    /// Taken by a worker, not yet finished.
+    pub pending: u64,
+}
+
+/// Settings both backends share.
+#[derive(Debug, Clone)]
+pub struct QueuePolicy {
+    /// Jobs waiting or running before `enqueue` answers [`QueueError::Full`].
+    pub max_queue: usize,
+    /// How long a finished job's record stays readable.
+    pub result_ttl: Duration,
+    /// Attempts before a job is declared failed.
+    pub max_attempts: u32,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        Self { max_queue: 10_000, result_ttl: Duration::from_secs(3600), max_attempts: 3 }
+    }
+}
+
+#[derive(Clone)]
+pub enum JobQueue {
+    Embedded(EmbeddedQueue),
+    Redis(RedisQueue),
+}
+
+impl JobQueue {
+    pub fn backend(&self) -> &'static str {
+        match self {
+            JobQueue::Embedded(_) => "embedded",
+            JobQueue::Redis(_) => "redis",
+        }
+    }
+
+    /// Stores the job and queues it; returns once it is durably enqueued.
+    pub async fn enqueue(&self, job: NewJob) -> Result<(), QueueError> {
+        match self {
+            JobQueue::Embedded(q) => q.enqueue(job),
+            JobQueue::Redis(q) => q.enqueue(job).await,
+        }
+    }
+
+    /// The job's record, or `None` if unknown or expired.
+    pub async fn get(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {
+        match self {
+            JobQueue::Embedded(q) => Ok(q.get(id)),
+            JobQueue::Redis(q) => q.get(id).await,
+        }
+    }
+
+    /// Whether the queue can take jobs now.
+    pub async fn check_ready(&self) -> Result<(), QueueError> {
+        match self {
+            JobQueue::Embedded(q) => q.check_ready(),
+            JobQueue::Redis(q) => q.check_ready().await,
+        }
+    }
+
+    pub async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        match self {
+            JobQueue::Embedded(q) => Ok(q.depth()),
+            JobQueue::Redis(q) => q.depth().await,
+        }
+    }
+
+    /// Up to `max` jobs for this worker, waiting at most `wait` for the first one. Jobs whose
+    /// worker died are taken over here too (Redis). A returned job is already marked running.
+    pub async fn take(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        match self {
+            JobQueue::Embedded(q) => q.take(max, wait).await,
+            JobQueue::Redis(q) => q.take(max, wait).await,
+        }
+    }
+
+    /// Stores the accurate answer and removes the job from the queue, in one step.
+    pub async fn complete(&self, delivery: &Delivery, result: &Prediction) -> Result<(), QueueError> {
+        match self {
+            JobQueue::Embedded(q) => q.complete(delivery, result),
+            JobQueue::Redis(q) => q.complete(delivery, result).await,
+        }
+    }
+
+    /// Records a failed attempt: the job is retried, or ends `failed` once out of attempts.
+    pub async fn fail(&self, delivery: &Delivery, error: &str) -> Result<FailOutcome, QueueError> {
+        match self {
+            JobQueue::Embedded(q) => q.fail(delivery, error),
+            JobQueue::Redis(q) => q.fail(delivery, error).await,
+        }
+    }
+}

@@ -1,0 +1,913 @@
+//! Redis Streams backend: shared by any number of `serve` and `worker` processes.
+//!
+//! # Keys (all under `config.prefix`)
+//!
+//! - `{prefix}:jobs` — a stream holding only *unfinished* jobs, one entry per job:
+//!   fields `id` (the job's UUID) and `image` (the encoded image, binary, stored once).
+//!   Consumer group `workers` reads it. An entry is acknowledged *and deleted* in the same
+//!   atomic step that stores the job's outcome, so `XLEN` is "waiting + running".
+//! - `{prefix}:job:{uuid}` — a hash with the job's record: `status`, `sync` and `result` (JSON),
+//!   `error`, `attempts`, `created_at_ms`, `started_at_ms`, `completed_at_ms`. It expires
+//!   `result_ttl` after the job finishes (while unfinished, after at least an hour; see
+//!   [`UNFINISHED_MIN_TTL`]).
+//! - `{prefix}:dead` — the dead-letter stream (capped near [`DEAD_LETTER_MAXLEN`]): one entry
+//!   (`id`, `error`, `attempts`, `failed_at_ms`) per job that used up its attempts.
+//!
+//! # Atomicity
+//!
+//! Every state change is one Lua script, so a crash between two commands cannot leave a job
+//! half-moved: `enqueue` (bound check + record + `XADD`), the start of each delivery in `take`
+//! (attempt counted, `running` — or ended `failed` when crashed workers used up its attempts),
+//! `complete` (result + TTL + `XACK` + `XDEL`) and `fail` (retry as a new entry at the back of
+//! the stream, or dead-letter; plus `XACK` + `XDEL`). Scripts are sent as `EVALSHA` and reloaded
+//! by the client after a Redis restart (`NOSCRIPT`).
+//!
+//! # Connections and outages
+//!
+//! `connect` never touches the network: connections are made lazily by two
+//! [`ConnectionManager`]s (which reconnect by themselves), one for ordinary commands and one
+//! dedicated to the blocking `XREADGROUP ... BLOCK` of `take` — a blocked command on a
+//! multiplexed connection would hold up every command queued behind it. Each call is bounded
+//! (connect ~1 s, answer ~1.5 s, whole call [`OP_TIMEOUT`]) so a Redis outage turns into a
+//! prompt [`QueueError::Unavailable`] rather than a hang. A Redis restarted empty is picked up
+//! again by itself: the consumer group is recreated on `NOGROUP` (from id `0`, so entries added
+//! before the group existed are still delivered) and the call is retried once.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, RedisError, RedisResult, Script, Value};
+use tokio::time::Instant;
+
+use super::{QueueDepth, QueueError, QueuePolicy};
+use crate::engine::Prediction;
+use crate::jobs::{Delivery, FailOutcome, JobId, JobRecord, JobStatus, NewJob, now_ms};
+
+#[derive(Debug, Clone)]
+pub struct RedisQueueConfig {
+    pub url: String,
+    /// Every key starts with this, so several deployments can share one Redis.
+    pub prefix: String,
+    /// This process's consumer name in the group: unique per process.
+    pub consumer: String,
+    /// A job taken by a worker that has not finished it after this long is taken over.
+    pub reclaim_after: Duration,
+    pub policy: QueuePolicy,
+}
+
+/// The consumer group every worker reads through.
+const GROUP: &str = "workers";
+/// How long one attempt to open a TCP connection (and say hello) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long Redis may take to answer one ordinary command.
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// The bound on one whole call (connecting included), whatever happens underneath.
+const OP_TIMEOUT: Duration = Duration::from_millis(2500);
+/// The longest single `XREADGROUP ... BLOCK`; a longer `take` wait is made of several.
+const BLOCK_CHUNK: Duration = Duration::from_secs(5);
+/// A job's record lives at least this long while the job is unfinished (refreshed when it
+/// starts or is retried), so a short `result_ttl` cannot make a waiting job vanish.
+const UNFINISHED_MIN_TTL: Duration = Duration::from_secs(3600);
+/// The dead-letter stream is trimmed to about this many entries.
+const DEAD_LETTER_MAXLEN: usize = 10_000;
+/// Consecutive failed calls after which a connection is thrown away and made anew.
+const REBUILD_AFTER_FAILURES: u32 = 3;
+/// The most often one process looks for jobs whose worker died.
+const MAX_RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Bound check, record and stream entry in one step.
+/// KEYS: stream, job hash. ARGV: max_queue, unfinished ttl ms, job id, image, sync json,
+/// created_at_ms. Returns 1 if queued, 0 if the queue is full.
+const ENQUEUE_LUA: &str = r"
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'status', 'queued', 'sync', ARGV[5], 'attempts', 0, 'created_at_ms', ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('XADD', KEYS[1], '*', 'id', ARGV[3], 'image', ARGV[4])
+return 1
+";
+
+/// Starts a batch of delivered entries.
+/// KEYS: stream, dead-letter stream, then one job hash per entry.
+/// ARGV: group, max_attempts, now ms, unfinished ttl ms, final ttl ms, dead-letter maxlen, then
+/// (entry id, job id) per entry. Returns two integers per entry: (attempt, created_at_ms) for a started job,
+/// (-1, 0) for one whose record is gone or already finished (its entry is dropped), (-2, 0) for
+/// one that used up its attempts on workers that died (ended `failed`, dead-lettered).
+const START_LUA: &str = r"
+local group = ARGV[1]
+local max_attempts = tonumber(ARGV[2])
+local now = ARGV[3]
+local out = {}
+local count = (#ARGV - 6) / 2
+for i = 1, count do
+  local entry = ARGV[5 + 2 * i]
+  local job = ARGV[6 + 2 * i]
+  local hash = KEYS[2 + i]
+  local status = redis.call('HGET', hash, 'status')
+  if (not status) or status == 'completed' or status == 'failed' then
+    redis.call('XACK', KEYS[1], group, entry)
+    redis.call('XDEL', KEYS[1], entry)
+    out[#out + 1] = -1
+    out[#out + 1] = 0
+  else
+    local attempt = redis.call('HINCRBY', hash, 'attempts', 1)
+    if attempt > max_attempts then
+      local err = 'gave up after ' .. max_attempts .. ' attempts: the worker stopped during each'
+      redis.call('HSET', hash, 'status', 'failed', 'error', err, 'attempts', max_attempts, 'completed_at_ms', now)
+      redis.call('PEXPIRE', hash, ARGV[5])
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*',
+        'id', job, 'error', err, 'attempts', max_attempts, 'failed_at_ms', now)
+      redis.call('XACK', KEYS[1], group, entry)
+      redis.call('XDEL', KEYS[1], entry)
+      out[#out + 1] = -2
+      out[#out + 1] = 0
+    else
+      redis.call('HSET', hash, 'status', 'running', 'started_at_ms', now)
+      redis.call('PEXPIRE', hash, ARGV[4])
+      out[#out + 1] = attempt
+      out[#out + 1] = tonumber(redis.call('HGET', hash, 'created_at_ms') or '0') or 0
+    end
+  end
+end
+return out
+";
+
+/// Stores the result and removes the entry, in one step. A job already finished (by a worker
+/// that was thought dead but was only slow) keeps its first outcome.
+/// KEYS: stream, job hash. ARGV: group, entry id, result json, now ms, final ttl ms.
+/// Returns 1 if the result was stored, 0 if the job was already finished or gone.
+const COMPLETE_LUA: &str = r"
+local status = redis.call('HGET', KEYS[2], 'status')
+local stored = 0
+if status and status ~= 'completed' and status ~= 'failed' then
+  redis.call('HSET', KEYS[2], 'status', 'completed', 'result', ARGV[3], 'completed_at_ms', ARGV[4])
+  redis.call('HDEL', KEYS[2], 'error')
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  stored = 1
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return stored
+";
+
+/// Records a failed attempt: back of the queue as a new entry (same image, copied inside
+/// Redis), or `failed` + dead letter; the old entry is acknowledged and deleted either way.
+/// KEYS: stream, job hash, dead-letter stream.
+/// ARGV: group, entry id, attempt, max_attempts, error, now ms, final ttl ms, unfinished ttl ms,
+/// job id, dead-letter maxlen.
+/// Returns 1 retrying, 2 dead, 0 when this delivery no longer held the job (nothing changed),
+/// 3 when it no longer held it and the job had already failed.
+const FAIL_LUA: &str = r"
+local status = redis.call('HGET', KEYS[2], 'status')
+local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if acked == 0 then
+  if status == 'failed' then return 3 end
+  return 0
+end
+if (not status) or status == 'completed' or status == 'failed' then
+  redis.call('XDEL', KEYS[1], ARGV[2])
+  if status == 'failed' then return 3 end
+  return 0
+end
+if tonumber(ARGV[3]) < tonumber(ARGV[4]) then
+  local found = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+  if #found > 0 then
+    redis.call('XADD', KEYS[1], '*', unpack(found[1][2]))
+    redis.call('XDEL', KEYS[1], ARGV[2])
+    redis.call('HSET', KEYS[2], 'status', 'queued', 'error', ARGV[5])
+    redis.call('PEXPIRE', KEYS[2], ARGV[8])
+    return 1
+  end
+end
+local attempts = redis.call('HGET', KEYS[2], 'attempts') or ARGV[3]
+redis.call('HSET', KEYS[2], 'status', 'failed', 'error', ARGV[5], 'completed_at_ms', ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[7])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[10], '*',
+  'id', ARGV[9], 'error', ARGV[5], 'attempts', attempts, 'failed_at_ms', ARGV[6])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 2
+";
+
+#[derive(Clone)]
+pub struct RedisQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RedisQueueConfig,
+    keys: Keys,
+    /// Ordinary commands: short, multiplexed.
+    main: Conn,
+    /// Only for `XREADGROUP ... BLOCK`; the lock keeps one blocking read on it at a time, so a
+    /// read never waits out another's block inside its own response timeout.
+    blocking: Conn,
+    blocking_lock: tokio::sync::Mutex<()>,
+    /// Whether this process has made sure the consumer group exists.
+    group_ready: AtomicBool,
+    reclaim: Mutex<ReclaimState>,
+    scripts: Scripts,
+}
+
+struct Keys {
+    stream: String,
+    dead: String,
+    job_prefix: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Self {
+        Self { stream: format!("{prefix}:jobs"), dead: format!("{prefix}:dead"), job_prefix: format!("{prefix}:job:") }
+    }
+
+    fn job(&self, id: JobId) -> String {
+        format!("{}{}", self.job_prefix, id)
+    }
+}
+
+struct Scripts {
+    enqueue: Script,
+    start: Script,
+    complete: Script,
+    fail: Script,
+}
+
+struct ReclaimState {
+    /// When this process may next look for abandoned jobs.
+    next_at: Option<Instant>,
+    /// Where the `XAUTOCLAIM` scan of the pending list goes on from.
+    cursor: String,
+}
+
+/// A lazily connected, self-repairing [`ConnectionManager`].
+struct Conn {
+    client: Client,
+    response_timeout: Duration,
+    manager: Mutex<ConnectionManager>,
+    failures: AtomicU32,
+}
+
+impl Conn {
+    fn new(client: Client, response_timeout: Duration) -> RedisResult<Self> {
+        let manager = Self::build(&client, response_timeout)?;
+        Ok(Self { client, response_timeout, manager: Mutex::new(manager), failures: AtomicU32::new(0) })
+    }
+
+    /// Connects on first use; one quick retry per connection attempt, each bounded.
+    fn build(client: &Client, response_timeout: Duration) -> RedisResult<ConnectionManager> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(response_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(200));
+        ConnectionManager::new_lazy_with_config(client.clone(), config)
+    }
+
+    fn manager(&self) -> ConnectionManager {
+        self.manager.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn succeeded(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+    }
+
+    /// The manager reconnects by itself after a dropped connection, but not after a command
+    /// that timed out on a connection that looks alive, nor after a connection attempt that
+    /// failed with a server error: throw it away then, or after several failures in a row.
+    fn failed(&self, hung: bool) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if !hung && failures < REBUILD_AFTER_FAILURES {
+            return;
+        }
+        match Self::build(&self.client, self.response_timeout) {
+            Ok(fresh) => {
+                *self.manager.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
+                self.failures.store(0, Ordering::Relaxed);
+            }
+            Err(err) => tracing::warn!(error = %err, "could not set up a new Redis connection"),
+        }
+    }
+}
+
+/// One stream entry as read from Redis: its fields are `None` when the entry was deleted.
+struct RawEntry {
+    entry_id: String,
+    fields: Option<Vec<(Value, Value)>>,
+}
+
+impl RawEntry {
+    fn field(&self, name: &str) -> Option<&Value> {
+        self.fields.as_ref()?.iter().find(|(key, _)| bytes_of(key) == Some(name.as_bytes())).map(|(_, value)| value)
+    }
+
+    /// The job id and image, or `None` for an entry that is not a well-formed job.
+    fn into_job(self) -> (String, Option<(JobId, Bytes)>) {
+        let id = self.field("id").and_then(bytes_of).and_then(|raw| std::str::from_utf8(raw).ok()?.parse().ok());
+        let job = match (id, self.fields) {
+            (Some(id), Some(fields)) => fields
+                .into_iter()
+                .find(|(key, _)| bytes_of(key) == Some(b"image".as_slice()))
+                .and_then(|(_, value)| match value {
+                    Value::BulkString(image) => Some((id, Bytes::from(image))),
+                    _ => None,
+                }),
+            _ => None,
+        };
+        (self.entry_id, job)
+    }
+}
+
+impl RedisQueue {
+    /// Sets up the queue without connecting: Redis may be down now and come up later.
+    /// Fails only on a malformed URL.
+    pub async fn connect(config: RedisQueueConfig) -> Result<Self, QueueError> {
+        let client = Client::open(config.url.as_str())
+            .map_err(|err| QueueError::Unavailable(format!("invalid Redis URL: {err}")))?;
+        let main = Conn::new(client.clone(), RESPONSE_TIMEOUT).map_err(|err| unavailable("connect", &err))?;
+        let blocking = Conn::new(client, BLOCK_CHUNK + RESPONSE_TIMEOUT).map_err(|err| unavailable("connect", &err))?;
+        let keys = Keys::new(&config.prefix);
+        let scripts = Scripts {
+            enqueue: Script::new(ENQUEUE_LUA),
+            start: Script::new(START_LUA),
+            complete: Script::new(COMPLETE_LUA),
+            fail: Script::new(FAIL_LUA),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                keys,
+                main,
+                blocking,
+                blocking_lock: tokio::sync::Mutex::new(()),
+                group_ready: AtomicBool::new(false),
+                reclaim: Mutex::new(ReclaimState { next_at: None, cursor: "0-0".into() }),
+                scripts,
+            }),
+        })
+    }
+
+    pub async fn enqueue(&self, job: NewJob) -> Result<(), QueueError> {
+        let inner = &self.inner;
+        let limit = inner.config.policy.max_queue;
+        let sync = to_json(&job.sync)?;
+        let mut invocation = inner.scripts.enqueue.prepare_invoke();
+        invocation
+            .key(&inner.keys.stream)
+            .key(inner.keys.job(job.id))
+            .arg(limit)
+            .arg(ttl_ms(self.unfinished_ttl()))
+            .arg(job.id.to_string())
+            .arg(job.image.as_ref())
+            .arg(sync)
+            .arg(job.created_at_ms);
+        let invocation = &invocation;
+        let queued: i64 =
+            self.call(&inner.main, "enqueue", OP_TIMEOUT, |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        if queued == 1 { Ok(()) } else { Err(QueueError::Full { limit }) }
+    }
+
+    pub async fn get(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {
+        let key = self.inner.keys.job(id);
+        let key = &key;
+        let fields: Vec<(String, String)> = self
+            .call(&self.inner.main, "get", OP_TIMEOUT, |mut conn| async move {
+                redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
+            })
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        match parse_record(id, fields) {
+            Ok(record) => Ok(Some(record)),
+            Err(reason) => {
+                tracing::warn!(job = %id, reason, "unreadable job record in Redis");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Answers once Redis does, and makes sure the consumer group exists.
+    pub async fn check_ready(&self) -> Result<(), QueueError> {
+        self.create_group().await
+    }
+
+    pub async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        self.ensure_group().await?;
+        let stream = &self.inner.keys.stream;
+        let (length, pending): (u64, Value) = self
+            .call(&self.inner.main, "depth", OP_TIMEOUT, |mut conn| async move {
+                redis::pipe()
+                    .atomic()
+                    .cmd("XLEN")
+                    .arg(stream)
+                    .cmd("XPENDING")
+                    .arg(stream)
+                    .arg(GROUP)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        // XPENDING's summary form: [count, lowest id, highest id, per-consumer counts].
+        let pending = match pending {
+            Value::Array(items) => match items.first() {
+                Some(Value::Int(count)) => u64::try_from(*count).unwrap_or(0),
+                _ => 0,
+            },
+            _ => 0,
+        };
+        Ok(QueueDepth { waiting: length.saturating_sub(pending), pending })
+    }
+
+    /// Up to `max` jobs, waiting at most `wait` for the first. Jobs abandoned by a worker that
+    /// died (pending longer than `reclaim_after`) are taken over first, at most once per
+    /// `min(reclaim_after / 2, 1 s)` per process.
+    pub async fn take(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + wait;
+        self.ensure_group().await?;
+        let mut taken = match self.reclaim_cursor() {
+            Some(cursor) => self.reclaim(max, cursor).await?,
+            None => Vec::new(),
+        };
+        loop {
+            let want = max - taken.len();
+            if want == 0 {
+                break;
+            }
+            let block = if taken.is_empty() {
+                deadline.saturating_duration_since(Instant::now()).min(BLOCK_CHUNK)
+            } else {
+                Duration::ZERO
+            };
+            match self.read_new(want, block).await {
+                Ok(read) => taken.extend(read),
+                // Jobs already started belong to this worker now: hand them over, not an error.
+                Err(err) if !taken.is_empty() => {
+                    tracing::warn!(error = %err, "reading more jobs failed");
+                    break;
+                }
+                Err(err) => return Err(err),
+            }
+            if !taken.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+        }
+        Ok(taken)
+    }
+
+    pub async fn complete(&self, delivery: &Delivery, result: &Prediction) -> Result<(), QueueError> {
+        let inner = &self.inner;
+        let mut invocation = inner.scripts.complete.prepare_invoke();
+        invocation
+            .key(&inner.keys.stream)
+            .key(inner.keys.job(delivery.id))
+            .arg(GROUP)
+            .arg(&delivery.tag)
+            .arg(to_json(result)?)
+            .arg(now_ms())
+            .arg(ttl_ms(inner.config.policy.result_ttl));
+        let invocation = &invocation;
+        let stored: i64 =
+            self.call(&inner.main, "complete", OP_TIMEOUT, |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        if stored == 0 {
+            tracing::info!(job = %delivery.id, "job already finished or expired; this result was not stored");
+        }
+        Ok(())
+    }
+
+    pub async fn fail(&self, delivery: &Delivery, error: &str) -> Result<FailOutcome, QueueError> {
+        let inner = &self.inner;
+        let mut invocation = inner.scripts.fail.prepare_invoke();
+        invocation
+            .key(&inner.keys.stream)
+            .key(inner.keys.job(delivery.id))
+            .key(&inner.keys.dead)
+            .arg(GROUP)
+            .arg(&delivery.tag)
+            .arg(delivery.attempt)
+            .arg(self.max_attempts())
+            .arg(error)
+            .arg(now_ms())
+            .arg(ttl_ms(inner.config.policy.result_ttl))
+            .arg(ttl_ms(self.unfinished_ttl()))
+            .arg(delivery.id.to_string())
+            .arg(DEAD_LETTER_MAXLEN);
+        let invocation = &invocation;
+        let outcome: i64 = self
+            .call(&inner.main, "fail", OP_TIMEOUT, |mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await?;
+        match outcome {
+            1 => Ok(FailOutcome::Retrying),
+            2 => Ok(FailOutcome::Dead),
+            3 => {
+                tracing::info!(job = %delivery.id, "job was no longer held by this worker; it had already failed");
+                Ok(FailOutcome::Dead)
+            }
+            _ => {
+                tracing::info!(job = %delivery.id, "job was no longer held by this worker; nothing recorded");
+                Ok(FailOutcome::Retrying)
+            }
+        }
+    }
+
+    fn max_attempts(&self) -> u32 {
+        self.inner.config.policy.max_attempts.max(1)
+    }
+
+    fn unfinished_ttl(&self) -> Duration {
+        self.inner.config.policy.result_ttl.max(UNFINISHED_MIN_TTL)
+    }
+
+    fn reclaim_interval(&self) -> Duration {
+        (self.inner.config.reclaim_after / 2).clamp(Duration::from_millis(10), MAX_RECLAIM_INTERVAL)
+    }
+
+    /// The cursor to go on scanning from if it is time to look for abandoned jobs.
+    fn reclaim_cursor(&self) -> Option<String> {
+        let now = Instant::now();
+        let mut state = self.inner.reclaim.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.next_at.is_some_and(|at| at > now) {
+            return None;
+        }
+        state.next_at = Some(now + self.reclaim_interval());
+        Some(state.cursor.clone())
+    }
+
+    /// Takes over jobs pending longer than `reclaim_after` (their worker died) with XAUTOCLAIM.
+    async fn reclaim(&self, max: usize, cursor: String) -> Result<Vec<Delivery>, QueueError> {
+        let inner = &self.inner;
+        let min_idle = u64::try_from(inner.config.reclaim_after.as_millis()).unwrap_or(u64::MAX);
+        let (stream, consumer, cursor) = (&inner.keys.stream, &inner.config.consumer, &cursor);
+        let reply: Value = self
+            .call(&inner.main, "reclaim", OP_TIMEOUT, |mut conn| async move {
+                redis::cmd("XAUTOCLAIM")
+                    .arg(stream)
+                    .arg(GROUP)
+                    .arg(consumer)
+                    .arg(min_idle)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(max)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        // [next cursor, claimed entries, deleted ids (Redis 7: already dropped from the PEL)]
+        let mut parts = match reply {
+            Value::Array(parts) => parts.into_iter(),
+            _ => return Ok(Vec::new()),
+        };
+        if let Some(next) = parts.next().as_ref().and_then(string_of) {
+            inner.reclaim.lock().unwrap_or_else(PoisonError::into_inner).cursor = next;
+        }
+        let entries = parts.next().map(parse_entries).unwrap_or_default();
+        if !entries.is_empty() {
+            tracing::info!(count = entries.len(), "took over jobs from a worker that stopped");
+        }
+        self.start(entries).await
+    }
+
+    /// Reads new entries for this consumer, blocking up to `block` on the dedicated connection.
+    async fn read_new(&self, count: usize, block: Duration) -> Result<Vec<Delivery>, QueueError> {
+        let inner = &self.inner;
+        let reply =
+            if block.as_millis() == 0 {
+                // BLOCK 0 would mean "forever": no BLOCK at all, on the ordinary connection.
+                let read = &self.read_command(count, None);
+                self.call(&inner.main, "take", OP_TIMEOUT, |mut conn| async move {
+                    read.query_async::<Value>(&mut conn).await
+                })
+                .await?
+            } else {
+                // Another task of this process may be blocked on the connection: wait for it, but
+                // not past our own deadline.
+                let deadline = Instant::now() + block;
+                let Ok(_guard) = tokio::time::timeout_at(deadline, inner.blocking_lock.lock()).await else {
+                    return Ok(Vec::new());
+                };
+                let block = deadline.saturating_duration_since(Instant::now());
+                if block.as_millis() == 0 {
+                    return Ok(Vec::new());
+                }
+                let read = &self.read_command(count, Some(block));
+                self.call(&inner.blocking, "take", block + OP_TIMEOUT, |mut conn| async move {
+                    read.query_async::<Value>(&mut conn).await
+                })
+                .await?
+            };
+        self.start(parse_read_reply(reply)).await
+    }
+
+    fn read_command(&self, count: usize, block: Option<Duration>) -> redis::Cmd {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(GROUP).arg(&self.inner.config.consumer).arg("COUNT").arg(count);
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(ttl_ms(block));
+        }
+        cmd.arg("STREAMS").arg(&self.inner.keys.stream).arg(">");
+        cmd
+    }
+
+    /// Counts an attempt for each delivered entry and marks it running, in one script; drops
+    /// entries whose job is gone or that used up their attempts on workers that died.
+    async fn start(&self, entries: Vec<RawEntry>) -> Result<Vec<Delivery>, QueueError> {
+        let inner = &self.inner;
+        let mut jobs = Vec::with_capacity(entries.len());
+        let mut junk = Vec::new();
+        for entry in entries {
+            match entry.into_job() {
+                (entry_id, Some((id, image))) => jobs.push((entry_id, id, image)),
+                (entry_id, None) => junk.push(entry_id),
+            }
+        }
+        if !junk.is_empty() {
+            tracing::warn!(count = junk.len(), "dropping malformed or deleted stream entries");
+            let (stream, junk) = (&inner.keys.stream, &junk);
+            self.call(&inner.main, "take", OP_TIMEOUT, |mut conn| async move {
+                redis::pipe()
+                    .atomic()
+                    .cmd("XACK")
+                    .arg(stream)
+                    .arg(GROUP)
+                    .arg(junk)
+                    .ignore()
+                    .cmd("XDEL")
+                    .arg(stream)
+                    .arg(junk)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await?;
+        }
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = inner.scripts.start.prepare_invoke();
+        invocation.key(&inner.keys.stream).key(&inner.keys.dead);
+        for (_, id, _) in &jobs {
+            invocation.key(inner.keys.job(*id));
+        }
+        invocation
+            .arg(GROUP)
+            .arg(self.max_attempts())
+            .arg(now_ms())
+            .arg(ttl_ms(self.unfinished_ttl()))
+            .arg(ttl_ms(inner.config.policy.result_ttl))
+            .arg(DEAD_LETTER_MAXLEN);
+        for (entry_id, id, _) in &jobs {
+            invocation.arg(entry_id).arg(id.to_string());
+        }
+        let invocation = &invocation;
+        let started: Vec<i64> = self
+            .call(&inner.main, "take", OP_TIMEOUT, |mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await?;
+        let mut deliveries = Vec::with_capacity(jobs.len());
+        for ((tag, id, image), outcome) in jobs.into_iter().zip(started.chunks_exact(2)) {
+            let (attempt, created_at_ms) = (outcome[0], outcome[1]);
+            match attempt {
+                -2 => tracing::warn!(job = %id, "job failed: its attempts all ended with the worker stopping"),
+                n if n > 0 => deliveries.push(Delivery {
+                    id,
+                    image,
+                    attempt: u32::try_from(n).unwrap_or(u32::MAX),
+                    created_at_ms: u64::try_from(created_at_ms).unwrap_or(0),
+                    tag,
+                }),
+                _ => tracing::debug!(job = %id, "dropped the entry of a job that is gone or finished"),
+            }
+        }
+        Ok(deliveries)
+    }
+
+    /// Creates the consumer group (and the stream) unless this process already has.
+    async fn ensure_group(&self) -> Result<(), QueueError> {
+        if self.inner.group_ready.load(Ordering::Relaxed) { Ok(()) } else { self.create_group().await }
+    }
+
+    /// `XGROUP CREATE ... 0 MKSTREAM`: from `0`, so that jobs added while the group did not
+    /// exist (Redis restarted empty, then `enqueue` made the stream anew) are still delivered.
+    async fn create_group(&self) -> Result<(), QueueError> {
+        let stream = &self.inner.keys.stream;
+        self.call_once(&self.inner.main, "create the consumer group", OP_TIMEOUT, |mut conn| async move {
+            let created = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(stream)
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async::<()>(&mut conn)
+                .await;
+            match created {
+                Err(err) if has_code(&err, "BUSYGROUP") => Ok(()),
+                other => other,
+            }
+        })
+        .await?;
+        self.inner.group_ready.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// [`Self::call_once`], and once more after recreating the consumer group if Redis lost it.
+    async fn call<T, F, Fut>(&self, conn: &Conn, what: &str, limit: Duration, op: F) -> Result<T, QueueError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        match self.try_call(conn, what, limit, &op).await {
+            Err(CallError::NoGroup) => {
+                tracing::info!("the Redis consumer group is gone (Redis restarted?); recreating it");
+                self.inner.group_ready.store(false, Ordering::Relaxed);
+                self.create_group().await?;
+                self.try_call(conn, what, limit, &op).await.map_err(|err| err.into_queue_error(what))
+            }
+            other => other.map_err(|err| err.into_queue_error(what)),
+        }
+    }
+
+    async fn call_once<T, F, Fut>(&self, conn: &Conn, what: &str, limit: Duration, op: F) -> Result<T, QueueError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.try_call(conn, what, limit, &op).await.map_err(|err| err.into_queue_error(what))
+    }
+
+    /// Runs `op` within `limit`. A refused connection means the command was never sent, so it
+    /// is tried once more (the manager is already reconnecting — Redis may just be back).
+    async fn try_call<T, F, Fut>(&self, conn: &Conn, what: &str, limit: Duration, op: &F) -> Result<T, CallError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let mut retried = false;
+        loop {
+            let err = match tokio::time::timeout(limit, op(conn.manager())).await {
+                Ok(Ok(value)) => {
+                    conn.succeeded();
+                    return Ok(value);
+                }
+                Ok(Err(err)) => err,
+                Err(_) => {
+                    conn.failed(true);
+                    return Err(CallError::TimedOut(limit));
+                }
+            };
+            if has_code(&err, "NOGROUP") {
+                conn.succeeded();
+                return Err(CallError::NoGroup);
+            }
+            conn.failed(err.is_timeout());
+            if err.is_connection_refusal() && !retried {
+                retried = true;
+                continue;
+            }
+            tracing::debug!(what, error = %err, "Redis call failed");
+            return Err(CallError::Redis(err));
+        }
+    }
+}
+
+enum CallError {
+    NoGroup,
+    TimedOut(Duration),
+    Redis(RedisError),
+}
+
+impl CallError {
+    fn into_queue_error(self, what: &str) -> QueueError {
+        match self {
+            CallError::NoGroup => QueueError::Unavailable(format!("{what}: the Redis consumer group is missing")),
+            CallError::TimedOut(limit) => {
+                QueueError::Unavailable(format!("{what}: Redis did not answer within {} ms", limit.as_millis()))
+            }
+            CallError::Redis(err) => unavailable(what, &err),
+        }
+    }
+}
+
+fn unavailable(what: &str, err: &RedisError) -> QueueError {
+    QueueError::Unavailable(format!("{what}: {err}"))
+}
+
+fn has_code(err: &RedisError, code: &str) -> bool {
+    err.code() == Some(code) || err.to_string().contains(code)
+}
+
+fn to_json(prediction: &Prediction) -> Result<String, QueueError> {
+    serde_json::to_string(prediction)
+        .map_err(|err| QueueError::Unavailable(format!("could not encode a prediction: {err}")))
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn bytes_of(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+fn string_of(value: &Value) -> Option<String> {
+    bytes_of(value).and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
+}
+
+/// `XREADGROUP`'s reply: nil on timeout, else per stream `[key, entries]` (RESP2) or a map
+/// from key to entries (RESP3). We read one stream.
+fn parse_read_reply(reply: Value) -> Vec<RawEntry> {
+    match reply {
+        Value::Array(streams) => streams
+            .into_iter()
+            .flat_map(|stream| match stream {
+                Value::Array(mut pair) if pair.len() == 2 => parse_entries(pair.swap_remove(1)),
+                _ => Vec::new(),
+            })
+            .collect(),
+        Value::Map(streams) => streams.into_iter().flat_map(|(_, entries)| parse_entries(entries)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A list of `[id, [field, value, ...]]`; the fields are nil for an entry deleted meanwhile.
+fn parse_entries(entries: Value) -> Vec<RawEntry> {
+    let Value::Array(entries) = entries else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|entry| {
+            let Value::Array(parts) = entry else {
+                return None;
+            };
+            let mut parts = parts.into_iter();
+            let entry_id = string_of(&parts.next()?)?;
+            let fields = match parts.next() {
+                Some(Value::Array(flat)) => {
+                    let mut pairs = Vec::with_capacity(flat.len() / 2);
+                    let mut flat = flat.into_iter();
+                    while let (Some(key), Some(value)) = (flat.next(), flat.next()) {
+                        pairs.push((key, value));
+                    }
+                    Some(pairs)
+                }
+                Some(Value::Map(pairs)) => Some(pairs),
+                _ => None,
+            };
+            Some(RawEntry { entry_id, fields })
+        })
+        .collect()
+}
+
+fn parse_record(id: JobId, fields: Vec<(String, String)>) -> Result<JobRecord, String> {
+    let mut record: Option<JobRecord> = None;
+    let mut status = None;
+    let mut result = None;
+    let mut error = None;
+    let mut attempts = 0;
+    let mut created_at_ms = 0;
+    let mut started_at_ms = None;
+    let mut completed_at_ms = None;
+    let number = |name: &str, text: &str| text.parse::<u64>().map_err(|err| format!("{name}: {err}"));
+    for (name, value) in fields {
+        match name.as_str() {
+            "status" => status = Some(JobStatus::parse(&value).ok_or_else(|| format!("status {value:?}"))?),
+            "sync" => {
+                let sync = serde_json::from_str(&value).map_err(|err| format!("sync: {err}"))?;
+                record = Some(JobRecord::new(id, sync, 0));
+            }
+            "result" => result = Some(serde_json::from_str(&value).map_err(|err| format!("result: {err}"))?),
+            "error" => error = Some(value),
+            "attempts" => attempts = u32::try_from(number("attempts", &value)?).unwrap_or(u32::MAX),
+            "created_at_ms" => created_at_ms = number("created_at_ms", &value)?,
+            "started_at_ms" => started_at_ms = Some(number("started_at_ms", &value)?),
+            "completed_at_ms" => completed_at_ms = Some(number("completed_at_ms", &value)?),
+            _ => {}
+        }
+    }
+    let mut record = record.ok_or("no sync prediction")?;
+    record.status = status.ok_or("no status")?;
+    record.result = result;
+    record.error = error;
+    record.attempts = attempts;
+    record.created_at_ms = created_at_ms;
+    record.started_at_ms = started_at_ms;
+    record.completed_at_ms = completed_at_ms;
+    Ok(record)
+}

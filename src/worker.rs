@@ -1,0 +1,160 @@
+//! The worker: takes jobs from the queue, runs the accurate model, stores the result.
+//!
+//! Used by `tandem worker` (Redis) and inside `tandem serve` (embedded queue). Up to
+//! `concurrency` jobs run at once; the classifier batches whatever of them is waiting. A job
+//! is acknowledged only after its result is stored; a failed or panicking job costs one attempt.
+//! On shutdown it stops taking jobs and finishes the ones in flight.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+
+use crate::engine::{ClassifyError, Classifier};
+use crate::jobs::{Delivery, FailOutcome};
+use crate::queue::{JobQueue, QueueError};
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Jobs in flight at once.
+    pub concurrency: usize,
+    /// Longest a `take` blocks, which bounds how fast shutdown is noticed.
+    pub poll: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self { concurrency: 4, poll: Duration::from_secs(1) }
+    }
+}
+
+/// Runs until `shutdown` turns true, then waits for the jobs in flight.
+pub async fn run(queue: JobQueue, classifier: Classifier, config: WorkerConfig, mut shutdown: watch::Receiver<bool>) {
+    let concurrency = config.concurrency.max(1);
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mut backoff = Backoff::default();
+    while !*shutdown.borrow() {
+        // Wait for a free slot first, so jobs are only taken when they can start at once.
+        let Ok(first) = Arc::clone(&slots).acquire_owned().await else { break };
+        let free = slots.available_permits() + 1;
+        let taken = tokio::select! {
+            taken = queue.take(free, config.poll) => taken,
+            _ = shutdown.changed() => { drop(first); break; }
+        };
+        let deliveries = match taken {
+            Ok(deliveries) => {
+                backoff.succeeded();
+                deliveries
+            }
+            Err(err) => {
+                drop(first);
+                let pause = backoff.failed(&err);
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {},
+                    _ = shutdown.changed() => {},
+                }
+                continue;
+            }
+        };
+        let mut first = Some(first);
+        for delivery in deliveries {
+            let permit = match first.take() {
+                Some(permit) => permit,
+                None => match Arc::clone(&slots).acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let queue = queue.clone();
+            let classifier = classifier.clone();
+            tokio::spawn(async move {
+                process(&queue, &classifier, delivery).await;
+                drop(permit);
+            });
+        }
+    }
+    // Every slot back means every job in flight has finished.
+    let _ = slots.acquire_many(concurrency as u32).await;
+    tracing::info!("worker stopped");
+}
+
+/// Runs one job. The model runs in its own task so that a panic is caught and recorded as a
+/// failed attempt instead of ending the worker.
+async fn process(queue: &JobQueue, classifier: &Classifier, delivery: Delivery) {
+    let image = delivery.image.clone();
+    let runner = classifier.clone();
+    let outcome = tokio::spawn(async move { runner.classify(image).await }).await;
+    let result = match outcome {
+        Ok(Ok(prediction)) => Ok(prediction),
+        Ok(Err(err)) => Err(describe(&err)),
+        Err(join) if join.is_panic() => Err("the model panicked on this job".to_owned()),
+        Err(_) => Err("the job was cancelled".to_owned()),
+    };
+    match result {
+        Ok(prediction) => {
+            // If the result cannot be stored (queue down), the job stays unacknowledged and is
+            // taken over after the reclaim timeout: done again rather than lost.
+            if let Err(err) = retry_briefly(|| queue.complete(&delivery, &prediction)).await {
+                tracing::warn!(job = %delivery.id, error = %err, "result not stored; the job will be retried");
+            }
+        }
+        Err(error) => match retry_briefly(|| queue.fail(&delivery, &error)).await {
+            Ok(FailOutcome::Dead) => {
+                tracing::warn!(job = %delivery.id, attempts = delivery.attempt, %error, "job failed for good")
+            }
+            Ok(FailOutcome::Retrying) => tracing::info!(job = %delivery.id, attempt = delivery.attempt, %error, "job failed; retrying"),
+            Err(err) => tracing::warn!(job = %delivery.id, error = %err, "failure not recorded"),
+        },
+    }
+}
+
+fn describe(err: &ClassifyError) -> String {
+    match err {
+        ClassifyError::Image(e) => format!("the image cannot be used: {e}"),
+        other => other.to_string(),
+    }
+}
+
+/// A few quick retries ride out a Redis blip without giving the job up.
+async fn retry_briefly<T, F, Fut>(mut op: F) -> Result<T, QueueError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, QueueError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut tries = 0;
+    loop {
+        match op().await {
+            Err(QueueError::Unavailable(_)) if tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Exponential backoff for an unreachable queue, logging the outage once rather than per try.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn failed(&mut self, err: &QueueError) -> Duration {
+        if self.failures == 0 {
+            tracing::warn!(error = %err, "queue unavailable; retrying with backoff");
+        }
+        self.failures = self.failures.saturating_add(1);
+        let exponent = self.failures.min(6);
+        Duration::from_millis(100 * (1 << exponent)).min(Duration::from_secs(5))
+    }
+
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(after = self.failures, "queue reachable again");
+        }
+        self.failures = 0;
+    }
+}

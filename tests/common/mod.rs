@@ -1,0 +1,208 @@
+//! Shared helpers for integration tests: where the shared models and photos are.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// `../shared` beside the repository root.
+pub fn shared() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
+pub fn models_dir() -> PathBuf {
+    shared().join("models")
+}
+
+pub fn images_dir() -> PathBuf {
+    shared().join("images")
+}
+
+/// One row of `golden.csv`: a model's reference top-5 for one photo.
+#[derive(Debug, Clone)]
+pub struct Golden {
+    pub file: String,
+    pub model: String,
+    pub top1: usize,
+    pub top5: Vec<(usize, f32)>,
+}
+
+pub fn golden() -> Vec<Golden> {
+    let text = std::fs::read_to_string(images_dir().join("golden.csv")).expect("../shared/images/golden.csv");
+    text.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            let indices = f[4].split_whitespace().map(|x| x.parse().expect("index"));
+            let probs = f[5].split_whitespace().map(|x| x.parse().expect("prob"));
+            Golden {
+                file: f[0].to_owned(),
+                model: f[1].to_owned(),
+                top1: f[3].parse().expect("top1"),
+                top5: indices.zip(probs).collect(),
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real `tandem` processes and a real Redis, for the serving tests.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The Redis the tests share (`scripts/test.sh` makes sure one answers).
+pub fn redis_url() -> String {
+    std::env::var("TANDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+/// A key prefix no other test uses.
+pub fn unique_prefix(test: &str) -> String {
+    format!("tandem-test-{test}-{}", uuid::Uuid::new_v4().simple())
+}
+
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Arguments every test process shares: the shared models, EfficientNet-Lite2 as the accurate tier.
+pub fn model_args() -> Vec<String> {
+    vec![
+        "--model-dir".into(),
+        models_dir().display().to_string(),
+        "--accurate-model".into(),
+        "efficientnet_lite2.onnx".into(),
+        "--intra-threads".into(),
+        "1".into(),
+    ]
+}
+
+/// A child `tandem` process, killed when dropped.
+pub struct Tandem {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Tandem {
+    /// `tandem serve` on a free port with `extra` arguments; returns once `/health/ready` is 200.
+    pub fn serve(extra: &[&str]) -> Self {
+        let port = free_port();
+        let mut args: Vec<String> = vec!["serve".into(), "--addr".into(), format!("127.0.0.1:{port}")];
+        args.extend(model_args());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = spawn_tandem(&args);
+        let mut tandem = Self { child, base: format!("http://127.0.0.1:{port}") };
+        tandem.wait_ready(Duration::from_secs(60));
+        tandem
+    }
+
+    /// `tandem worker` with `extra` arguments (no HTTP).
+    pub fn worker(extra: &[&str]) -> Self {
+        let mut args: Vec<String> = vec!["worker".into()];
+        args.extend(model_args());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self { child: spawn_tandem(&args), base: String::new() }
+    }
+
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let url = format!("{}/health/ready", self.base);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("tandem exited before it was ready: {status}");
+            }
+            if let Ok(response) = agent().get(&url).call()
+                && response.status() == 200
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("tandem at {} was not ready within {timeout:?}", self.base);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, then the exit status (killing it if it does not stop in `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        None
+    }
+}
+
+impl Drop for Tandem {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_tandem(args: &[String]) -> Child {
+    let log = if std::env::var_os("TANDEM_TEST_LOGS").is_some() { Stdio::inherit() } else { Stdio::null() };
+    Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .env("TANDEM_LOG", "info,ort=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn tandem")
+}
+
+/// An HTTP client that reports 4xx/5xx as responses, not errors.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+pub fn read_json(response: ureq::http::Response<ureq::Body>) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let text = body.read_to_string().expect("read body");
+    let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+    (status, value)
+}
+
+pub fn post_bytes(url: &str, content_type: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    read_json(agent().post(url).header("content-type", content_type).send(body).expect("POST"))
+}
+
+pub fn post_json(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    post_bytes(url, "application/json", body.to_string().as_bytes())
+}
+
+pub fn get_json(url: &str) -> (u16, serde_json::Value) {
+    read_json(agent().get(url).call().expect("GET"))
+}
+
+/// Polls `GET /job/{id}` until the job is completed or failed.
+pub fn wait_for_job(base: &str, id: &str, timeout: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, body) = get_json(&format!("{base}/job/{id}"));
+        assert_eq!(status, 200, "GET /job/{id}: {body}");
+        if body["status"] == "completed" || body["status"] == "failed" {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "job {id} not finished within {timeout:?}: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}

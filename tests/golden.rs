@@ -1,0 +1,132 @@
+//! Both real models on the 20 shared photos, against Pillow + ONNX Runtime reference top-5s.
+
+mod common;
+
+use std::sync::Arc;
+
+use tandem::engine::{BatchConfig, Classifier, ModelConfig};
+use tandem::labels::Labels;
+use tandem::pipeline::PreprocessConfig;
+
+const TOLERANCE: f32 = 0.02;
+
+fn classifier(model: &str, max_batch: usize) -> Classifier {
+    let labels = Arc::new(Labels::load(&common::models_dir().join("imagenet_classes.txt")).expect("labels"));
+    let config = ModelConfig {
+        path: common::models_dir().join(model),
+        labels,
+        preprocess: PreprocessConfig::default(),
+        intra_threads: 2,
+        spinning: true,
+    };
+    // All 1000 probabilities, so each reference class can be looked up whatever its rank.
+    Classifier::start(config, BatchConfig { top_k: 1000, max_batch, ..BatchConfig::default() }).expect("model loads")
+}
+
+fn check_model(model: &str) {
+    let rows: Vec<_> = common::golden().into_iter().filter(|g| g.model == model).collect();
+    assert_eq!(rows.len(), 20, "golden.csv should have 20 rows for {model}");
+    let classifier = classifier(model, 1);
+    let mut failures = Vec::new();
+    let mut worst = 0.0f32;
+    for row in &rows {
+        let bytes = std::fs::read(common::images_dir().join(&row.file)).expect("photo");
+        let prediction = classifier.classify_blocking(&bytes).expect("classify");
+        if prediction.class_index != row.top1 {
+            failures.push(format!("{}: top-1 {} != reference {}", row.file, prediction.class_index, row.top1));
+        }
+        for &(class, reference) in &row.top5 {
+            let ours = prediction.top_k.iter().find(|c| c.class_index == class).map_or(0.0, |c| c.score);
+            worst = worst.max((ours - reference).abs());
+            if (ours - reference).abs() > TOLERANCE {
+                failures.push(format!("{}: class {class} p={ours:.5}, reference {reference:.5}", row.file));
+            }
+        }
+    }
+    eprintln!("{model}: worst top-5 probability difference {worst:.5} over {} photos", rows.len());
+    assert!(failures.is_empty(), "{model} differs from golden.csv:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn mobilenet_v2_matches_golden() {
+    check_model("mobilenet_v2.onnx");
+}
+
+#[test]
+fn efficientnet_lite2_matches_golden() {
+    check_model("efficientnet_lite2.onnx");
+}
+
+/// A batch of several images gives the same answers as one at a time.
+#[test]
+fn batched_inference_matches_single() {
+    let single = classifier("mobilenet_v2.onnx", 1);
+    let batched = classifier("mobilenet_v2.onnx", 8);
+    let photos: Vec<Vec<u8>> = (1..=8)
+        .map(|i| std::fs::read(common::images_dir().join(format!("sample_{i:02}.jpg"))).expect("photo"))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
+    let answers = runtime.block_on(async {
+        let tasks: Vec<_> = photos
+            .iter()
+            .cloned()
+            .map(|photo| {
+                let batched = batched.clone();
+                tokio::spawn(async move { batched.classify(photo).await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for task in tasks {
+            out.push(task.await.expect("join").expect("classify"));
+        }
+        out
+    });
+    for (photo, answer) in photos.iter().zip(answers) {
+        let reference = single.classify_blocking(photo).expect("classify");
+        assert_eq!(answer.class_index, reference.class_index);
+        assert!((answer.score - reference.score).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn a_model_whose_classes_differ_from_its_labels_is_refused() {
+    let labels = Arc::new(Labels::parse("only\ntwo\n"));
+    let config = ModelConfig {
+        path: common::models_dir().join("mobilenet_v2.onnx"),
+        labels,
+        preprocess: PreprocessConfig::default(),
+        intra_threads: 1,
+        spinning: false,
+    };
+    let Err(err) = Classifier::start(config, BatchConfig::default()) else { panic!("mismatch accepted") };
+    let message = err.to_string();
+    assert!(message.contains("mobilenet_v2.onnx") && message.contains("1000") && message.contains('2'), "{message}");
+}
+
+#[test]
+fn a_crop_that_does_not_fit_a_fixed_input_is_refused() {
+    let labels = Arc::new(Labels::load(&common::models_dir().join("imagenet_classes.txt")).expect("labels"));
+    let config = ModelConfig {
+        path: common::models_dir().join("mobilenet_v2.onnx"),
+        labels,
+        preprocess: PreprocessConfig { resize: 292, crop: 260, ..PreprocessConfig::default() },
+        intra_threads: 1,
+        spinning: false,
+    };
+    let Err(err) = Classifier::start(config, BatchConfig::default()) else { panic!("wrong crop accepted") };
+    assert!(err.to_string().contains("224"), "{err}");
+}
+
+#[test]
+fn a_file_that_is_not_a_model_is_refused_with_its_name() {
+    let labels = Arc::new(Labels::parse("a\n"));
+    let config = ModelConfig {
+        path: common::models_dir().join("imagenet_classes.txt"),
+        labels,
+        preprocess: PreprocessConfig::default(),
+        intra_threads: 1,
+        spinning: false,
+    };
+    let Err(err) = Classifier::start(config, BatchConfig::default()) else { panic!("not a model accepted") };
+    assert!(err.to_string().contains("imagenet_classes.txt"), "{err}");
+}

@@ -1,0 +1,576 @@
+//! The Redis Streams queue against a real Redis (`TANDEM_TEST_REDIS_URL`, else the local one).
+//!
+//! Every test works under its own random key prefix, so they run in parallel, and deletes its
+//! keys when done (even when it fails). The outage tests start their own `redis-server`.
+
+use std::collections::HashSet;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redis::Value;
+use tandem::engine::Prediction;
+use tandem::jobs::{Delivery, FailOutcome, JobStatus, NewJob, now_ms};
+use tandem::queue::{QueueDepth, QueueError, QueuePolicy, RedisQueue, RedisQueueConfig};
+use uuid::Uuid;
+
+fn redis_url() -> String {
+    std::env::var("TANDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+fn prediction(label: &str) -> Prediction {
+    Prediction {
+        model: "m".into(),
+        label: label.into(),
+        class_index: 7,
+        score: 0.25,
+        top_k: Vec::new(),
+        inference_ms: 1.5,
+    }
+}
+
+/// A job whose image is binary (NUL, 0xFF, invalid UTF-8) so base64 or string mangling shows.
+fn job() -> NewJob {
+    let mut image = vec![0u8, 0xFF, 0xFE, b'\r', b'\n', 0x80];
+    image.extend(Uuid::new_v4().as_bytes());
+    NewJob { id: Uuid::new_v4(), image: Bytes::from(image), sync: prediction("fast"), created_at_ms: now_ms() }
+}
+
+fn policy(max_queue: usize, max_attempts: u32, result_ttl: Duration) -> QueuePolicy {
+    QueuePolicy { max_queue, result_ttl, max_attempts }
+}
+
+fn config(url: &str, prefix: &str, consumer: &str, reclaim_after: Duration, policy: QueuePolicy) -> RedisQueueConfig {
+    RedisQueueConfig { url: url.into(), prefix: prefix.into(), consumer: consumer.into(), reclaim_after, policy }
+}
+
+/// A fresh key prefix whose keys are deleted when this is dropped.
+struct Keys {
+    url: String,
+    prefix: String,
+}
+
+impl Keys {
+    fn new() -> Self {
+        Self::at(&redis_url())
+    }
+
+    fn at(url: &str) -> Self {
+        Self { url: url.into(), prefix: format!("tandem-test-{}", Uuid::new_v4()) }
+    }
+
+    fn queue_config(&self, consumer: &str, reclaim_after: Duration, policy: QueuePolicy) -> RedisQueueConfig {
+        config(&self.url, &self.prefix, consumer, reclaim_after, policy)
+    }
+
+    async fn queue(&self, consumer: &str, reclaim_after: Duration, policy: QueuePolicy) -> RedisQueue {
+        RedisQueue::connect(self.queue_config(consumer, reclaim_after, policy)).await.expect("connect")
+    }
+
+    fn stream(&self) -> String {
+        format!("{}:jobs", self.prefix)
+    }
+
+    fn dead(&self) -> String {
+        format!("{}:dead", self.prefix)
+    }
+
+    fn job(&self, id: Uuid) -> String {
+        format!("{}:job:{id}", self.prefix)
+    }
+
+    async fn raw(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.url.as_str()).expect("url");
+        client.get_multiplexed_async_connection().await.expect("a direct connection to the test Redis")
+    }
+
+    async fn xlen(&self) -> u64 {
+        redis::cmd("XLEN").arg(self.stream()).query_async(&mut self.raw().await).await.expect("XLEN")
+    }
+
+    /// The dead-letter entries' fields, as strings.
+    async fn dead_letters(&self) -> Vec<Vec<(String, String)>> {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(self.dead())
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.raw().await)
+            .await
+            .expect("XRANGE");
+        entries.into_iter().map(|(_, fields)| fields).collect()
+    }
+
+    async fn pending(&self) -> u64 {
+        let summary: Value = redis::cmd("XPENDING")
+            .arg(self.stream())
+            .arg("workers")
+            .query_async(&mut self.raw().await)
+            .await
+            .expect("XPENDING");
+        match summary {
+            Value::Array(items) => match items.first() {
+                Some(Value::Int(count)) => *count as u64,
+                other => panic!("XPENDING count: {other:?}"),
+            },
+            other => panic!("XPENDING: {other:?}"),
+        }
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        // Best effort: the server may be one a test has killed.
+        let Ok(client) = redis::Client::open(self.url.as_str()) else { return };
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(1)) else { return };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query(&mut conn).unwrap_or_default();
+        if !keys.is_empty() {
+            let _ = redis::cmd("DEL").arg(keys).query::<()>(&mut conn);
+        }
+    }
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+}
+
+const LONG_RECLAIM: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_job_goes_queued_running_completed_and_leaves_the_stream() {
+    let keys = Keys::new();
+    let q = keys.queue("c1", LONG_RECLAIM, policy(10, 3, Duration::from_secs(60))).await;
+    q.check_ready().await.expect("ready");
+    let j = job();
+    let (id, image, created) = (j.id, j.image.clone(), j.created_at_ms);
+    q.enqueue(j).await.expect("enqueue");
+
+    let record = q.get(id).await.expect("get").expect("a queued record");
+    assert_eq!(record.status, JobStatus::Queued);
+    assert_eq!(record.attempts, 0);
+    assert_eq!(record.sync, prediction("fast"));
+    assert_eq!(record.created_at_ms, created);
+    assert_eq!(record.result, None);
+    assert_eq!(q.depth().await.expect("depth"), QueueDepth { waiting: 1, pending: 0 });
+
+    let taken = q.take(4, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(taken.len(), 1);
+    let delivery = &taken[0];
+    assert_eq!((delivery.id, delivery.attempt, delivery.created_at_ms), (id, 1, created));
+    assert_eq!(delivery.image, image, "the image comes back byte for byte");
+    assert!(!delivery.tag.is_empty());
+
+    let record = q.get(id).await.expect("get").expect("a running record");
+    assert_eq!(record.status, JobStatus::Running);
+    assert_eq!(record.attempts, 1);
+    assert!(record.started_at_ms.is_some_and(|at| at >= created));
+    assert_eq!(q.depth().await.expect("depth"), QueueDepth { waiting: 0, pending: 1 });
+
+    q.complete(delivery, &prediction("accurate")).await.expect("complete");
+    let record = q.get(id).await.expect("get").expect("a completed record");
+    assert_eq!(record.status, JobStatus::Completed);
+    assert_eq!(record.result, Some(prediction("accurate")));
+    assert_eq!(record.sync, prediction("fast"));
+    assert_eq!(record.error, None);
+    assert_eq!(record.attempts, 1);
+    assert!(record.completed_at_ms.is_some());
+    assert_eq!(keys.xlen().await, 0, "a finished job's entry is deleted");
+    assert_eq!(q.depth().await.expect("depth"), QueueDepth::default());
+    let ttl: i64 = redis::cmd("PTTL").arg(keys.job(id)).query_async(&mut keys.raw().await).await.expect("PTTL");
+    assert!(ttl > 0 && ttl <= 60_000, "the finished record expires after result_ttl (PTTL {ttl})");
+
+    assert_eq!(q.get(Uuid::new_v4()).await.expect("get"), None, "unknown ids are None");
+    assert!(q.take(1, Duration::from_millis(50)).await.expect("take").is_empty());
+}
+
+#[tokio::test]
+async fn take_waits_for_a_job_and_gives_up_after_the_timeout() {
+    let keys = Keys::new();
+    let q = keys.queue("c1", LONG_RECLAIM, policy(10, 3, Duration::from_secs(60))).await;
+    let started = Instant::now();
+    assert!(q.take(1, Duration::from_millis(300)).await.expect("take").is_empty());
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(280) && waited < Duration::from_secs(2), "waited {waited:?}");
+    assert!(q.take(1, Duration::ZERO).await.expect("take without waiting").is_empty());
+
+    let waiter = {
+        let q = q.clone();
+        tokio::spawn(async move { q.take(1, Duration::from_secs(5)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let j = job();
+    let id = j.id;
+    q.enqueue(j).await.expect("enqueue");
+    let taken = waiter.await.expect("join").expect("take");
+    assert_eq!(taken.iter().map(|d| d.id).collect::<Vec<_>>(), vec![id]);
+    assert!(started.elapsed() < Duration::from_secs(2), "a blocked take wakes when a job arrives");
+}
+
+#[tokio::test]
+async fn the_queue_is_bounded() {
+    let keys = Keys::new();
+    let q = keys.queue("c1", LONG_RECLAIM, policy(2, 3, Duration::from_secs(60))).await;
+    q.enqueue(job()).await.expect("first");
+    q.enqueue(job()).await.expect("second");
+    let refused = job();
+    let refused_id = refused.id;
+    assert!(matches!(q.enqueue(refused).await, Err(QueueError::Full { limit: 2 })));
+    assert_eq!(q.get(refused_id).await.expect("get"), None, "a refused job leaves no record");
+    // A running job still counts; a finished one frees its place.
+    let taken = q.take(1, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(taken.len(), 1);
+    assert!(matches!(q.enqueue(job()).await, Err(QueueError::Full { limit: 2 })));
+    q.complete(&taken[0], &prediction("a")).await.expect("complete");
+    q.enqueue(job()).await.expect("room again");
+    assert_eq!(keys.xlen().await, 2);
+}
+
+#[tokio::test]
+async fn a_failing_job_is_retried_behind_others_then_dead_lettered() {
+    let keys = Keys::new();
+    let q = keys.queue("c1", LONG_RECLAIM, policy(10, 2, Duration::from_secs(60))).await;
+    let poison = job();
+    let (poison_id, poison_image) = (poison.id, poison.image.clone());
+    q.enqueue(poison).await.expect("enqueue");
+    let good = job();
+    let good_id = good.id;
+    q.enqueue(good).await.expect("enqueue");
+
+    let first = q.take(1, Duration::from_secs(1)).await.expect("take");
+    assert_eq!((first[0].id, first[0].attempt), (poison_id, 1));
+    assert_eq!(q.fail(&first[0], "boom").await.expect("fail"), FailOutcome::Retrying);
+    let record = q.get(poison_id).await.expect("get").expect("record");
+    assert_eq!((record.status, record.error.as_deref(), record.attempts), (JobStatus::Queued, Some("boom"), 1));
+    assert_eq!(keys.xlen().await, 2, "the retry replaces the old entry");
+
+    let next = q.take(1, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(next[0].id, good_id, "a retried job goes behind the others");
+    q.complete(&next[0], &prediction("ok")).await.expect("complete");
+
+    let again = q.take(1, Duration::from_secs(1)).await.expect("take");
+    assert_eq!((again[0].id, again[0].attempt), (poison_id, 2));
+    assert_eq!(again[0].image, poison_image, "the retry carries the same image");
+    assert_ne!(again[0].tag, first[0].tag);
+    assert_eq!(q.fail(&again[0], "boom twice").await.expect("fail"), FailOutcome::Dead);
+
+    let record = q.get(poison_id).await.expect("get").expect("record");
+    assert_eq!(record.status, JobStatus::Failed);
+    assert_eq!(record.error.as_deref(), Some("boom twice"));
+    assert_eq!(record.attempts, 2);
+    assert!(record.completed_at_ms.is_some());
+    let good = q.get(good_id).await.expect("get").expect("record");
+    assert_eq!((good.status, good.result.map(|p| p.label)), (JobStatus::Completed, Some("ok".into())));
+
+    let dead = keys.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(field(&dead[0], "id"), Some(poison_id.to_string().as_str()));
+    assert_eq!(field(&dead[0], "error"), Some("boom twice"));
+    assert_eq!(field(&dead[0], "attempts"), Some("2"));
+    assert_eq!(keys.xlen().await, 0);
+    assert_eq!(q.depth().await.expect("depth"), QueueDepth::default());
+
+    // A stale second report about the same delivery changes nothing.
+    assert_eq!(q.fail(&again[0], "late").await.expect("fail"), FailOutcome::Dead);
+    assert_eq!(q.get(poison_id).await.expect("get").and_then(|r| r.error).as_deref(), Some("boom twice"));
+    assert_eq!(keys.dead_letters().await.len(), 1);
+
+    // The queue goes on.
+    let after = job();
+    let after_id = after.id;
+    q.enqueue(after).await.expect("enqueue");
+    let taken = q.take(4, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(taken.iter().map(|d| (d.id, d.attempt)).collect::<Vec<_>>(), vec![(after_id, 1)]);
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_died_is_taken_over_and_completed_once() {
+    let keys = Keys::new();
+    let p = policy(10, 3, Duration::from_secs(60));
+    let a = keys.queue("worker-a", LONG_RECLAIM, p.clone()).await;
+    let j = job();
+    let (id, image) = (j.id, j.image.clone());
+    a.enqueue(j).await.expect("enqueue");
+    let taken = a.take(1, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(taken.len(), 1);
+    let tag = taken[0].tag.clone();
+    drop(a); // "killed": never completes
+
+    let b = keys.queue("worker-b", Duration::from_millis(200), p).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reclaimed = b.take(4, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(reclaimed.len(), 1, "the abandoned job is taken over");
+    let delivery: &Delivery = &reclaimed[0];
+    assert_eq!((delivery.id, delivery.attempt), (id, 2));
+    assert_eq!(delivery.tag, tag);
+    assert_eq!(delivery.image, image);
+    assert_eq!(b.get(id).await.expect("get").map(|r| (r.status, r.attempts)), Some((JobStatus::Running, 2)));
+    b.complete(delivery, &prediction("accurate")).await.expect("complete");
+
+    // Nothing is left to take over or deliver again, however long we wait.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(b.take(4, Duration::from_millis(300)).await.expect("take").is_empty());
+    let record = b.get(id).await.expect("get").expect("record");
+    assert_eq!((record.status, record.attempts), (JobStatus::Completed, 2));
+    assert_eq!(record.result.map(|p| p.label), Some("accurate".into()));
+    assert_eq!(keys.xlen().await, 0);
+    assert_eq!(keys.pending().await, 0);
+
+    // The "dead" worker's late answer does not overwrite the stored one.
+    let late = keys.queue("worker-a", LONG_RECLAIM, policy(10, 3, Duration::from_secs(60))).await;
+    late.complete(&taken[0], &prediction("late")).await.expect("late complete");
+    assert_eq!(late.get(id).await.expect("get").and_then(|r| r.result).map(|p| p.label), Some("accurate".into()));
+}
+
+#[tokio::test]
+async fn a_job_that_keeps_killing_its_worker_ends_failed() {
+    let keys = Keys::new();
+    let p = policy(10, 2, Duration::from_secs(60));
+    let reclaim = Duration::from_millis(100);
+    let first = keys.queue("crash-1", reclaim, p.clone()).await;
+    let poison = job();
+    let poison_id = poison.id;
+    first.enqueue(poison).await.expect("enqueue");
+    assert_eq!(first.take(1, Duration::from_secs(1)).await.expect("take")[0].attempt, 1);
+    drop(first);
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = keys.queue("crash-2", reclaim, p.clone()).await;
+    let taken = second.take(1, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(taken.iter().map(|d| (d.id, d.attempt)).collect::<Vec<_>>(), vec![(poison_id, 2)]);
+    drop(second);
+
+    let good = job();
+    let good_id = good.id;
+    let third = keys.queue("survivor", reclaim, p).await;
+    third.enqueue(good).await.expect("enqueue");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let taken = third.take(4, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(
+        taken.iter().map(|d| (d.id, d.attempt)).collect::<Vec<_>>(),
+        vec![(good_id, 1)],
+        "the poison job is not handed out a third time"
+    );
+
+    let record = third.get(poison_id).await.expect("get").expect("record");
+    assert_eq!(record.status, JobStatus::Failed);
+    assert_eq!(record.attempts, 2);
+    let error = record.error.expect("an error");
+    assert!(error.contains("gave up after 2 attempts"), "{error}");
+    let dead = keys.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(field(&dead[0], "id"), Some(poison_id.to_string().as_str()));
+    assert_eq!(field(&dead[0], "attempts"), Some("2"));
+    assert_eq!(keys.xlen().await, 1, "only the good job's entry is left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_consumers_take_each_job_exactly_once() {
+    let keys = Keys::new();
+    let p = policy(100, 3, Duration::from_secs(60));
+    let producer = keys.queue("producer", LONG_RECLAIM, p.clone()).await;
+    let mut ids = HashSet::new();
+    for _ in 0..50 {
+        let j = job();
+        ids.insert(j.id);
+        producer.enqueue(j).await.expect("enqueue");
+    }
+    let mut workers = Vec::new();
+    for name in ["consumer-1", "consumer-2"] {
+        let q = keys.queue(name, LONG_RECLAIM, p.clone()).await;
+        workers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            loop {
+                let taken = q.take(3, Duration::from_millis(300)).await.expect("take");
+                if taken.is_empty() {
+                    return seen;
+                }
+                for delivery in taken {
+                    assert_eq!(delivery.attempt, 1);
+                    q.complete(&delivery, &prediction("done")).await.expect("complete");
+                    seen.push(delivery.id);
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(worker.await.expect("worker"));
+    }
+    assert_eq!(all.len(), 50, "no job delivered twice, none lost");
+    assert_eq!(all.iter().copied().collect::<HashSet<_>>(), ids);
+    for id in ids {
+        let record = producer.get(id).await.expect("get").expect("record");
+        assert_eq!((record.status, record.attempts), (JobStatus::Completed, 1));
+    }
+    assert_eq!(keys.xlen().await, 0);
+}
+
+#[tokio::test]
+async fn finished_records_expire_after_result_ttl() {
+    let keys = Keys::new();
+    let q = keys.queue("c1", LONG_RECLAIM, policy(10, 3, Duration::from_secs(1))).await;
+    let j = job();
+    let id = j.id;
+    q.enqueue(j).await.expect("enqueue");
+    let taken = q.take(1, Duration::from_secs(1)).await.expect("take");
+    q.complete(&taken[0], &prediction("a")).await.expect("complete");
+    assert!(q.get(id).await.expect("get").is_some());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(q.get(id).await.expect("get"), None);
+    let exists: i64 = redis::cmd("EXISTS").arg(keys.job(id)).query_async(&mut keys.raw().await).await.expect("EXISTS");
+    assert_eq!(exists, 0);
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn assert_unavailable<T: std::fmt::Debug>(what: &str, result: Result<T, QueueError>, started: Instant) {
+    assert!(matches!(result, Err(QueueError::Unavailable(_))), "{what}: {result:?}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "{what} took {took:?}");
+}
+
+#[tokio::test]
+async fn nothing_listening_is_unavailable_promptly() {
+    let url = format!("redis://127.0.0.1:{}/", free_port());
+    let started = Instant::now();
+    let q = RedisQueue::connect(config(&url, "tandem-test-nothing", "c1", LONG_RECLAIM, QueuePolicy::default()))
+        .await
+        .expect("connect does not need Redis up");
+    assert!(started.elapsed() < Duration::from_millis(500));
+
+    let started = Instant::now();
+    assert_unavailable("enqueue", q.enqueue(job()).await, started);
+    let started = Instant::now();
+    assert_unavailable("check_ready", q.check_ready().await, started);
+    let started = Instant::now();
+    assert_unavailable("take", q.take(1, Duration::from_secs(1)).await, started);
+    let started = Instant::now();
+    assert_unavailable("get", q.get(Uuid::new_v4()).await, started);
+    let started = Instant::now();
+    assert_unavailable("depth", q.depth().await, started);
+}
+
+#[tokio::test]
+async fn a_redis_that_accepts_but_never_answers_is_unavailable_promptly() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("redis://127.0.0.1:{}/", listener.local_addr().expect("addr").port());
+    // Accepts connections and holds them open without a word.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let q = RedisQueue::connect(config(&url, "tandem-test-mute", "c1", LONG_RECLAIM, QueuePolicy::default()))
+        .await
+        .expect("connect");
+    for _ in 0..2 {
+        let started = Instant::now();
+        assert_unavailable("enqueue", q.enqueue(job()).await, started);
+        let started = Instant::now();
+        assert_unavailable("check_ready", q.check_ready().await, started);
+    }
+}
+
+/// A `redis-server` child with no persistence, killed when dropped (also when a test panics).
+struct Server {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let server = Self { port, child: Some(child) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// SIGKILL: no goodbye to the clients, nothing saved.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn the_queue_recovers_by_itself_after_redis_restarts_empty() {
+    let port = free_port();
+    let mut server = Server::start(port);
+    let url = format!("redis://127.0.0.1:{}/", server.port);
+    let keys = Keys::at(&url);
+    let q = keys.queue("c1", LONG_RECLAIM, policy(10, 3, Duration::from_secs(60))).await;
+
+    q.check_ready().await.expect("ready");
+    let j = job();
+    let first_id = j.id;
+    q.enqueue(j).await.expect("enqueue");
+    let taken = q.take(1, Duration::from_secs(1)).await.expect("take");
+    q.complete(&taken[0], &prediction("before")).await.expect("complete");
+    q.enqueue(job()).await.expect("enqueue a job that the crash will lose");
+
+    server.kill();
+    let started = Instant::now();
+    assert_unavailable("enqueue while down", q.enqueue(job()).await, started);
+    let started = Instant::now();
+    assert_unavailable("check_ready while down", q.check_ready().await, started);
+    let started = Instant::now();
+    assert_unavailable("take while down", q.take(1, Duration::from_secs(1)).await, started);
+
+    let _server = Server::start(port);
+    // The first call back: enqueue (which makes the stream anew, without the group).
+    let j = job();
+    let id = j.id;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match q.enqueue(j.clone()).await {
+            Ok(()) => break,
+            Err(err) => assert!(Instant::now() < deadline, "enqueue never worked again: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(q.get(first_id).await.expect("get"), None, "the restarted Redis is empty");
+    // take meets NOGROUP, recreates the group from 0 and still sees the job added before it.
+    let taken = q.take(4, Duration::from_secs(1)).await.expect("take after restart");
+    assert_eq!(taken.iter().map(|d| (d.id, d.attempt)).collect::<Vec<_>>(), vec![(id, 1)]);
+    q.complete(&taken[0], &prediction("after")).await.expect("complete after restart");
+    let record = q.get(id).await.expect("get").expect("record");
+    assert_eq!((record.status, record.result.map(|p| p.label)), (JobStatus::Completed, Some("after".into())));
+    q.check_ready().await.expect("ready after restart");
+    assert_eq!(q.depth().await.expect("depth"), QueueDepth::default());
+}
+
+/// The API and the worker hold these futures across `.await`s in spawned tasks.
+#[allow(dead_code)]
+fn futures_are_send(q: RedisQueue, d: Delivery, p: Prediction, j: NewJob) {
+    fn send<T: Send>(_: T) {}
+    send(q.enqueue(j));
+    send(q.get(d.id));
+    send(q.check_ready());
+    send(q.depth());
+    send(q.take(1, Duration::ZERO));
+    send(q.complete(&d, &p));
+    send(q.fail(&d, "e"));
+}

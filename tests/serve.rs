@@ -1,0 +1,186 @@
+//! `tandem serve` and `tandem worker` as real processes, over real HTTP, with a real Redis.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{Tandem, base64, get_json, images_dir, post_bytes, post_json, redis_url, unique_prefix, wait_for_job};
+use serde_json::{Value, json};
+
+/// Golden top-1 per photo for one model.
+fn golden_top1(model: &str) -> HashMap<String, usize> {
+    common::golden().into_iter().filter(|g| g.model == model).map(|g| (g.file, g.top1)).collect()
+}
+
+fn photo(file: &str) -> Vec<u8> {
+    std::fs::read(images_dir().join(file)).expect("photo")
+}
+
+fn multipart(field: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "tandem-test-boundary-7MA4YWxk";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"x.jpg\"\r\n\
+         Content-Type: image/jpeg\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// Posts a photo in one of the three accepted forms (JSON base64, raw body, multipart).
+fn post_photo(base: &str, bytes: &[u8], form: usize) -> (u16, Value) {
+    let url = format!("{base}/predict");
+    match form % 3 {
+        0 => post_json(&url, &json!({"image_data": base64(bytes)})),
+        1 => post_bytes(&url, "image/jpeg", bytes),
+        _ => {
+            let (content_type, body) = multipart("image", bytes);
+            post_bytes(&url, &content_type, &body)
+        }
+    }
+}
+
+/// All 20 photos: sync answers match the fast model's golden top-1 and every job completes
+/// with the accurate model's golden top-1.
+fn check_both_tiers(server: &Tandem) {
+    let fast = golden_top1("mobilenet_v2.onnx");
+    let accurate = golden_top1("efficientnet_lite2.onnx");
+    let mut files: Vec<&String> = fast.keys().collect();
+    files.sort();
+    assert_eq!(files.len(), 20);
+    let mut jobs = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let (status, body) = post_photo(&server.base, &photo(file), i);
+        assert_eq!(status, 200, "{file}: {body}");
+        assert_eq!(body["sync"]["class_index"], json!(fast[*file]), "{file} fast top-1: {body}");
+        assert_eq!(body["result_sync"], body["sync"]["label"]);
+        assert_eq!(body["sync"]["model"], "mobilenet_v2.onnx");
+        assert_eq!(body["sync"]["top_k"].as_array().map(Vec::len), Some(5));
+        let id = body["job_id"].as_str().unwrap_or_else(|| panic!("{file}: no job id: {body}")).to_owned();
+        assert_eq!(body["status_url"], json!(format!("/job/{id}")));
+        jobs.push((file.to_string(), id, body["sync"]["class_index"].clone()));
+    }
+    for (file, id, sync_class) in jobs {
+        let job = wait_for_job(&server.base, &id, Duration::from_secs(120));
+        assert_eq!(job["status"], "completed", "{file}: {job}");
+        assert_eq!(job["result"]["class_index"], json!(accurate[&file]), "{file} accurate top-1: {job}");
+        assert_eq!(job["result"]["model"], "efficientnet_lite2.onnx");
+        assert_eq!(job["prediction"], job["result"]["label"]);
+        assert_eq!(job["sync"]["class_index"], sync_class);
+        assert_eq!(job["agrees_with_sync"], json!(sync_class == job["result"]["class_index"]));
+        assert!(job["created_at"].is_string() && job["completed_at"].is_string(), "{job}");
+        assert!(job["queue_ms"].is_u64() && job["inference_ms"].is_f64(), "{job}");
+    }
+}
+
+#[test]
+fn embedded_mode_answers_now_and_refines_every_job() {
+    let server = Tandem::serve(&[]);
+    let (status, ready) = get_json(&server.url("/health/ready"));
+    assert_eq!((status, ready["queue"].as_str()), (200, Some("embedded")));
+    check_both_tiers(&server);
+}
+
+#[test]
+fn redis_mode_answers_now_and_refines_every_job() {
+    let prefix = unique_prefix("modes");
+    let redis = ["--redis-url", &redis_url(), "--redis-prefix", &prefix];
+    let server = Tandem::serve(&redis);
+    let (status, ready) = get_json(&server.url("/health/ready"));
+    assert_eq!((status, ready["queue"].as_str()), (200, Some("redis")));
+    let _worker = Tandem::worker(&redis);
+    check_both_tiers(&server);
+}
+
+#[test]
+fn two_workers_complete_200_jobs_exactly_once() {
+    let prefix = unique_prefix("two-workers");
+    let redis = ["--redis-url", &redis_url(), "--redis-prefix", &prefix];
+    let server = Tandem::serve(&redis);
+    let workers = [Tandem::worker(&[&redis[..], &["--concurrency", "2"]].concat()), Tandem::worker(&redis)];
+    let photos: Vec<Vec<u8>> = (1..=20).map(|i| photo(&format!("sample_{i:02}.jpg"))).collect();
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        let (status, body) = post_bytes(&server.url("/predict"), "image/jpeg", &photos[i % photos.len()]);
+        assert_eq!(status, 200, "{body}");
+        ids.push(body["job_id"].as_str().expect("job id").to_owned());
+    }
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 200, "job ids are unique");
+    for id in &ids {
+        let job = wait_for_job(&server.base, id, Duration::from_secs(300));
+        assert_eq!(job["status"], "completed", "{job}");
+        // One attempt each: no job was delivered twice.
+        assert_eq!(job["attempts"], 1, "{job}");
+    }
+    drop(workers);
+}
+
+#[test]
+fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
+    let server = Tandem::serve(&["--max-body", "2000000"]);
+    let url = server.url("/predict");
+    let bad = images_dir().join("bad_inputs");
+    let cases: Vec<(&str, (u16, Value), u16, &str)> = vec![
+        ("empty.jpg", post_bytes(&url, "image/jpeg", &[]), 400, "empty_image"),
+        (
+            "not_an_image.png",
+            post_bytes(&url, "image/png", &std::fs::read(bad.join("not_an_image.png")).expect("file")),
+            400,
+            "not_an_image",
+        ),
+        (
+            "truncated.jpg",
+            post_json(&url, &json!({"image_data": base64(&std::fs::read(bad.join("truncated.jpg")).expect("file"))})),
+            400,
+            "truncated_image",
+        ),
+        ("bad base64", post_json(&url, &json!({"image_data": "this is %% not base64"})), 400, "invalid_base64"),
+        ("no image_data", post_json(&url, &json!({"image": "aGk="})), 422, "missing_field"),
+        ("image_data not a string", post_json(&url, &json!({"image_data": 42})), 422, "invalid_field"),
+        ("broken JSON", post_bytes(&url, "application/json", b"{\"image_data\": "), 400, "invalid_json"),
+        ("wrong content type", post_bytes(&url, "text/plain", b"hello"), 415, "unsupported_media_type"),
+        ("multipart without image", {
+            let (content_type, body) = multipart("picture", b"abc");
+            post_bytes(&url, &content_type, &body)
+        }, 422, "missing_field"),
+        ("body over --max-body", post_bytes(&url, "image/jpeg", &vec![0u8; 2_500_000]), 413, "body_too_large"),
+    ];
+    for (name, (status, body), want_status, want_code) in cases {
+        assert_eq!(status, want_status, "{name}: {body}");
+        assert_eq!(body["error"]["code"], want_code, "{name}: {body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: {body}");
+    }
+    let (status, body) = post_photo(&server.base, &photo("sample_01.jpg"), 1);
+    assert_eq!(status, 200, "still serving after bad input: {body}");
+}
+
+#[test]
+fn unknown_and_malformed_job_ids() {
+    let server = Tandem::serve(&[]);
+    let (status, body) = get_json(&server.url(&format!("/job/{}", uuid::Uuid::new_v4())));
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("job_not_found")), "{body}");
+    let (status, body) = get_json(&server.url("/job/not-a-uuid"));
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_job_id")), "{body}");
+    let (status, body) = get_json(&server.url("/health"));
+    assert_eq!((status, body), (200, json!({"status": "healthy"})));
+    let (status, _) = get_json(&server.url("/health/live"));
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let prefix = unique_prefix("sigterm");
+    let redis = ["--redis-url", &redis_url(), "--redis-prefix", &prefix];
+    let mut server = Tandem::serve(&redis);
+    let mut worker = Tandem::worker(&redis);
+    let (status, body) = post_photo(&server.base, &photo("sample_02.jpg"), 1);
+    assert_eq!(status, 200, "{body}");
+    let id = body["job_id"].as_str().expect("job id").to_owned();
+    wait_for_job(&server.base, &id, Duration::from_secs(60));
+    assert_eq!(worker.terminate(Duration::from_secs(20)), Some(0), "worker exits 0 on SIGTERM");
+    assert_eq!(server.terminate(Duration::from_secs(20)), Some(0), "serve exits 0 on SIGTERM");
+}
