@@ -37,6 +37,11 @@ pub enum Command {
     Classify(crate::cli::classify::ClassifyArgs),
     /// Run both tiers over a labelled image set and report accuracy, latency and agreement.
     Eval(crate::cli::eval::EvalArgs),
+    /// Load-test a running service (`--url`), or time ONNX Runtime alone on the same image (`--raw`).
+    ///
+    /// Prints throughput and p50/p90/p99 latency per route (`--mix health:N` adds health checks
+    /// alongside `POST /predict`); `--jobs N` follows N jobs to completion instead.
+    Bench(crate::bench::BenchArgs),
     /// Manage model files.
     Models {
         #[command(subcommand)]
@@ -279,6 +284,10 @@ pub struct ServeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
+    /// Address for the worker's own `GET /metrics` and `GET /health/live` (unset: none).
+    #[arg(long, env = "TANDEM_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     #[command(flatten)]
     pub models: ModelArgs,
 

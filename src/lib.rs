@@ -7,11 +7,13 @@
 //! → CLI commands (`cli`), and later the HTTP API and the worker.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod jobs;
 pub mod labels;
+pub mod metrics;
 pub mod models;
 pub mod pipeline;
 pub mod queue;

@@ -11,6 +11,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => tandem::cli::serve::worker(args).map(|()| true),
         Command::Classify(args) => tandem::cli::classify::run(args),
         Command::Eval(args) => tandem::cli::eval::run(args).map(|()| true),
+        Command::Bench(args) => tandem::bench::run(args),
         Command::Models { command: ModelsCommand::Pull(args) } => tandem::models::pull::run(args).map(|()| true),
     };
     match outcome {

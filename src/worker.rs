@@ -81,6 +81,7 @@ pub async fn run(queue: JobQueue, classifier: Classifier, config: WorkerConfig, 
 /// Runs one job. The model runs in its own task so that a panic is caught and recorded as a
 /// failed attempt instead of ending the worker.
 async fn process(queue: &JobQueue, classifier: &Classifier, delivery: Delivery) {
+    metrics::counter!(crate::metrics::JOB_ATTEMPTS).increment(1);
     let image = delivery.image.clone();
     let runner = classifier.clone();
     let outcome = tokio::spawn(async move { runner.classify(image).await }).await;
@@ -94,17 +95,30 @@ async fn process(queue: &JobQueue, classifier: &Classifier, delivery: Delivery) 
         Ok(prediction) => {
             // If the result cannot be stored (queue down), the job stays unacknowledged and is
             // taken over after the reclaim timeout: done again rather than lost.
-            if let Err(err) = retry_briefly(|| queue.complete(&delivery, &prediction)).await {
-                tracing::warn!(job = %delivery.id, error = %err, "result not stored; the job will be retried");
+            match retry_briefly(|| queue.complete(&delivery, &prediction)).await {
+                Ok(()) => record_completion(queue, &delivery, &prediction).await,
+                Err(err) => tracing::warn!(job = %delivery.id, error = %err, "result not stored; the job will be retried"),
             }
         }
         Err(error) => match retry_briefly(|| queue.fail(&delivery, &error)).await {
             Ok(FailOutcome::Dead) => {
+                metrics::counter!(crate::metrics::JOBS_FINISHED, "status" => "failed").increment(1);
                 tracing::warn!(job = %delivery.id, attempts = delivery.attempt, %error, "job failed for good")
             }
             Ok(FailOutcome::Retrying) => tracing::info!(job = %delivery.id, attempt = delivery.attempt, %error, "job failed; retrying"),
             Err(err) => tracing::warn!(job = %delivery.id, error = %err, "failure not recorded"),
         },
+    }
+}
+
+async fn record_completion(queue: &JobQueue, delivery: &Delivery, result: &crate::engine::Prediction) {
+    metrics::counter!(crate::metrics::JOBS_FINISHED, "status" => "completed").increment(1);
+    let waited = crate::jobs::now_ms().saturating_sub(delivery.created_at_ms);
+    metrics::histogram!(crate::metrics::JOB_DURATION).record(waited as f64 / 1e3);
+    // Agreement needs the fast answer, which lives in the job record.
+    if let Ok(Some(record)) = queue.get(delivery.id).await {
+        let agree = if record.sync.class_index == result.class_index { "true" } else { "false" };
+        metrics::counter!(crate::metrics::TIER_AGREEMENT, "agree" => agree).increment(1);
     }
 }
 

@@ -574,3 +574,48 @@ fn futures_are_send(q: RedisQueue, d: Delivery, p: Prediction, j: NewJob) {
     send(q.complete(&d, &p));
     send(q.fail(&d, "e"));
 }
+
+#[tokio::test]
+async fn a_cancelled_take_does_not_hold_up_or_swallow_the_next_job() {
+    let keys = Keys::new();
+    let q = keys.queue("c1", LONG_RECLAIM, policy(10, 3, Duration::from_secs(60))).await;
+    q.check_ready().await.expect("ready");
+    let cancelled = tokio::time::timeout(Duration::from_millis(200), q.take(1, Duration::from_secs(4))).await;
+    assert!(cancelled.is_err(), "the take was still waiting");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let j = job();
+    let id = j.id;
+    q.enqueue(j).await.expect("enqueue");
+    let started = Instant::now();
+    let taken = q.take(1, Duration::from_secs(2)).await.expect("take");
+    assert_eq!(taken.iter().map(|d| d.id).collect::<Vec<_>>(), vec![id]);
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_lost_consumer_group_is_recreated_without_skipping_jobs() {
+    let keys = Keys::new();
+    let q = keys.queue("c1", LONG_RECLAIM, policy(10, 3, Duration::from_secs(60))).await;
+    q.check_ready().await.expect("ready");
+    let j = job();
+    let id = j.id;
+    q.enqueue(j).await.expect("enqueue");
+    let destroyed: i64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(keys.stream())
+        .arg("workers")
+        .query_async(&mut keys.raw().await)
+        .await
+        .expect("XGROUP DESTROY");
+    assert_eq!(destroyed, 1);
+    assert_eq!(q.depth().await.expect("depth"), QueueDepth { waiting: 1, pending: 0 });
+    redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(keys.stream())
+        .arg("workers")
+        .query_async::<i64>(&mut keys.raw().await)
+        .await
+        .expect("XGROUP DESTROY");
+    let taken = q.take(1, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(taken.iter().map(|d| (d.id, d.attempt)).collect::<Vec<_>>(), vec![(id, 1)]);
+}

@@ -184,3 +184,46 @@ fn sigterm_drains_and_exits_zero() {
     assert_eq!(worker.terminate(Duration::from_secs(20)), Some(0), "worker exits 0 on SIGTERM");
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(0), "serve exits 0 on SIGTERM");
 }
+
+#[test]
+fn e2e_script_checks_a_running_deployment() {
+    let server = Tandem::serve(&[]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/e2e.sh");
+    let output = std::process::Command::new("bash")
+        .arg(script)
+        .arg(&server.base)
+        .arg(images_dir().join("sample_04.jpg"))
+        .output()
+        .expect("run scripts/e2e.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "e2e.sh failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("fast:    ambulance") && stdout.contains("accurate: ambulance"), "{stdout}");
+}
+
+#[test]
+fn metrics_follow_prometheus_conventions_and_count_what_happened() {
+    let server = Tandem::serve(&[]);
+    let (status, body) = post_photo(&server.base, &photo("sample_05.jpg"), 1);
+    assert_eq!(status, 200, "{body}");
+    wait_for_job(&server.base, body["job_id"].as_str().expect("job id"), Duration::from_secs(60));
+    let _ = get_json(&server.url("/job/not-a-uuid"));
+    let response = common::agent().get(&server.url("/metrics")).call().expect("GET /metrics");
+    assert_eq!(response.status(), 200);
+    let text = response.into_body().read_to_string().expect("body");
+    for needle in [
+        r#"tandem_http_requests_total{route="/predict",method="POST",status="200"} 1"#,
+        r#"tandem_http_requests_total{route="/job/{id}",method="GET",status="400"} 1"#,
+        "tandem_http_request_duration_seconds_bucket{",
+        r#"tandem_inference_duration_seconds_count{tier="fast",model="mobilenet_v2.onnx"}"#,
+        r#"tandem_inference_duration_seconds_count{tier="accurate",model="efficientnet_lite2.onnx"}"#,
+        r#"tandem_inference_batch_size_bucket{tier="fast""#,
+        r#"tandem_queue_depth{state="waiting"} 0"#,
+        "tandem_jobs_enqueued_total 1",
+        r#"tandem_jobs_finished_total{status="completed"} 1"#,
+        "tandem_job_attempts_total 1",
+        r#"tandem_tier_agreement_total{agree="true"} 1"#,
+        "# TYPE tandem_job_duration_seconds histogram",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}

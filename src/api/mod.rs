@@ -61,9 +61,23 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(ready))
         .route("/predict", post(predict))
         .route("/job/{id}", get(job))
+        .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .with_state(state)
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn(record_request))
+}
+
+/// The worker's small HTTP surface: liveness and metrics (it serves no predictions).
+pub fn worker_router(queue: JobQueue) -> Router {
+    let metrics = move || {
+        let queue = queue.clone();
+        async move {
+            publish_queue_depth(&queue).await;
+            render_metrics()
+        }
+    };
+    Router::new().route("/health/live", get(live)).route("/metrics", get(metrics)).fallback(not_found)
 }
 
 async fn health() -> Json<Value> {
@@ -110,10 +124,16 @@ async fn predict_now(state: &AppState, request: Request<Body>) -> Result<Json<Va
     let mut body = json!({"job_id": null, "result_sync": sync.label, "sync": sync, "status_url": null});
     match state.inner.queue.enqueue(job).await {
         Ok(()) => {
+            metrics::counter!(crate::metrics::JOBS_ENQUEUED).increment(1);
             body["job_id"] = json!(id);
             body["status_url"] = json!(format!("/job/{id}"));
         }
         Err(err) => {
+            let reason = match err {
+                crate::queue::QueueError::Full { .. } => "full",
+                _ => "unavailable",
+            };
+            metrics::counter!(crate::metrics::JOBS_REJECTED, "reason" => reason).increment(1);
             tracing::debug!(error = %err, "job not queued");
             body["async_error"] = json!(err.to_string());
         }
@@ -158,6 +178,47 @@ pub fn job_body(record: &JobRecord) -> Value {
         body["error"] = json!(error);
     }
     body
+}
+
+/// Prometheus text format. Queue depth is read now rather than tracked, so it is exact for
+/// Redis too, where other processes change it.
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    publish_queue_depth(&state.inner.queue).await;
+    render_metrics()
+}
+
+async fn publish_queue_depth(queue: &JobQueue) {
+    if let Ok(depth) = queue.depth().await {
+        metrics::gauge!(crate::metrics::QUEUE_DEPTH, "state" => "waiting").set(depth.waiting as f64);
+        metrics::gauge!(crate::metrics::QUEUE_DEPTH, "state" => "pending").set(depth.pending as f64);
+    }
+}
+
+/// The process's metrics, or 503 if the recorder could not be installed.
+pub fn render_metrics() -> Response {
+    match crate::metrics::install() {
+        Some(handle) => {
+            ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+        }
+        None => ApiError::Internal("metrics are disabled".into()).into_response(),
+    }
+}
+
+/// Counts and times every request by its route template (not the raw path, which holds ids).
+async fn record_request(request: Request<Body>, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status.clone())
+        .increment(1);
+    metrics::histogram!(crate::metrics::HTTP_DURATION, "route" => route, "status" => status)
+        .record(started.elapsed().as_secs_f64());
+    response
 }
 
 async fn not_found() -> Response {

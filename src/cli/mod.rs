@@ -19,5 +19,5 @@ pub fn load_tier(models: &ModelArgs, labels: &Arc<Labels>, tier: Tier, top_k: us
         intra_threads: models.intra_threads(),
         spinning: true,
     };
-    Classifier::start(config, BatchConfig { top_k, ..BatchConfig::default() })
+    Classifier::start(config, BatchConfig { top_k, tier: tier.as_str(), ..BatchConfig::default() })
 }

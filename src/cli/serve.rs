@@ -29,12 +29,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn serve_async(args: &ServeArgs) -> anyhow::Result<()> {
+    crate::metrics::install();
     let labels = Arc::new(Labels::load(&args.models.labels_path())?);
     let fast_batching = BatchConfig {
         max_batch: args.max_batch.max(1),
         max_delay: Duration::from_millis(args.max_batch_delay_ms),
         queue_capacity: args.max_inflight.max(1),
         top_k: 5,
+        tier: Tier::Fast.as_str(),
     };
     let fast = Classifier::start(model_config(&args.models, &labels, Tier::Fast), fast_batching)?;
     tracing::info!(model = fast.model_name(), "fast tier loaded");
@@ -91,6 +93,13 @@ async fn worker_async(args: &WorkerArgs) -> anyhow::Result<()> {
     let labels = Arc::new(Labels::load(&args.models.labels_path())?);
     let accurate = start_accurate(&args.models, &labels, &args.workers)?;
     let queue = connect_redis(url, &args.queue).await?;
+    crate::metrics::install();
+    if let Some(addr) = args.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let router = api::worker_router(queue.clone());
+        tokio::spawn(api::server::serve(listener, router, Duration::from_secs(10), Duration::ZERO, std::future::pending()));
+        tracing::info!(%addr, "worker metrics listening");
+    }
     let (stop, stopped) = watch::channel(false);
     let handle = tokio::spawn(worker::run(queue, accurate, worker_config(&args.workers), stopped));
     tracing::info!(concurrency = args.workers.concurrency, "tandem worker running");
@@ -116,6 +125,7 @@ fn start_accurate(models: &ModelArgs, labels: &Arc<Labels>, pool: &WorkerPoolArg
         max_delay: Duration::from_millis(pool.accurate_max_batch_delay_ms),
         queue_capacity: pool.concurrency.max(1),
         top_k: 5,
+        tier: Tier::Accurate.as_str(),
     };
     let accurate = Classifier::start(model_config(models, labels, Tier::Accurate), batching)?;
     tracing::info!(model = accurate.model_name(), "accurate tier loaded");

@@ -105,11 +105,13 @@ pub struct BatchConfig {
     pub queue_capacity: usize,
     /// Classes reported in each [`Prediction::top_k`].
     pub top_k: usize,
+    /// Which tier this model serves, as labelled in metrics.
+    pub tier: &'static str,
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self { max_batch: 1, max_delay: Duration::ZERO, queue_capacity: 64, top_k: 5 }
+        Self { max_batch: 1, max_delay: Duration::ZERO, queue_capacity: 64, top_k: 5, tier: "model" }
     }
 }
 
@@ -216,7 +218,11 @@ fn inference_loop(mut model: Model, config: &ModelConfig, batching: &BatchConfig
         }
         let started = Instant::now();
         let result = model.infer(&buffer, batch.len());
-        let inference_ms = started.elapsed().as_secs_f64() * 1e3;
+        let elapsed = started.elapsed();
+        let inference_ms = elapsed.as_secs_f64() * 1e3;
+        metrics::histogram!(crate::metrics::INFERENCE_DURATION, "tier" => batching.tier, "model" => name.clone())
+            .record(elapsed.as_secs_f64());
+        metrics::histogram!(crate::metrics::BATCH_SIZE, "tier" => batching.tier).record(batch.len() as f64);
         match result {
             Ok(rows) => {
                 for (request, row) in batch.drain(..).zip(rows) {

@@ -9,8 +9,8 @@
 //! - `{prefix}:job:{uuid}` — a hash with the job's record: `status`, `sync` and `result` (JSON),
 //!   `error`, `attempts`, `created_at_ms`, `started_at_ms`, `completed_at_ms`. It expires
 //!   `result_ttl` after the job finishes (while unfinished, after at least an hour; see
-//!   [`UNFINISHED_MIN_TTL`]).
-//! - `{prefix}:dead` — the dead-letter stream (capped near [`DEAD_LETTER_MAXLEN`]): one entry
+//!   `UNFINISHED_MIN_TTL`).
+//! - `{prefix}:dead` — the dead-letter stream (capped near `DEAD_LETTER_MAXLEN`): one entry
 //!   (`id`, `error`, `attempts`, `failed_at_ms`) per job that used up its attempts.
 //!
 //! # Atomicity
@@ -28,10 +28,18 @@
 //! [`ConnectionManager`]s (which reconnect by themselves), one for ordinary commands and one
 //! dedicated to the blocking `XREADGROUP ... BLOCK` of `take` — a blocked command on a
 //! multiplexed connection would hold up every command queued behind it. Each call is bounded
-//! (connect ~1 s, answer ~1.5 s, whole call [`OP_TIMEOUT`]) so a Redis outage turns into a
+//! (connect ~1 s, answer ~1.5 s, whole call `OP_TIMEOUT`) so a Redis outage turns into a
 //! prompt [`QueueError::Unavailable`] rather than a hang. A Redis restarted empty is picked up
 //! again by itself: the consumer group is recreated on `NOGROUP` (from id `0`, so entries added
 //! before the group existed are still delivered) and the call is retried once.
+//!
+//! # Taking over jobs
+//!
+//! A job pending longer than `reclaim_after` is taken over by whichever `take` looks next
+//! (`XAUTOCLAIM`), this process included: `reclaim_after` must exceed the longest time a
+//! worker spends on a job, or a slow job runs twice (the first result stored wins). A `take`
+//! cancelled mid-read drops its blocking connection; a job the server handed to that read just
+//! before is taken over after `reclaim_after` like any other.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -291,6 +299,20 @@ impl Conn {
                 self.failures.store(0, Ordering::Relaxed);
             }
             Err(err) => tracing::warn!(error = %err, "could not set up a new Redis connection"),
+        }
+    }
+}
+
+/// Throws the connection away when dropped while armed.
+struct AbandonOnDrop<'a> {
+    conn: &'a Conn,
+    armed: bool,
+}
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.conn.failed(true);
         }
     }
 }
@@ -604,10 +626,17 @@ impl RedisQueue {
                     return Ok(Vec::new());
                 }
                 let read = &self.read_command(count, Some(block));
-                self.call(&inner.blocking, "take", block + OP_TIMEOUT, |mut conn| async move {
-                    read.query_async::<Value>(&mut conn).await
-                })
-                .await?
+                // If this future is dropped mid-read (the caller gave up on `take`), the BLOCK
+                // goes on at the server, the next read would queue behind it and the abandoned
+                // one could swallow a job: drop that connection.
+                let mut abandon = AbandonOnDrop { conn: &inner.blocking, armed: true };
+                let reply = self
+                    .call(&inner.blocking, "take", block + OP_TIMEOUT, |mut conn| async move {
+                        read.query_async::<Value>(&mut conn).await
+                    })
+                    .await;
+                abandon.armed = false;
+                reply?
             };
         self.start(parse_read_reply(reply)).await
     }

@@ -1,0 +1,61 @@
+//! Prometheus metrics: one recorder per process, rendered by `GET /metrics`.
+//!
+//! Names follow Prometheus conventions (`tandem_..._seconds`, `_total`). Recording goes
+//! through the `metrics` facade, so the engine, queue and worker only call the macros below
+//! and never know about the exporter.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS: &str = "tandem_http_requests_total";
+pub const HTTP_DURATION: &str = "tandem_http_request_duration_seconds";
+pub const INFERENCE_DURATION: &str = "tandem_inference_duration_seconds";
+pub const BATCH_SIZE: &str = "tandem_inference_batch_size";
+pub const QUEUE_DEPTH: &str = "tandem_queue_depth";
+pub const JOBS_ENQUEUED: &str = "tandem_jobs_enqueued_total";
+pub const JOBS_REJECTED: &str = "tandem_jobs_rejected_total";
+pub const JOBS_FINISHED: &str = "tandem_jobs_finished_total";
+pub const JOB_ATTEMPTS: &str = "tandem_job_attempts_total";
+pub const JOB_DURATION: &str = "tandem_job_duration_seconds";
+pub const TIER_AGREEMENT: &str = "tandem_tier_agreement_total";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the global recorder (once) and returns the handle that renders it.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let latency = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+            let batch = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &batch));
+            match builder.and_then(|b| b.install_recorder().map_err(Into::into)) {
+                Ok(handle) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "metrics disabled");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by route, method and status");
+    describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request latency by route and status");
+    describe_histogram!(INFERENCE_DURATION, Unit::Seconds, "model run time per batch, by tier and model");
+    describe_histogram!(BATCH_SIZE, "images per model run, by tier");
+    describe_gauge!(QUEUE_DEPTH, "jobs in the queue: waiting (not taken) and pending (taken, unfinished)");
+    describe_counter!(JOBS_ENQUEUED, "jobs accepted into the queue");
+    describe_counter!(JOBS_REJECTED, "jobs the queue could not take (full or unavailable)");
+    describe_counter!(JOBS_FINISHED, "jobs that ended, by final status");
+    describe_counter!(JOB_ATTEMPTS, "job attempts started by workers in this process");
+    describe_histogram!(JOB_DURATION, Unit::Seconds, "job creation to result, for completed jobs");
+    describe_counter!(TIER_AGREEMENT, "completed jobs by whether both tiers gave the same top-1");
+}

@@ -1,0 +1,117 @@
+//! `tandem classify` and `tandem eval` as a user runs them.
+
+mod common;
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn tandem(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tandem")).args(args).output().expect("run tandem");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn classify_json_gives_a_line_per_image_and_fails_on_a_bad_one() {
+    let models = common::models_dir().display().to_string();
+    let good = common::images_dir().join("sample_04.jpg").display().to_string();
+    let bad = common::images_dir().join("bad_inputs/not_an_image.png").display().to_string();
+    let (ok, stdout, stderr) = tandem(&["classify", "--model-dir", &models, "--json", "--top-k", "3", &good, &bad]);
+    assert!(!ok, "a failed image makes the exit status non-zero");
+    let lines: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    assert_eq!(lines.len(), 2, "{stdout}{stderr}");
+    assert_eq!(lines[0]["file"], good.as_str());
+    assert_eq!(lines[0]["model"], "mobilenet_v2.onnx");
+    assert_eq!(lines[0]["top_k"][0]["class_index"], 407, "ambulance: {stdout}");
+    assert_eq!(lines[0]["top_k"].as_array().map(Vec::len), Some(3));
+    assert_eq!(lines[1]["file"], bad.as_str());
+    assert!(lines[1]["error"].as_str().is_some_and(|e| e.contains("not an image")), "{stdout}");
+}
+
+#[test]
+fn classify_with_the_accurate_tier_prints_text() {
+    let models = common::models_dir().display().to_string();
+    let photo = common::images_dir().join("sample_02.jpg").display().to_string();
+    let (ok, stdout, stderr) =
+        tandem(&["classify", "--model-dir", &models, "--accurate-model", "efficientnet_lite2.onnx", "--tier", "accurate", &photo]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("efficientnet_lite2.onnx") && stdout.contains("teapot"), "{stdout}");
+}
+
+#[test]
+fn a_missing_model_is_one_clear_line() {
+    let (ok, _, stderr) = tandem(&["classify", "--model-dir", "/nonexistent", "x.jpg"]);
+    assert!(!ok);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent") && !stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn eval_reports_both_tiers_and_lists_unreadable_images() {
+    // The shared labels plus one listed file that is not an image.
+    let dir = std::env::temp_dir().join(format!("tandem-eval-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut csv = std::fs::read_to_string(common::images_dir().join("labels.csv")).expect("labels.csv");
+    for line in csv.lines().skip(1) {
+        let file = line.split(',').next().expect("file column");
+        std::fs::copy(common::images_dir().join(file), dir.join(file)).expect("copy photo");
+    }
+    std::fs::write(dir.join("broken.jpg"), b"not a jpeg").expect("write");
+    csv.push_str("broken.jpg,1,n0,x\n");
+    let labels = dir.join("labels.csv");
+    std::fs::write(&labels, csv).expect("write labels");
+
+    let models = common::models_dir().display().to_string();
+    let (ok, stdout, stderr) = tandem(&[
+        "eval",
+        &dir.display().to_string(),
+        "--labels",
+        &labels.display().to_string(),
+        "--model-dir",
+        &models,
+        "--accurate-model",
+        "efficientnet_lite2.onnx",
+        "--json",
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ok, "{stderr}");
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("JSON: {stdout}"));
+    assert_eq!(report["images"], 20);
+    assert_eq!(report["unreadable"], serde_json::json!(["broken.jpg"]));
+    // Expected figures follow from golden.csv (both tiers' reference top-1 and top-5) and the truth.
+    let golden = common::golden();
+    let labels_truth = std::fs::read_to_string(common::images_dir().join("labels.csv")).expect("labels.csv");
+    let truth_of = |file: &str| -> usize {
+        labels_truth
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{file},")).and_then(|rest| rest.split(',').next()?.parse().ok()))
+            .expect("file in labels.csv")
+    };
+    let top1_of = |model: &str| -> std::collections::HashMap<String, usize> {
+        golden.iter().filter(|g| g.model == model).map(|g| (g.file.clone(), g.top1)).collect()
+    };
+    let (fast, accurate) = (top1_of("mobilenet_v2.onnx"), top1_of("efficientnet_lite2.onnx"));
+    let count = |f: &dyn Fn(&str, usize, usize, usize) -> bool| {
+        fast.keys().filter(|file| f(file, truth_of(file), fast[*file], accurate[*file])).count() as f64
+    };
+    let expected_fast_top1 = count(&|_, t, f, _| f == t) / 20.0;
+    let expected_accurate_top1 = count(&|_, t, _, a| a == t) / 20.0;
+    let expected_agreement = count(&|_, _, f, a| f == a) / 20.0;
+    let expected_fixed = count(&|_, t, f, a| f != t && a == t) as u64;
+    let expected_broken = count(&|_, t, f, a| f == t && a != t) as u64;
+    let close = |v: &Value, want: f64| v.as_f64().is_some_and(|x| (x - want).abs() < 1e-9);
+    assert!(close(&report["tiers"]["fast"]["top1"], expected_fast_top1), "{report}");
+    assert!(close(&report["tiers"]["accurate"]["top1"], expected_accurate_top1), "{report}");
+    assert!(close(&report["agreement"], expected_agreement), "{report}");
+    for tier in ["fast", "accurate"] {
+        let t = &report["tiers"][tier];
+        assert!(t["top5"].as_f64().is_some_and(|v| v >= 0.95), "{tier}: {report}");
+        assert!(t["p50_ms"].as_f64().is_some_and(|v| v > 0.0) && t["p99_ms"].as_f64() >= t["p50_ms"].as_f64());
+    }
+    assert_eq!(report["tiers"]["accurate"]["model"], "efficientnet_lite2.onnx");
+    assert_eq!((report["fixed"].as_u64(), report["broken"].as_u64()), (Some(expected_fixed), Some(expected_broken)));
+}
