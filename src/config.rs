@@ -240,6 +240,11 @@ pub struct WorkerPoolArgs {
     /// Milliseconds the accurate tier may hold a job back to fill a batch (0: never).
     #[arg(long = "accurate-max-batch-delay", env = "TANDEM_ACCURATE_MAX_BATCH_DELAY", default_value_t = 0)]
     pub accurate_max_batch_delay_ms: u64,
+
+    /// CPU priority of the accurate tier: `idle` (SCHED_IDLE: only cycles the fast tier leaves),
+    /// `low` (nice 19) or `normal`. In `tandem worker` it applies to the whole process.
+    #[arg(long, env = "TANDEM_ACCURATE_PRIORITY", value_enum, default_value_t = crate::engine::Priority::Idle)]
+    pub accurate_priority: crate::engine::Priority,
 }
 
 #[derive(Debug, Clone, Args)]

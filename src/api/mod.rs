@@ -55,7 +55,7 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
@@ -63,10 +63,16 @@ pub fn router(state: AppState) -> Router {
         .route("/job/{id}", get(job))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
-        .with_state(state)
-        .layer(CatchPanicLayer::custom(panic_response))
-        .layer(axum::middleware::from_fn(record_request))
+        .with_state(state);
+    with_common_layers(routes)
 }
+
+/// Layers every route gets: a panic becomes a 500 JSON error (the process keeps serving), and
+/// every request is counted and timed.
+fn with_common_layers(router: Router) -> Router {
+    router.layer(CatchPanicLayer::custom(panic_response)).layer(axum::middleware::from_fn(record_request))
+}
+
 
 /// The worker's small HTTP surface: liveness and metrics (it serves no predictions).
 pub fn worker_router(queue: JobQueue) -> Router {
@@ -233,4 +239,31 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .unwrap_or("unknown panic");
     tracing::error!(panic = detail, "a request handler panicked");
     ApiError::Internal("the request could not be completed".into()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    async fn boom() -> &'static str {
+        panic!("deliberate")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_gives_a_500_json_error_and_the_router_keeps_serving() {
+        let router = with_common_layers(
+            Router::new()
+                .route("/boom", get(boom))
+                .route("/fine", get(|| async { "ok" })),
+        );
+        let request = |path: &str| Request::builder().uri(path).body(Body::empty()).expect("request");
+        let response = router.clone().oneshot(request("/boom")).await.expect("response");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.expect("body");
+        let value: Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(value["error"]["code"], "internal");
+        let response = router.oneshot(request("/fine")).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
 }

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, Limits};
 use crate::config::{ModelArgs, QueueArgs, ServeArgs, Tier, WorkerArgs, WorkerPoolArgs};
-use crate::engine::{BatchConfig, Classifier, ModelConfig};
+use crate::engine::{BatchConfig, Classifier, ModelConfig, Priority};
 use crate::labels::Labels;
 use crate::queue::{EmbeddedQueue, JobQueue, RedisQueue, RedisQueueConfig};
 use crate::worker::{self, WorkerConfig};
@@ -21,6 +21,11 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
+    // A worker process is all background work: lower the whole process (every thread created
+    // from here on inherits it) so a `serve` on the same machine wins the cores.
+    if let Err(err) = crate::engine::priority::apply_to_current_thread(args.workers.accurate_priority) {
+        tracing::warn!(error = %err, "cannot lower the worker's priority");
+    }
     runtime()?.block_on(worker_async(args))
 }
 
@@ -37,6 +42,7 @@ async fn serve_async(args: &ServeArgs) -> anyhow::Result<()> {
         queue_capacity: args.max_inflight.max(1),
         top_k: 5,
         tier: Tier::Fast.as_str(),
+        priority: Priority::Normal,
     };
     let fast = Classifier::start(model_config(&args.models, &labels, Tier::Fast), fast_batching)?;
     tracing::info!(model = fast.model_name(), "fast tier loaded");
@@ -126,6 +132,7 @@ fn start_accurate(models: &ModelArgs, labels: &Arc<Labels>, pool: &WorkerPoolArg
         queue_capacity: pool.concurrency.max(1),
         top_k: 5,
         tier: Tier::Accurate.as_str(),
+        priority: pool.accurate_priority,
     };
     let accurate = Classifier::start(model_config(models, labels, Tier::Accurate), batching)?;
     tracing::info!(model = accurate.model_name(), "accurate tier loaded");

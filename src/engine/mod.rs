@@ -8,6 +8,7 @@
 //! most `max_delay` for more (0 by default: never hold a request back to fill a batch).
 
 mod model;
+pub mod priority;
 pub mod runtime;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 pub use model::{Model, ModelConfig};
+pub use priority::Priority;
 pub use runtime::RuntimeError;
 
 use crate::labels::Labels;
@@ -107,11 +109,13 @@ pub struct BatchConfig {
     pub top_k: usize,
     /// Which tier this model serves, as labelled in metrics.
     pub tier: &'static str,
+    /// Scheduling priority of the inference thread and of ONNX Runtime's threads.
+    pub priority: Priority,
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self { max_batch: 1, max_delay: Duration::ZERO, queue_capacity: 64, top_k: 5, tier: "model" }
+        Self { max_batch: 1, max_delay: Duration::ZERO, queue_capacity: 64, top_k: 5, tier: "model", priority: Priority::Normal }
     }
 }
 
@@ -143,7 +147,10 @@ impl Classifier {
         std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || {
-                // The model is created on this thread so ORT's own threads inherit its settings.
+                // The model is created on this thread so ORT's own threads inherit its priority.
+                if let Err(err) = priority::apply_to_current_thread(batching.priority) {
+                    tracing::warn!(error = %err, priority = ?batching.priority, "cannot lower inference priority");
+                }
                 let model = match Model::load(&config) {
                     Ok(model) => {
                         let _ = ready_tx.send(Ok(()));
@@ -217,7 +224,10 @@ fn inference_loop(mut model: Model, config: &ModelConfig, batching: &BatchConfig
             buffer.extend_from_slice(&request.tensor);
         }
         let started = Instant::now();
-        let result = model.infer(&buffer, batch.len());
+        // A panic inside one batch fails that batch's requests, not the thread that serves
+        // every later one.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.infer(&buffer, batch.len())))
+            .unwrap_or_else(|_| Err(EngineError::Inference("the model panicked on this batch".into())));
         let elapsed = started.elapsed();
         let inference_ms = elapsed.as_secs_f64() * 1e3;
         metrics::histogram!(crate::metrics::INFERENCE_DURATION, "tier" => batching.tier, "model" => name.clone())
