@@ -32,4 +32,10 @@ if [ -z "${TANDEM_TEST_REDIS_URL:-}" ]; then
 fi
 echo "integration tests use Redis at $TANDEM_TEST_REDIS_URL"
 
-cargo test --locked "$@"
+if [ "$#" -gt 0 ]; then
+  exec cargo test --locked "$@"
+fi
+# Everything but the fault suite, then the fault suite on its own: one test at a time (each
+# runs several processes on a small machine) and with its figures printed.
+cargo test --locked -- --skip fault_
+cargo test --locked --test faults -- --nocapture --test-threads=1

@@ -85,10 +85,11 @@ pub fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<bool> {
     let started = Instant::now();
     let measure_from = started + Duration::from_secs_f64(args.warmup);
     let schedule = Schedule { measure_from, stop_at: measure_from + Duration::from_secs_f64(args.duration) };
+    let mix_interval = Duration::from_millis(args.mix_interval);
     let results: Vec<(Route, RouteStats)> = std::thread::scope(|scope| {
         let handles: Vec<_> = connections
             .iter()
-            .map(|&route| (route, scope.spawn(move || connection(target, route, schedule))))
+            .map(|&route| (route, scope.spawn(move || connection(target, route, schedule, mix_interval))))
             .collect();
         handles.into_iter().map(|(route, handle)| (route, handle.join().unwrap_or_default())).collect()
     });
@@ -112,6 +113,7 @@ pub fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<bool> {
         image_bytes: target.image.len(),
         content_type: target.content_type,
         concurrency: args.concurrency,
+        mix_interval_ms: args.mix.as_ref().map(|_| args.mix_interval),
         warmup_s: args.warmup,
         duration_s: args.duration,
         elapsed_s: round3(elapsed),
@@ -124,8 +126,8 @@ pub fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<bool> {
     Ok(report.routes.get("predict").is_some_and(|r| r.ok > 0))
 }
 
-/// One connection's loop.
-fn connection(target: &Target, route: Route, schedule: Schedule) -> RouteStats {
+/// One connection's loop; `--mix` routes pause `mix_interval` between requests.
+fn connection(target: &Target, route: Route, schedule: Schedule, mix_interval: Duration) -> RouteStats {
     let agent = target.agent();
     let get_url = match route {
         Route::Predict => String::new(),
@@ -169,6 +171,9 @@ fn connection(target: &Target, route: Route, schedule: Schedule) -> RouteStats {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+        if matches!(route, Route::Get(_)) && !mix_interval.is_zero() {
+            std::thread::sleep(mix_interval.min(schedule.stop_at.saturating_duration_since(Instant::now())));
+        }
     }
     stats
 }
@@ -182,6 +187,9 @@ struct Report {
     content_type: &'static str,
     /// `POST /predict` connections.
     concurrency: u32,
+    /// Pause of each `--mix` connection between requests; absent without `--mix`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mix_interval_ms: Option<u64>,
     warmup_s: f64,
     duration_s: f64,
     /// From the end of the warm-up to the last recorded answer.
@@ -236,12 +244,13 @@ impl Report {
             self.routes.iter().map(|(name, r)| format!("{} {name}", r.connections)).collect();
         let _ = writeln!(
             out,
-            "{} <- {} ({}, {} bytes)\n{} connections, {:.1} s measured after {:.1} s warm-up ({:.2} s elapsed)\n",
+            "{} <- {} ({}, {} bytes)\n{} connections{}, {:.1} s measured after {:.1} s warm-up ({:.2} s elapsed)\n",
             self.url,
             self.image,
             self.content_type,
             self.image_bytes,
             connections.join(" + "),
+            self.mix_interval_ms.map_or_else(String::new, |ms| format!(" (mix: {ms} ms between requests)")),
             self.duration_s,
             self.warmup_s,
             self.elapsed_s

@@ -55,6 +55,11 @@ pub struct BenchArgs {
     #[arg(long, env = "TANDEM_BENCH_MIX", value_name = "ROUTE:N", value_parser = parse_mix, conflicts_with_all = ["raw", "jobs"])]
     pub mix: Option<Mix>,
 
+    /// Milliseconds each --mix connection waits after an answer before its next request
+    /// (0: back to back, which on a small machine takes CPU from `POST /predict`).
+    #[arg(long, env = "TANDEM_BENCH_MIX_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub mix_interval: u64,
+
     /// Jobs mode: submit this many `POST /predict` and follow each `GET /job/{id}` to the end.
     #[arg(long, env = "TANDEM_BENCH_JOBS", value_parser = clap::value_parser!(u64).range(1..=1_000_000), conflicts_with = "raw")]
     pub jobs: Option<u64>,

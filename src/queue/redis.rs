@@ -150,9 +150,14 @@ return out
 /// that was thought dead but was only slow) keeps its first outcome.
 /// KEYS: stream, job hash. ARGV: group, entry id, result json, now ms, final ttl ms.
 /// Returns 1 if the result was stored, 0 if the job was already finished or gone.
+/// `results_reported` counts every result a worker hands in, stored or not: above 1 means the
+/// job was computed more than once (a duplicate), which operators and the fault suite watch.
 const COMPLETE_LUA: &str = r"
 local status = redis.call('HGET', KEYS[2], 'status')
 local stored = 0
+if status then
+  redis.call('HINCRBY', KEYS[2], 'results_reported', 1)
+end
 if status and status ~= 'completed' and status ~= 'failed' then
   redis.call('HSET', KEYS[2], 'status', 'completed', 'result', ARGV[3], 'completed_at_ms', ARGV[4])
   redis.call('HDEL', KEYS[2], 'error')
