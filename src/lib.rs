@@ -11,6 +11,8 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod jobs;
 pub mod labels;
 pub mod metrics;

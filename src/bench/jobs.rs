@@ -8,6 +8,10 @@
 //! server (which shares the CPU with the workers being measured) down to a handful of requests
 //! per round. A job's latency runs from the start of its `POST` to the first poll that sees it
 //! `completed`, so it is accurate to about one poll interval.
+//!
+//! Two throughputs: over the whole run (first submission to last completion), and the drain
+//! rate after the last submission, when the accurate tier no longer shares the CPU with the
+//! fast tier answering the submissions (the number to hold against raw accurate images/s).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
@@ -79,6 +83,10 @@ struct PollStats {
     polls: u64,
     poll_errors: u64,
     last_completion: Option<Instant>,
+    /// When the poller saw the last submitter finish.
+    all_submitted: Option<Instant>,
+    /// Jobs completed after that: the queue draining with no submissions competing for CPU.
+    drained: u64,
 }
 
 #[derive(Deserialize)]
@@ -129,6 +137,10 @@ pub fn run(args: &BenchArgs, target: &Target, count: u64) -> anyhow::Result<bool
     let first = submit.first_submit.unwrap_or(started);
     let submit_s = all_submitted.saturating_duration_since(first).as_secs_f64().max(1e-3);
     let elapsed = poll.last_completion.map(|t| t.saturating_duration_since(first).as_secs_f64().max(1e-3));
+    let drain_s = match (poll.all_submitted, poll.last_completion) {
+        (Some(from), Some(to)) if to > from => Some(to.duration_since(from).as_secs_f64()),
+        _ => None,
+    };
     let report = Report {
         mode: "jobs",
         url: target.base.clone(),
@@ -154,6 +166,9 @@ pub fn run(args: &BenchArgs, target: &Target, count: u64) -> anyhow::Result<bool
         timed_out: poll.timed_out,
         elapsed_s: elapsed.map(round3),
         jobs_per_s: elapsed.map(|s| round3(poll.completed as f64 / s)),
+        drain_jobs: poll.drained,
+        drain_s: drain_s.map(round3),
+        drain_jobs_per_s: drain_s.filter(|_| poll.drained > 0).map(|s| round3(poll.drained as f64 / s)),
         job_latency: poll.job_latency.summary(),
         server_queue_ms: poll.queue_ms.summary(),
         server_inference_ms: poll.inference_ms.summary(),
@@ -227,7 +242,9 @@ fn poll_jobs(target: &Target, incoming: Receiver<Pending>, interval: Duration, j
                 Ok(job) => pending.push_back(job),
                 Err(true) => {
                     submitting = false;
-                    deadline = Some(Instant::now() + job_timeout);
+                    let now = Instant::now();
+                    stats.all_submitted = Some(now);
+                    deadline = Some(now + job_timeout);
                 }
                 Err(false) => break,
             }
@@ -259,6 +276,9 @@ fn poll_jobs(target: &Target, incoming: Receiver<Pending>, interval: Duration, j
                             // Done no later than this poll was sent.
                             stats.job_latency.record(polled.saturating_duration_since(done.submitted));
                             stats.last_completion = stats.last_completion.max(Some(polled));
+                            if !submitting {
+                                stats.drained += 1;
+                            }
                             if let Some(ms) = job.queue_ms {
                                 stats.queue_ms.record_ms(ms);
                             }
@@ -332,6 +352,12 @@ struct Report {
     elapsed_s: Option<f64>,
     /// Completed jobs per second over `elapsed_s`.
     jobs_per_s: Option<f64>,
+    /// Jobs completed after the last submission: with nothing else asking for CPU, their rate
+    /// is the accurate tier's own throughput (when enough jobs are left queued).
+    drain_jobs: u64,
+    /// Last submission to the last completion; null when none completed after it.
+    drain_s: Option<f64>,
+    drain_jobs_per_s: Option<f64>,
     /// Submission to observed completion.
     job_latency: Option<Summary>,
     /// The service's own `queue_ms` of the completed jobs.
@@ -362,9 +388,16 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "throughput {} jobs/s over {} s (first submit to last completion)\n",
+            "throughput {} jobs/s over {} s (first submit to last completion)",
             cell(self.jobs_per_s),
             cell(self.elapsed_s)
+        );
+        let _ = writeln!(
+            out,
+            "drain      {} jobs/s: {} jobs completed in the {} s after the last submission\n",
+            cell(self.drain_jobs_per_s),
+            self.drain_jobs,
+            cell(self.drain_s)
         );
         let _ = writeln!(out, "{:<22} {:>8} {:>8} {:>8} {:>8}", "latency", "p50 ms", "p90 ms", "p99 ms", "max ms");
         for (name, summary) in [

@@ -4,6 +4,13 @@
 //! shorter side (bilinear with antialiasing, as Pillow's `Image.BILINEAR`) → center crop →
 //! scale to [0,1] → normalize with mean/std → write planar RGB straight into the caller's
 //! buffer. Every failure is a typed [`ImageError`] so the HTTP layer can map it once.
+//!
+//! Files: `decode` (format, size check, pixels), `jpeg` (JPEG header walk, 1/4-1/8 scale
+//! decoding of big photos), `resize` (geometry + resampling), `tensor` (normalization).
+//! The reference is Pillow: `Image.open(p).convert('RGB')`, `resize((w, h), BILINEAR)` with
+//! the longer side `round(long * resize / short)`, crop at `(side - crop) // 2`, `/ 255`,
+//! `(x - mean) / std`. EXIF orientation is applied where the decoder reports it (JPEG, and the
+//! rarer PNG/WebP eXIf), as browsers do.
 
 use serde::{Deserialize, Serialize};
 

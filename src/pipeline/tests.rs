@@ -225,8 +225,8 @@ fn dct_downscaling_only_while_the_short_side_stays_at_least_resize() {
     assert_eq!(jpeg::dct_divisor(4000, 3000, 256), 8); // 375
     assert_eq!(jpeg::dct_divisor(1600, 1200, 256), 4); // 300
     assert_eq!(jpeg::dct_divisor(1200, 2047, 256), 4); // 300; /8 would be 150
-    assert_eq!(jpeg::dct_divisor(600, 510, 256), 1); // /2 would be 255
-    assert_eq!(jpeg::dct_divisor(600, 511, 256), 2); // 256 (rounded up, as the decoder does)
+    assert_eq!(jpeg::dct_divisor(3000, 2041, 256), 8); // 256 (rounded up, as the decoder does)
+    assert_eq!(jpeg::dct_divisor(1500, 1020, 256), 1); // /4 would be 255; /2 is never used
     assert_eq!(jpeg::dct_divisor(477, 256, 256), 1);
 }
 
