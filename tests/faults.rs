@@ -116,6 +116,9 @@ fn submit(base: &str, count: usize, clients: usize) -> Vec<String> {
     Arc::try_unwrap(ids).map(|m| m.into_inner().expect("lock")).unwrap_or_default()
 }
 
+/// `XPENDING key group`: count, first id, last id, and (consumer, count) pairs.
+type PendingSummary = (u64, Option<String>, Option<String>, Option<Vec<(String, String)>>);
+
 /// Waits until the worker with this pid (its consumer name holds the pid) has jobs in flight.
 fn wait_until_holding(url: &str, prefix: &str, pid: u32, timeout: Duration) -> u64 {
     let client = redis::Client::open(url).expect("url");
@@ -123,7 +126,7 @@ fn wait_until_holding(url: &str, prefix: &str, pid: u32, timeout: Duration) -> u
     let marker = format!("-{pid}-");
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        let summary: redis::RedisResult<(u64, Option<String>, Option<String>, Option<Vec<(String, String)>>)> =
+        let summary: redis::RedisResult<PendingSummary> =
             redis::cmd("XPENDING").arg(format!("{prefix}:jobs")).arg("workers").query(&mut conn);
         if let Ok((_, _, _, Some(consumers))) = summary
             && let Some((_, held)) = consumers.iter().find(|(name, _)| name.contains(&marker))
