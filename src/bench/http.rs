@@ -86,10 +86,21 @@ pub fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<bool> {
     let measure_from = started + Duration::from_secs_f64(args.warmup);
     let schedule = Schedule { measure_from, stop_at: measure_from + Duration::from_secs_f64(args.duration) };
     let mix_interval = Duration::from_millis(args.mix_interval);
+    // With --rate, predict connection i sends at started + (i + k * C) / rate, k = 0, 1, ...
+    let pacing = (args.rate > 0.0).then(|| Duration::from_secs_f64(f64::from(args.concurrency) / args.rate));
     let results: Vec<(Route, RouteStats)> = std::thread::scope(|scope| {
         let handles: Vec<_> = connections
             .iter()
-            .map(|&route| (route, scope.spawn(move || connection(target, route, schedule, mix_interval))))
+            .enumerate()
+            .map(|(i, &route)| {
+                let pace = match (route, pacing) {
+                    (Route::Predict, Some(interval)) => {
+                        Some(Pace { next: started + interval.mul_f64(i as f64 / f64::from(args.concurrency)), interval })
+                    }
+                    _ => None,
+                };
+                (route, scope.spawn(move || connection(target, route, schedule, mix_interval, pace)))
+            })
             .collect();
         handles.into_iter().map(|(route, handle)| (route, handle.join().unwrap_or_default())).collect()
     });
@@ -114,6 +125,7 @@ pub fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<bool> {
         content_type: target.content_type,
         concurrency: args.concurrency,
         mix_interval_ms: args.mix.as_ref().map(|_| args.mix_interval),
+        rate: (args.rate > 0.0).then_some(args.rate),
         warmup_s: args.warmup,
         duration_s: args.duration,
         elapsed_s: round3(elapsed),
@@ -126,8 +138,22 @@ pub fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<bool> {
     Ok(report.routes.get("predict").is_some_and(|r| r.ok > 0))
 }
 
-/// One connection's loop; `--mix` routes pause `mix_interval` between requests.
-fn connection(target: &Target, route: Route, schedule: Schedule, mix_interval: Duration) -> RouteStats {
+/// A paced connection's next send time and the gap between its sends.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    next: Instant,
+    interval: Duration,
+}
+
+/// One connection's loop; `--mix` routes pause `mix_interval` between requests, paced predict
+/// connections wait for their next slot (a late answer is not made up for with a burst).
+fn connection(
+    target: &Target,
+    route: Route,
+    schedule: Schedule,
+    mix_interval: Duration,
+    mut pace: Option<Pace>,
+) -> RouteStats {
     let agent = target.agent();
     let get_url = match route {
         Route::Predict => String::new(),
@@ -135,6 +161,13 @@ fn connection(target: &Target, route: Route, schedule: Schedule, mix_interval: D
     };
     let mut stats = RouteStats { connections: 1, ..RouteStats::default() };
     loop {
+        if let Some(pace) = &mut pace {
+            let now = Instant::now();
+            if pace.next > now {
+                std::thread::sleep(pace.next.min(schedule.stop_at) - now);
+            }
+            pace.next = pace.next.max(now) + pace.interval;
+        }
         let started = Instant::now();
         if started >= schedule.stop_at {
             break;
@@ -187,6 +220,9 @@ struct Report {
     content_type: &'static str,
     /// `POST /predict` connections.
     concurrency: u32,
+    /// Target `POST /predict` requests per second (`--rate`); absent when unpaced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate: Option<f64>,
     /// Pause of each `--mix` connection between requests; absent without `--mix`.
     #[serde(skip_serializing_if = "Option::is_none")]
     mix_interval_ms: Option<u64>,

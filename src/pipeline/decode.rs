@@ -1,9 +1,8 @@
 //! Untrusted bytes → 8-bit gray or RGB pixels, EXIF orientation applied, after checking the
 //! format and the pixel count from the header.
 //!
-//! JPEGs big enough to be shrunk by 2, 4 or 8 on the way to `resize` are decoded at that scale
-//! by `jpeg-decoder` (see [`super::jpeg`]); everything else goes through `image` (zune-jpeg for
-//! JPEG), which is also what Pillow's full decode + resize is matched against.
+//! JPEG goes through libjpeg-turbo, at 1/2, 1/4 or 1/8 scale when the image is big enough (see
+//! [`super::jpeg`]); PNG, WebP, BMP and GIF through `image`.
 
 use std::io::Cursor;
 
@@ -29,6 +28,7 @@ pub(super) struct Bitmap {
     pub scale: f64,
 }
 
+/// Sniffs the format from the bytes (never the file name), checks the size, decodes.
 pub(super) fn decode(bytes: &[u8], config: &PreprocessConfig) -> Result<Bitmap, ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
@@ -37,15 +37,14 @@ pub(super) fn decode(bytes: &[u8], config: &PreprocessConfig) -> Result<Bitmap, 
     match format {
         ImageFormat::Jpeg => {
             let header = jpeg::read_header(bytes, config)?;
-            let divisor = jpeg::dct_divisor(header.width, header.height, config.resize);
-            if divisor > 1
-                && let Some(bitmap) = jpeg::decode_downscaled(bytes, &header, divisor)
-            {
-                return Ok(bitmap);
-            }
-            // zune-jpeg renders truncated files (gray fill) without complaint; Pillow refuses them.
+            // Decoders render truncated files (grey fill) without complaint; Pillow refuses them.
             jpeg::ensure_complete(bytes, header.scan_start)?;
-            decode_with_image(bytes, format, config)
+            let divisor = jpeg::dct_divisor(header.width, header.height, config.resize);
+            match jpeg::decode(bytes, &header, divisor)? {
+                Some(bitmap) => Ok(bitmap),
+                // CMYK/YCCK (Adobe) files: `image` knows their conventions.
+                None => decode_with_image(bytes, format, config),
+            }
         }
         ImageFormat::Png | ImageFormat::WebP | ImageFormat::Bmp | ImageFormat::Gif => {
             if let Some((width, height)) = peek_size(format, bytes) {
@@ -128,12 +127,11 @@ pub(super) fn oriented(
     orientation: Orientation,
     scale: f64,
 ) -> Option<Bitmap> {
-    let image = match channels {
+    let mut image = match channels {
         1 => DynamicImage::ImageLuma8(image::GrayImage::from_raw(width, height, pixels)?),
         3 => DynamicImage::ImageRgb8(image::RgbImage::from_raw(width, height, pixels)?),
         _ => return None,
     };
-    let mut image = image;
     image.apply_orientation(orientation);
     Some(bitmap_from(image, scale))
 }

@@ -1,15 +1,15 @@
 //! JPEG specifics: a cheap walk over the marker segments (size from the frame header before
-//! anything is decoded; completeness, since zune-jpeg silently renders truncated files) and
-//! decoding at 1/4 or 1/8 scale for big photos.
+//! anything is decoded; completeness, since decoders silently render truncated files with grey
+//! fill) and decoding with libjpeg-turbo.
 //!
-//! Why `jpeg-decoder` for the scaled decode: most of the cost of a 12-megapixel photo is
-//! producing pixels that the resize then throws away. JPEG can skip that by running a smaller
-//! inverse DCT per 8x8 block (what libjpeg's `scale_denom` and Pillow's `draft` do). zune-jpeg,
-//! which `image` uses, has no such option; `jpeg-decoder` (pure Rust, image-rs, no dependencies
-//! with default features off) has `Decoder::scale` (1/2, 1/4, 1/8). It is only used when the
-//! scaled image still has its shorter side ≥ `resize`, so small images take exactly Pillow's
-//! path (full decode + antialiased bilinear), through zune-jpeg, which decodes them about twice
-//! as fast; see [`dct_divisor`] for why 1/2 is not used.
+//! Why libjpeg-turbo (the `mozjpeg` crate builds its decoder from source with the C compiler):
+//! it is the decoder behind Pillow, so Tandem's pixels are bit-identical to the reference
+//! pipeline that models are validated with (zune-jpeg and jpeg-decoder differ by up to 5 levels,
+//! enough to move EfficientNet-Lite2's top probability on one sample by 0.06); and it decodes at
+//! 1/2, 1/4 or 1/8 scale by running a smaller inverse DCT per block, which skips producing the
+//! pixels a big photo's resize would throw away. Scaling is only used while the scaled image's
+//! shorter side stays ≥ `resize`, so images near the model's size take Pillow's exact path.
+//! SIMD (the `jpeg-simd` feature) needs `nasm` at build time and roughly halves decode time.
 
 use image::metadata::Orientation;
 
@@ -120,51 +120,69 @@ pub(super) fn ensure_complete(bytes: &[u8], scan_start: usize) -> Result<(), Ima
     }
 }
 
-/// 8 or 4 if decoding at that scale keeps the shorter side ≥ `resize`, else 1 (full decode).
-///
-/// Not 2: jpeg-decoder is about half as fast as zune-jpeg, so a 1/2-scale decode measured
-/// slower than zune's full decode + resize (e.g. 1000x750: 11 ms vs 5 ms); 1/4 is about even
-/// to 25% faster, 1/8 a clear win (4000x3000: 1.5x faster).
+/// 8, 4 or 2 if decoding at 1/8, 1/4 or 1/2 scale keeps the shorter side ≥ `resize`, else 1
+/// (full decode, the exact path the reference pipeline takes).
 pub(super) fn dct_divisor(width: u32, height: u32, resize: u32) -> u32 {
     let short = width.min(height);
-    [8, 4].into_iter().find(|&d| short.div_ceil(d) >= resize).unwrap_or(1)
+    [8, 4, 2].into_iter().find(|&d| short.div_ceil(d) >= resize).unwrap_or(1)
 }
 
-/// Decodes at 1/`divisor` scale. `None` when jpeg-decoder cannot (or the result is not what we
-/// expect): the caller then does the full decode, which also produces the error to report.
-pub(super) fn decode_downscaled(bytes: &[u8], header: &Header, divisor: u32) -> Option<Bitmap> {
-    let mut decoder = jpeg_decoder::Decoder::new(bytes);
-    // The output at this scale is ≤ 1/4 of the full RGB size, itself within the pixel limit.
-    let full_rgb = 3 * u64::from(header.width) * u64::from(header.height);
-    decoder.set_max_decoding_buffer_size(usize::try_from(full_rgb).ok()?);
-    decoder.read_info().ok()?;
-    let info = decoder.info()?;
-    if (u32::from(info.width), u32::from(info.height)) != (header.width, header.height) {
-        return None;
-    }
-    let (want_w, want_h) = (header.width.div_ceil(divisor), header.height.div_ceil(divisor));
-    // `scale` picks the smallest scale reaching the request on either axis: ask on the shorter
-    // axis only (u16::MAX is out of reach on the other one).
-    let short = u16::try_from(want_w.min(want_h)).ok()?;
-    let request = if header.width <= header.height { (short, u16::MAX) } else { (u16::MAX, short) };
-    let (w, h) = decoder.scale(request.0, request.1).ok()?;
-    if (u32::from(w), u32::from(h)) != (want_w, want_h) {
-        return None;
-    }
-    let pixels = decoder.decode().ok()?;
-    let channels = match decoder.info()?.pixel_format {
-        jpeg_decoder::PixelFormat::L8 => 1,
-        jpeg_decoder::PixelFormat::RGB24 => 3,
-        // CMYK/YCCK conventions differ between decoders: leave those rare files to the full path.
-        _ => return None,
+/// Decodes with libjpeg-turbo (through `mozjpeg`) at 1/`divisor` scale, EXIF orientation
+/// applied. `Ok(None)` for CMYK/YCCK files, which the caller hands to `image` instead.
+pub(super) fn decode(bytes: &[u8], header: &Header, divisor: u32) -> Result<Option<Bitmap>, ImageError> {
+    // libjpeg reports errors by unwinding out of its C frames (mozjpeg-sys is built with
+    // `unwinding`): catch that here and turn it into a typed error.
+    let decoded = std::panic::catch_unwind(|| -> std::io::Result<Option<Decoded>> {
+        let mut decompress = mozjpeg::Decompress::with_markers(&[mozjpeg::Marker::APP(1)]).from_mem(bytes)?;
+        let orientation = decompress
+            .markers()
+            .filter(|m| matches!(m.marker, mozjpeg::Marker::APP(1)))
+            .find_map(|m| m.data.strip_prefix(b"Exif\0\0"))
+            .and_then(Orientation::from_exif_chunk)
+            .unwrap_or(Orientation::NoTransforms);
+        // `divisor` is 1, 2, 4 or 8, so the numerator is 8, 4, 2 or 1.
+        decompress.scale(u8::try_from(8 / divisor.clamp(1, 8)).unwrap_or(8));
+        let (channels, mut started) = match decompress.image()? {
+            mozjpeg::Format::RGB(started) => (3, started),
+            mozjpeg::Format::Gray(started) => (1, started),
+            mozjpeg::Format::CMYK(_) => return Ok(None),
+        };
+        let (width, height) = (started.width(), started.height());
+        let pixels: Vec<u8> = started.read_scanlines()?;
+        started.finish()?;
+        Ok(Some(Decoded { width, height, channels, pixels, orientation }))
+    });
+    let decoded = match decoded {
+        Ok(Ok(Some(decoded))) => decoded,
+        Ok(Ok(None)) => return Ok(None),
+        Ok(Err(err)) => return Err(truncated(&err.to_string())),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("corrupt data");
+            return Err(truncated(message));
+        }
     };
-    let orientation = decoder.exif_data().and_then(Orientation::from_exif_chunk).unwrap_or(Orientation::NoTransforms);
-    let mut bitmap = oriented(want_w, want_h, channels, pixels, orientation, 1.0 / f64::from(divisor))?;
+    let (width, height) = (u32::try_from(decoded.width), u32::try_from(decoded.height));
+    let (Ok(width), Ok(height)) = (width, height) else { return Err(truncated("implausible decoded size")) };
+    let orientation = decoded.orientation;
+    let mut bitmap = oriented(width, height, decoded.channels, decoded.pixels, orientation, 1.0 / f64::from(divisor))
+        .ok_or_else(|| truncated("the decoder returned fewer pixels than its size"))?;
     let swaps = matches!(
         orientation,
         Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH
     );
     (bitmap.full_width, bitmap.full_height) =
         if swaps { (header.height, header.width) } else { (header.width, header.height) };
-    Some(bitmap)
+    Ok(Some(bitmap))
+}
+
+struct Decoded {
+    width: usize,
+    height: usize,
+    channels: usize,
+    pixels: Vec<u8>,
+    orientation: Orientation,
 }

@@ -201,7 +201,7 @@ fn exif_orientation_rotates_the_output() {
 
 #[test]
 fn exif_orientation_with_dct_downscaling() {
-    // 256x128 with resize 16: decoded at 1/8 (32x16), by jpeg-decoder.
+    // 256x128 with resize 16: decoded at 1/8 (32x16) by libjpeg-turbo.
     let (w, h) = (256, 128);
     let source = quadrants(w, h);
     let jpeg = encode_jpeg(&source.clone().into(), 95);
@@ -226,7 +226,8 @@ fn dct_downscaling_only_while_the_short_side_stays_at_least_resize() {
     assert_eq!(jpeg::dct_divisor(1600, 1200, 256), 4); // 300
     assert_eq!(jpeg::dct_divisor(1200, 2047, 256), 4); // 300; /8 would be 150
     assert_eq!(jpeg::dct_divisor(3000, 2041, 256), 8); // 256 (rounded up, as the decoder does)
-    assert_eq!(jpeg::dct_divisor(1500, 1020, 256), 1); // /4 would be 255; /2 is never used
+    assert_eq!(jpeg::dct_divisor(1500, 1020, 256), 2); // 510; /4 would be 255
+    assert_eq!(jpeg::dct_divisor(600, 510, 256), 1); // /2 would be 255
     assert_eq!(jpeg::dct_divisor(477, 256, 256), 1);
 }
 
@@ -410,7 +411,7 @@ fn shared_bad_inputs() {
 }
 
 #[test]
-fn truncated_jpeg_is_refused_even_if_zune_would_render_it() {
+fn truncated_jpeg_is_refused_even_though_decoders_would_render_it() {
     let bytes = std::fs::read(shared_images().join("sample_01.jpg")).unwrap();
     let cfg = PreprocessConfig::default();
     for cut in [bytes.len() / 2, bytes.len() - 100, bytes.len() - 2, bytes.len() - 1] {
@@ -465,6 +466,17 @@ fn decompression_bombs_are_refused_from_the_header() {
     let mut bmp = encode(&RgbImage::new(2, 2).into(), ImageFormat::Bmp);
     bmp[18..26].copy_from_slice(&[0x30, 0x75, 0, 0, 0x30, 0x75, 0, 0]);
     assert_too_large(&bmp, 30000, 30000);
+    // Lossless WebP header claiming 16000x16000.
+    let mut webp = b"RIFF\x1a\0\0\0WEBPVP8L\x0d\0\0\0\x2f\x7f\xfe\x9f\x0f".to_vec();
+    webp.extend_from_slice(&[0; 9]);
+    assert_too_large(&webp, 16000, 16000);
+    // GIF with a small screen but a 65535x65535 frame: refused by the allocation limit.
+    let mut gif = b"GIF89a\x0a\0\x0a\0\x80\0\0".to_vec();
+    gif.extend_from_slice(&[0, 0, 0, 255, 255, 255]); // 2-color global palette
+    gif.extend_from_slice(&[0x2C, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 2, 2, 0x4C, 0x01, 0, 0x3B]);
+    let start = Instant::now();
+    assert!(preprocess(&gif, &PreprocessConfig::default()).is_err());
+    assert!(start.elapsed() < Duration::from_millis(200));
     // Under the limit but with a lower limit configured: refused too.
     let small = encode(&RgbImage::new(100, 100).into(), ImageFormat::Png);
     let strict = PreprocessConfig { max_pixels: 9_999, ..PreprocessConfig::default() };

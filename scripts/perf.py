@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""Measures Tandem's performance targets (docs/PERFORMANCE.md) with `tandem bench`.
+
+    python3 scripts/perf.py [--rounds 3] [--duration 8] [--out target/perf]
+
+Release build, `tandem` started as a user starts it, the shared models: MobileNet v2 (fast) and
+resnet50-untrained.onnx (ResNet50's compute) as the accurate tier, a 256-px JPEG. Every ratio is
+taken inside one round; the table reports the median over rounds. Needs redis-server on PATH
+(a private one is started on a free port). Python standard library only.
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(ROOT, "..", "shared")
+MODELS = os.path.join(SHARED, "models")
+IMAGE = os.path.join(SHARED, "images", "sample_01.jpg")
+LARGE = os.path.join(SHARED, "images", "large", "photo_1600x1200.jpg")
+TANDEM = os.path.join(ROOT, "target", "release", "tandem")
+MODEL_ARGS = ["--model-dir", MODELS, "--accurate-model", "resnet50-untrained.onnx"]
+PACED_RATE = 10  # req/s of the light foreground load used for target 4
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench(*args):
+    out = subprocess.run([TANDEM, "bench", "--json", *args], capture_output=True, text=True, check=False)
+    if not out.stdout.strip():
+        raise RuntimeError(f"tandem bench {' '.join(args)} failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
+
+
+def counter(metrics_url, name):
+    """Sum of a Prometheus counter's samples whose line starts with `name`."""
+    total = 0.0
+    for line in get(metrics_url).splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def rss_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
+
+
+class Proc:
+    def __init__(self, args, port=None):
+        self.port = port
+        self.p = subprocess.Popen([TANDEM, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env={**os.environ, "TANDEM_LOG": "warn"})
+        if port:
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                try:
+                    if "ready" in get(f"http://127.0.0.1:{port}/health/ready"):
+                        return
+                except Exception:
+                    time.sleep(0.1)
+            raise RuntimeError(f"tandem {args[0]} did not become ready")
+        time.sleep(2)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM)
+        try:
+            self.p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+
+
+def serve(*extra):
+    port = free_port()
+    return Proc(["serve", "--addr", f"127.0.0.1:{port}", *MODEL_ARGS, *extra], port)
+
+
+def p50(report, route="predict"):
+    return report["routes"][route]["latency"]["p50_ms"]
+
+
+def one_round(redis_url, duration, round_no):
+    r = {}
+    d = str(duration)
+    raw_fast = bench("--raw", "--image", IMAGE, *MODEL_ARGS, "--tier", "fast", "--batch", "1,2,4,8",
+                     "--duration", d)
+    raw_acc = bench("--raw", "--image", IMAGE, *MODEL_ARGS, "--tier", "accurate", "--batch", "1,2,4,8",
+                    "--duration", d)
+    r["raw_fast_b1_ms"] = raw_fast["batches"][0]["p50_ms"]
+    r["raw_fast_best_ips"] = raw_fast["best"]["images_per_s"]
+    r["raw_fast_best_batch"] = raw_fast["best"]["batch"]
+    r["raw_acc_best_ips"] = raw_acc["best"]["images_per_s"]
+    r["raw_acc_best_batch"] = raw_acc["best"]["batch"]
+    r["raw_fast_by_batch"] = {b["batch"]: b["images_per_s"] for b in raw_fast["batches"]}
+    r["raw_acc_by_batch"] = {b["batch"]: b["images_per_s"] for b in raw_acc["batches"]}
+
+    # Foreground only: Redis mode with no worker, so nothing runs the accurate tier.
+    prefix = f"perf-{round_no}-{time.time_ns()}"
+    fg = serve("--redis-url", redis_url, "--redis-prefix", prefix, "--max-queue", "1000000")
+    try:
+        c1 = bench("--url", fg.url, "--image", IMAGE, "--concurrency", "1", "--duration", d)
+        r["c1_p50_ms"] = p50(c1)
+        large = bench("--url", fg.url, "--image", LARGE, "--concurrency", "1", "--duration", d)
+        r["large_p50_ms"] = p50(large)
+        paced = bench("--url", fg.url, "--image", IMAGE, "--concurrency", "1", "--rate", str(PACED_RATE),
+                      "--duration", d)
+        r["paced_idle_p50_ms"] = p50(paced)
+        c8 = bench("--url", fg.url, "--image", IMAGE, "--concurrency", "8", "--duration", d)
+        r["c8_rps"] = c8["routes"]["predict"]["throughput_rps"]
+        steady = rss_kib(fg.p.pid, "VmRSS:")
+        mixed = bench("--url", fg.url, "--image", IMAGE, "--concurrency", "8", "--duration", d,
+                      "--mix", "health:2")
+        r["health_p99_ms"] = mixed["routes"]["health"]["latency"]["p99_ms"]
+        overload = bench("--url", fg.url, "--image", IMAGE, "--concurrency", "64", "--duration", d)
+        r["overload_429"] = overload["routes"]["predict"]["errors_by_status"].get("429", 0)
+        r["overload_5xx"] = sum(n for s, n in overload["routes"]["predict"]["errors_by_status"].items()
+                                if s.startswith("5"))
+        r["rss_steady_mib"] = steady / 1024
+        r["rss_peak_mib"] = rss_kib(fg.p.pid, "VmHWM:") / 1024
+    finally:
+        fg.stop()
+
+    # Isolation, in one process (embedded) and in two (serve + worker on Redis).
+    for mode in ("embedded", "processes"):
+        prefix = f"perf-iso-{round_no}-{time.time_ns()}"
+        worker = None
+        if mode == "embedded":
+            srv = serve("--max-queue", "1000000")
+            metrics = f"{srv.url}/metrics"
+        else:
+            redis = ["--redis-url", redis_url, "--redis-prefix", prefix, "--max-queue", "1000000"]
+            srv = serve(*redis)
+            mport = free_port()
+            worker = Proc(["worker", *MODEL_ARGS, *redis, "--metrics-addr", f"127.0.0.1:{mport}"])
+            metrics = f"http://127.0.0.1:{mport}/metrics"
+        try:
+            # A backlog for the accurate tier, then its rate alone, then under a paced fast load.
+            bench("--url", srv.url, "--image", IMAGE, "--concurrency", "4", "--duration", "4", "--warmup", "0")
+            time.sleep(2)
+            a0, t0 = counter(metrics, "tandem_jobs_finished_total"), time.time()
+            time.sleep(duration)
+            a1, t1 = counter(metrics, "tandem_jobs_finished_total"), time.time()
+            busy = bench("--url", srv.url, "--image", IMAGE, "--concurrency", "1", "--rate", str(PACED_RATE),
+                         "--duration", d, "--warmup", "0")
+            a2, t2 = counter(metrics, "tandem_jobs_finished_total"), time.time()
+            r[f"{mode}_acc_alone_jps"] = (a1 - a0) / (t1 - t0)
+            r[f"{mode}_acc_busy_jps"] = (a2 - a1) / (t2 - t1)
+            r[f"{mode}_paced_busy_p50_ms"] = p50(busy)
+        finally:
+            srv.stop()
+            if worker:
+                worker.stop()
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=8.0)
+    ap.add_argument("--out", default=os.path.join(ROOT, "target", "perf"))
+    args = ap.parse_args()
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    os.makedirs(args.out, exist_ok=True)
+
+    port = free_port()
+    redis_dir = tempfile.mkdtemp()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", redis_dir],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    rounds = []
+    try:
+        for i in range(args.rounds):
+            r = one_round(f"redis://127.0.0.1:{port}/", args.duration, i)
+            rounds.append(r)
+            print(f"round {i + 1}: {json.dumps(r)}", file=sys.stderr, flush=True)
+    finally:
+        redis.kill()
+    with open(os.path.join(args.out, "rounds.json"), "w") as f:
+        json.dump(rounds, f, indent=1)
+
+    def med(f):
+        return statistics.median(f(r) for r in rounds)
+
+    rows = [
+        ("1 overhead: /predict p50 at c=1 - raw ORT batch-1 p50", med(lambda r: r["c1_p50_ms"] - r["raw_fast_b1_ms"]),
+         "ms", "<= 1.0", lambda v: v <= 1.0),
+        ("2 throughput: c=8 req/s / raw ORT best img/s", med(lambda r: r["c8_rps"] / r["raw_fast_best_ips"]),
+         "x", ">= 0.90", lambda v: v >= 0.90),
+        ("3 event loop: /health p99 with /predict saturated", med(lambda r: r["health_p99_ms"]), "ms", "<= 5",
+         lambda v: v <= 5),
+        ("4a isolation (embedded): paced p50 busy / idle",
+         med(lambda r: r["embedded_paced_busy_p50_ms"] / r["paced_idle_p50_ms"]), "x", "<= 1.25", lambda v: v <= 1.25),
+        ("4b isolation (embedded): accurate jobs/s busy / alone",
+         med(lambda r: r["embedded_acc_busy_jps"] / r["embedded_acc_alone_jps"]), "x", ">= 0.70", lambda v: v >= 0.70),
+        ("4c isolation (processes): paced p50 busy / idle",
+         med(lambda r: r["processes_paced_busy_p50_ms"] / r["paced_idle_p50_ms"]), "x", "<= 1.25", lambda v: v <= 1.25),
+        ("4d isolation (processes): accurate jobs/s busy / alone",
+         med(lambda r: r["processes_acc_busy_jps"] / r["processes_acc_alone_jps"]), "x", ">= 0.70",
+         lambda v: v >= 0.70),
+        ("5 worker jobs/s / raw ORT accurate best img/s",
+         med(lambda r: r["processes_acc_alone_jps"] / r["raw_acc_best_ips"]), "x", ">= 0.90", lambda v: v >= 0.90),
+        ("6 large input: 1600x1200 p50 - 256-px p50", med(lambda r: r["large_p50_ms"] - r["c1_p50_ms"]), "ms",
+         "<= 15", lambda v: v <= 15),
+        ("7 memory: peak RSS at c=64 / steady RSS", med(lambda r: r["rss_peak_mib"] / r["rss_steady_mib"]), "x",
+         "<= 1.5", lambda v: v <= 1.5),
+    ]
+    print(f"| target | median of {len(rounds)} rounds | goal | met |")
+    print("|---|---|---|---|")
+    for name, value, unit, goal, ok in rows:
+        print(f"| {name} | {value:.2f} {unit} | {goal} | {'yes' if ok(value) else 'NO'} |")
+    print()
+    print("| figure | median |")
+    print("|---|---|")
+    for key in rounds[0]:
+        if isinstance(rounds[0][key], (int, float)):
+            print(f"| {key} | {med(lambda r: r[key]):.2f} |")
+    for key in ("raw_fast_by_batch", "raw_acc_by_batch"):
+        sizes = rounds[0][key].keys()
+        print(f"| {key} (img/s) | " + ", ".join(f"b{b}: {statistics.median(r[key][b] for r in rounds):.1f}"
+                                                 for b in sizes) + " |")
+
+
+if __name__ == "__main__":
+    main()
