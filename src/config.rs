@@ -146,13 +146,7 @@ impl ModelArgs {
             Tier::Fast => (self.fast_resize, self.fast_crop),
             Tier::Accurate => (self.accurate_resize, self.accurate_crop),
         };
-        PreprocessConfig {
-            resize,
-            crop,
-            mean: triple(&self.mean),
-            std: triple(&self.std),
-            max_pixels: self.max_pixels,
-        }
+        PreprocessConfig { resize, crop, mean: triple(&self.mean), std: triple(&self.std), max_pixels: self.max_pixels }
     }
 
     pub fn intra_threads(&self) -> usize {

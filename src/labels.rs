@@ -20,7 +20,8 @@ pub struct Labels {
 
 impl Labels {
     pub fn load(path: &Path) -> Result<Self, LabelsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LabelsError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| LabelsError::Read { path: path.to_owned(), source })?;
         let labels = Self::parse(&text);
         if labels.is_empty() {
             return Err(LabelsError::Empty { path: path.to_owned() });
@@ -86,7 +87,9 @@ mod tests {
     #[test]
     fn shared_label_files_agree() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models");
-        let (Ok(a), Ok(b)) = (Labels::load(&dir.join("imagenet_classes.txt")), Labels::load(&dir.join("imagenet_synsets.txt"))) else {
+        let (Ok(a), Ok(b)) =
+            (Labels::load(&dir.join("imagenet_classes.txt")), Labels::load(&dir.join("imagenet_synsets.txt")))
+        else {
             panic!("../shared/models label files are missing");
         };
         assert_eq!(a.len(), 1000);

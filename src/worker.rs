@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 
-use crate::engine::{ClassifyError, Classifier};
+use crate::engine::{Classifier, ClassifyError};
 use crate::jobs::{Delivery, FailOutcome};
 use crate::queue::{JobQueue, QueueError};
 
@@ -97,7 +97,9 @@ async fn process(queue: &JobQueue, classifier: &Classifier, delivery: Delivery) 
             // taken over after the reclaim timeout: done again rather than lost.
             match retry_briefly(|| queue.complete(&delivery, &prediction)).await {
                 Ok(()) => record_completion(queue, &delivery, &prediction).await,
-                Err(err) => tracing::warn!(job = %delivery.id, error = %err, "result not stored; the job will be retried"),
+                Err(err) => {
+                    tracing::warn!(job = %delivery.id, error = %err, "result not stored; the job will be retried")
+                }
             }
         }
         Err(error) => match retry_briefly(|| queue.fail(&delivery, &error)).await {
@@ -105,7 +107,9 @@ async fn process(queue: &JobQueue, classifier: &Classifier, delivery: Delivery) 
                 metrics::counter!(crate::metrics::JOBS_FINISHED, "status" => "failed").increment(1);
                 tracing::warn!(job = %delivery.id, attempts = delivery.attempt, %error, "job failed for good")
             }
-            Ok(FailOutcome::Retrying) => tracing::info!(job = %delivery.id, attempt = delivery.attempt, %error, "job failed; retrying"),
+            Ok(FailOutcome::Retrying) => {
+                tracing::info!(job = %delivery.id, attempt = delivery.attempt, %error, "job failed; retrying")
+            }
             Err(err) => tracing::warn!(job = %delivery.id, error = %err, "failure not recorded"),
         },
     }

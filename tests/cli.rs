@@ -36,8 +36,16 @@ fn classify_json_gives_a_line_per_image_and_fails_on_a_bad_one() {
 fn classify_with_the_accurate_tier_prints_text() {
     let models = common::models_dir().display().to_string();
     let photo = common::images_dir().join("sample_02.jpg").display().to_string();
-    let (ok, stdout, stderr) =
-        tandem(&["classify", "--model-dir", &models, "--accurate-model", "efficientnet_lite2.onnx", "--tier", "accurate", &photo]);
+    let (ok, stdout, stderr) = tandem(&[
+        "classify",
+        "--model-dir",
+        &models,
+        "--accurate-model",
+        "efficientnet_lite2.onnx",
+        "--tier",
+        "accurate",
+        &photo,
+    ]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("efficientnet_lite2.onnx") && stdout.contains("teapot"), "{stdout}");
 }

@@ -91,7 +91,8 @@ fn submit(base: &str, count: usize, clients: usize) -> Vec<String> {
     let ids = Arc::new(Mutex::new(Vec::new()));
     let threads: Vec<_> = (0..clients)
         .map(|_| {
-            let (photos, next, ids, url) = (Arc::clone(&photos), Arc::clone(&next), Arc::clone(&ids), format!("{base}/predict"));
+            let (photos, next, ids, url) =
+                (Arc::clone(&photos), Arc::clone(&next), Arc::clone(&ids), format!("{base}/predict"));
             std::thread::spawn(move || {
                 loop {
                     let i = {
@@ -267,8 +268,10 @@ fn fault_redis_restart_during_load() {
     assert!(without_id > 0 && not_ready > 0, "the outage was seen (else this test proves nothing)");
     let outage_answer = responses.iter().find(|(_, b)| b["job_id"].is_null()).map(|(_, b)| b.clone());
     assert!(
-        outage_answer.as_ref().is_some_and(|b| b["async_error"].as_str().is_some_and(|e| e.contains("unavailable"))
-            && b["result_sync"].is_string()),
+        outage_answer
+            .as_ref()
+            .is_some_and(|b| b["async_error"].as_str().is_some_and(|e| e.contains("unavailable"))
+                && b["result_sync"].is_string()),
         "{outage_answer:?}"
     );
     assert_eq!(completed, ids.len(), "every job given an id completes");
@@ -304,7 +307,9 @@ fn fault_poison_job_fails_after_its_attempts_and_others_complete() {
         entries
             .ids
             .iter()
-            .map(|e| e.map.iter().filter_map(|(k, v)| Some((k.clone(), redis::from_redis_value(v.clone()).ok()?))).collect())
+            .map(|e| {
+                e.map.iter().filter_map(|(k, v)| Some((k.clone(), redis::from_redis_value(v.clone()).ok()?))).collect()
+            })
             .collect()
     };
     eprintln!(
@@ -323,10 +328,7 @@ fn fault_poison_job_fails_after_its_attempts_and_others_complete() {
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
-        .unwrap_or(0)
+    status.lines().find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok()).unwrap_or(0)
 }
 
 #[test]

@@ -16,7 +16,8 @@ use tandem::fuzz;
 fn seeds() -> Vec<Vec<u8>> {
     let mut seeds = vec![std::fs::read(common::images_dir().join("sample_10.jpg")).expect("grayscale jpeg")];
     let rgb = image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, ((x + y) * 3) as u8]));
-    for format in [image::ImageFormat::Png, image::ImageFormat::Gif, image::ImageFormat::Bmp, image::ImageFormat::WebP] {
+    for format in [image::ImageFormat::Png, image::ImageFormat::Gif, image::ImageFormat::Bmp, image::ImageFormat::WebP]
+    {
         let mut out = Cursor::new(Vec::new());
         if image::DynamicImage::ImageRgb8(rgb.clone()).write_to(&mut out, format).is_ok() {
             seeds.push(out.into_inner());

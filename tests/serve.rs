@@ -143,10 +143,15 @@ fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
         ("image_data not a string", post_json(&url, &json!({"image_data": 42})), 422, "invalid_field"),
         ("broken JSON", post_bytes(&url, "application/json", b"{\"image_data\": "), 400, "invalid_json"),
         ("wrong content type", post_bytes(&url, "text/plain", b"hello"), 415, "unsupported_media_type"),
-        ("multipart without image", {
-            let (content_type, body) = multipart("picture", b"abc");
-            post_bytes(&url, &content_type, &body)
-        }, 422, "missing_field"),
+        (
+            "multipart without image",
+            {
+                let (content_type, body) = multipart("picture", b"abc");
+                post_bytes(&url, &content_type, &body)
+            },
+            422,
+            "missing_field",
+        ),
         ("body over --max-body", post_bytes(&url, "image/jpeg", &vec![0u8; 2_500_000]), 413, "body_too_large"),
     ];
     for (name, (status, body), want_status, want_code) in cases {

@@ -16,7 +16,9 @@ pub enum ApiError {
     BodyTooLarge { limit: usize },
     #[error("cannot read the request body: {0}")]
     BodyRead(String),
-    #[error("unsupported content type {0:?}: send application/json with image_data, an image/* body, or multipart/form-data with an `image` file")]
+    #[error(
+        "unsupported content type {0:?}: send application/json with image_data, an image/* body, or multipart/form-data with an `image` file"
+    )]
     UnsupportedMediaType(String),
     #[error("the body is not valid JSON: {0}")]
     InvalidJson(String),
@@ -50,6 +52,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
+            Image(ImageError::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             BodyTooLarge { .. } | Image(ImageError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             MissingField(_) | InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -80,8 +83,7 @@ impl ApiError {
             Image(ImageError::Truncated(_)) => "truncated_image",
             Image(ImageError::Unsupported(_)) => "unsupported_format",
             Image(ImageError::TooLarge { .. }) => "image_too_large",
-            #[allow(unreachable_patterns)]
-            Image(_) => "invalid_image",
+            Image(ImageError::Internal(_)) => "internal",
             InvalidJobId(_) => "invalid_job_id",
             JobNotFound(_) => "job_not_found",
             Overloaded => "overloaded",

@@ -14,12 +14,8 @@ use super::error::ApiError;
 
 /// Extracts the encoded image from the request, enforcing `max_body`.
 pub async fn read_image(request: Request<Body>, max_body: usize) -> Result<Bytes, ApiError> {
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let content_type =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if mime == "application/json" || mime.ends_with("+json") {
         let body = read_body(request.into_body(), max_body).await?;
@@ -45,10 +41,9 @@ async fn read_body(body: Body, max_body: usize) -> Result<Bytes, ApiError> {
 fn image_from_json(body: &[u8]) -> Result<Bytes, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let field = value.get("image_data").ok_or(ApiError::MissingField("image_data"))?;
-    let text = field.as_str().ok_or_else(|| ApiError::InvalidField {
-        field: "image_data",
-        reason: "expected a base64 string".into(),
-    })?;
+    let text = field
+        .as_str()
+        .ok_or_else(|| ApiError::InvalidField { field: "image_data", reason: "expected a base64 string".into() })?;
     decode_base64(text).map(Bytes::from)
 }
 

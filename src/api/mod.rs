@@ -73,7 +73,6 @@ fn with_common_layers(router: Router) -> Router {
     router.layer(CatchPanicLayer::custom(panic_response)).layer(axum::middleware::from_fn(record_request))
 }
 
-
 /// The worker's small HTTP surface: liveness and metrics (it serves no predictions).
 pub fn worker_router(queue: JobQueue) -> Router {
     let metrics = move || {
@@ -252,11 +251,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_handler_gives_a_500_json_error_and_the_router_keeps_serving() {
-        let router = with_common_layers(
-            Router::new()
-                .route("/boom", get(boom))
-                .route("/fine", get(|| async { "ok" })),
-        );
+        let router = with_common_layers(Router::new().route("/boom", get(boom)).route("/fine", get(|| async { "ok" })));
         let request = |path: &str| Request::builder().uri(path).body(Body::empty()).expect("request");
         let response = router.clone().oneshot(request("/boom")).await.expect("response");
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);

@@ -94,9 +94,10 @@ pub fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<bool> {
             .enumerate()
             .map(|(i, &route)| {
                 let pace = match (route, pacing) {
-                    (Route::Predict, Some(interval)) => {
-                        Some(Pace { next: started + interval.mul_f64(i as f64 / f64::from(args.concurrency)), interval })
-                    }
+                    (Route::Predict, Some(interval)) => Some(Pace {
+                        next: started + interval.mul_f64(i as f64 / f64::from(args.concurrency)),
+                        interval,
+                    }),
                     _ => None,
                 };
                 (route, scope.spawn(move || connection(target, route, schedule, mix_interval, pace)))

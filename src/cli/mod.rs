@@ -11,7 +11,12 @@ use crate::engine::{BatchConfig, Classifier, EngineError, ModelConfig};
 use crate::labels::Labels;
 
 /// Loads one tier's model on its own inference thread.
-pub fn load_tier(models: &ModelArgs, labels: &Arc<Labels>, tier: Tier, top_k: usize) -> Result<Classifier, EngineError> {
+pub fn load_tier(
+    models: &ModelArgs,
+    labels: &Arc<Labels>,
+    tier: Tier,
+    top_k: usize,
+) -> Result<Classifier, EngineError> {
     let config = ModelConfig {
         path: models.model_path(tier),
         labels: Arc::clone(labels),

@@ -53,12 +53,8 @@ async fn serve_async(args: &ServeArgs) -> anyhow::Result<()> {
         None => {
             let queue = JobQueue::Embedded(EmbeddedQueue::new(args.queue.policy()));
             let accurate = start_accurate(&args.models, &labels, &args.workers)?;
-            let handle = tokio::spawn(worker::run(
-                queue.clone(),
-                accurate,
-                worker_config(&args.workers),
-                workers_stopped,
-            ));
+            let handle =
+                tokio::spawn(worker::run(queue.clone(), accurate, worker_config(&args.workers), workers_stopped));
             (queue, Some(handle))
         }
     };
@@ -103,7 +99,13 @@ async fn worker_async(args: &WorkerArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let router = api::worker_router(queue.clone());
-        tokio::spawn(api::server::serve(listener, router, Duration::from_secs(10), Duration::ZERO, std::future::pending()));
+        tokio::spawn(api::server::serve(
+            listener,
+            router,
+            Duration::from_secs(10),
+            Duration::ZERO,
+            std::future::pending(),
+        ));
         tracing::info!(%addr, "worker metrics listening");
     }
     let (stop, stopped) = watch::channel(false);

@@ -115,7 +115,14 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self { max_batch: 1, max_delay: Duration::ZERO, queue_capacity: 64, top_k: 5, tier: "model", priority: Priority::Normal }
+        Self {
+            max_batch: 1,
+            max_delay: Duration::ZERO,
+            queue_capacity: 64,
+            top_k: 5,
+            tier: "model",
+            priority: Priority::Normal,
+        }
     }
 }
 

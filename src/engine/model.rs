@@ -75,7 +75,10 @@ impl Model {
                 )));
             }
             other => {
-                return Err(invalid(format!("input `{}` must be a float tensor [N,3,H,W], found {other:?}", input.name())));
+                return Err(invalid(format!(
+                    "input `{}` must be a float tensor [N,3,H,W], found {other:?}",
+                    input.name()
+                )));
             }
         }
         let input_name = input.name().to_owned();

@@ -200,7 +200,12 @@ mod tests {
     }
 
     fn job() -> NewJob {
-        NewJob { id: Uuid::new_v4(), image: Bytes::from_static(b"img"), sync: prediction("fast"), created_at_ms: now_ms() }
+        NewJob {
+            id: Uuid::new_v4(),
+            image: Bytes::from_static(b"img"),
+            sync: prediction("fast"),
+            created_at_ms: now_ms(),
+        }
     }
 
     fn queue(max_queue: usize, max_attempts: u32) -> EmbeddedQueue {
