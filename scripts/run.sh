@@ -6,6 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
+"$root/scripts/ensure-build-tools.sh"
 "$root/scripts/fetch-onnxruntime.sh"
 cargo build --release --locked --quiet
 
