@@ -123,6 +123,13 @@ pub struct ModelArgs {
     /// ONNX Runtime intra-op threads per model (0: one per CPU core).
     #[arg(long, env = "TANDEM_INTRA_THREADS", default_value_t = 0)]
     pub intra_threads: usize,
+
+    /// Let the fast tier's idle ORT threads busy-wait for the next run: lower latency, but the
+    /// spinning takes CPU from request handling under load. The accurate tier never spins.
+    /// Off by default: measured on 2 cores, spinning cost 10% of c=8 throughput and 1.5 ms of
+    /// /health p99 under load, and gained nothing at concurrency 1 (docs/PERFORMANCE.md).
+    #[arg(long, env = "TANDEM_FAST_SPIN", default_value_t = false, action = clap::ArgAction::Set)]
+    pub fast_spin: bool,
 }
 
 impl ModelArgs {
@@ -224,11 +231,12 @@ impl QueueArgs {
 #[derive(Debug, Clone, Args)]
 pub struct WorkerPoolArgs {
     /// Accurate-tier jobs run at once (per worker process, or inside `serve` in embedded mode).
-    #[arg(long, env = "TANDEM_CONCURRENCY", default_value_t = 4)]
+    #[arg(long, env = "TANDEM_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
 
     /// Largest batch the accurate model runs; jobs already waiting are batched together.
-    #[arg(long, env = "TANDEM_ACCURATE_MAX_BATCH", default_value_t = 4)]
+    /// (ResNet50 on CPU: batch 8 measured best, by a few percent; docs/PERFORMANCE.md.)
+    #[arg(long, env = "TANDEM_ACCURATE_MAX_BATCH", default_value_t = 8)]
     pub accurate_max_batch: usize,
 
     /// Milliseconds the accurate tier may hold a job back to fill a batch (0: never).
@@ -257,7 +265,8 @@ pub struct ServeArgs {
     pub workers: WorkerPoolArgs,
 
     /// Largest batch the fast model runs; requests already waiting are batched together.
-    #[arg(long = "max-batch", env = "TANDEM_MAX_BATCH", default_value_t = 4)]
+    /// (MobileNet v2 on CPU: batch 2 measured best, by a few percent; docs/PERFORMANCE.md.)
+    #[arg(long = "max-batch", env = "TANDEM_MAX_BATCH", default_value_t = 2)]
     pub max_batch: usize,
 
     /// Milliseconds the fast tier may hold a request back to fill a batch (0: never).

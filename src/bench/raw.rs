@@ -47,7 +47,7 @@ pub fn run(args: &BenchArgs, image: &[u8]) -> anyhow::Result<bool> {
     }
 
     let labels = Arc::new(Labels::load(&models.labels_path())?);
-    let spinning = args.spinning.unwrap_or(tier == Tier::Fast);
+    let spinning = args.spinning.unwrap_or(tier == Tier::Fast && args.models.fast_spin);
     let config = ModelConfig {
         path: models.model_path(tier),
         labels,

@@ -123,7 +123,7 @@ fn model_config(models: &ModelArgs, labels: &Arc<Labels>, tier: Tier) -> ModelCo
         labels: Arc::clone(labels),
         preprocess: models.preprocess(tier),
         intra_threads: models.intra_threads(),
-        spinning: tier == Tier::Fast,
+        spinning: tier == Tier::Fast && models.fast_spin,
     }
 }
 
