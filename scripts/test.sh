@@ -38,5 +38,5 @@ if [ "$#" -gt 0 ]; then
 fi
 # Everything but the fault suite, then the fault suite on its own: one test at a time (each
 # runs several processes on a small machine) and with its figures printed.
-cargo test --locked -- --skip fault_
+cargo test --locked -- --skip faultsuite_
 cargo test --locked --test faults -- --nocapture --test-threads=1

@@ -142,7 +142,7 @@ fn wait_until_holding(url: &str, prefix: &str, pid: u32, timeout: Duration) -> u
 }
 
 #[test]
-fn fault_worker_killed_twice_loses_and_duplicates_nothing() {
+fn faultsuite_worker_killed_twice_loses_and_duplicates_nothing() {
     let prefix = unique_prefix("kill9");
     let url = redis_url();
     let redis = ["--redis-url", url.as_str(), "--redis-prefix", &prefix];
@@ -194,7 +194,7 @@ fn fault_worker_killed_twice_loses_and_duplicates_nothing() {
 }
 
 #[test]
-fn fault_redis_restart_during_load() {
+fn faultsuite_redis_restart_during_load() {
     let mut redis = RedisServer::start(true);
     let prefix = unique_prefix("outage");
     let url = redis.url();
@@ -279,7 +279,7 @@ fn fault_redis_restart_during_load() {
 }
 
 #[test]
-fn fault_poison_job_fails_after_its_attempts_and_others_complete() {
+fn faultsuite_poison_job_fails_after_its_attempts_and_others_complete() {
     let prefix = unique_prefix("poison");
     let url = redis_url();
     let redis = ["--redis-url", url.as_str(), "--redis-prefix", &prefix];
@@ -332,7 +332,7 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 }
 
 #[test]
-fn fault_overload_8x_gets_429_with_retry_after_and_no_5xx() {
+fn faultsuite_overload_8x_gets_429_with_retry_after_and_no_5xx() {
     const INFLIGHT: usize = 4;
     let server = Tandem::serve(&["--max-inflight", &INFLIGHT.to_string(), "--max-queue", "100000"]);
     let pid = server.child.id();
