@@ -4,78 +4,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Tandem, agent, free_port, get_json, images_dir, post_bytes, redis_url, unique_prefix, wait_for_job};
+use common::{RedisServer, Tandem, agent, get_json, images_dir, post_bytes, redis_url, unique_prefix, wait_for_job};
 use serde_json::Value;
 
 fn photo(file: &str) -> Vec<u8> {
     std::fs::read(images_dir().join(file)).expect("photo")
-}
-
-/// A private `redis-server` child on its own port and directory, killed when dropped.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-    append_only: bool,
-}
-
-impl RedisServer {
-    fn start(append_only: bool) -> Self {
-        let dir = std::env::temp_dir().join(format!("tandem-redis-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut server = Self { child: None, port: free_port(), dir, append_only };
-        server.restart();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Starts (again) on the same port and directory: with AOF on, it reloads what it had.
-    fn restart(&mut self) {
-        let aof = if self.append_only { "yes" } else { "no" };
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", aof, "--appendfsync", "always", "--dir"])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        self.child = Some(child);
-        let client = redis::Client::open(self.url()).expect("redis url");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(mut conn) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server on port {} did not start", self.port);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 fn redis_hash_field(url: &str, key: &str, field: &str) -> Option<i64> {

@@ -4,8 +4,7 @@
 //! keys when done (even when it fails). The outage tests start their own `redis-server`.
 
 use std::collections::HashSet;
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,6 +13,10 @@ use tandem::engine::Prediction;
 use tandem::jobs::{Delivery, FailOutcome, JobStatus, NewJob, now_ms};
 use tandem::queue::{QueueDepth, QueueError, QueuePolicy, RedisQueue, RedisQueueConfig};
 use uuid::Uuid;
+
+mod common;
+
+use common::{RedisServer, free_port};
 
 fn redis_url() -> String {
     std::env::var("TANDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
@@ -424,10 +427,6 @@ async fn finished_records_expire_after_result_ttl() {
     assert_eq!(exists, 0);
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 fn assert_unavailable<T: std::fmt::Debug>(what: &str, result: Result<T, QueueError>, started: Instant) {
     assert!(matches!(result, Err(QueueError::Unavailable(_))), "{what}: {result:?}");
     let took = started.elapsed();
@@ -477,49 +476,10 @@ async fn a_redis_that_accepts_but_never_answers_is_unavailable_promptly() {
     }
 }
 
-/// A `redis-server` child with no persistence, killed when dropped (also when a test panics).
-struct Server {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        let server = Self { port, child: Some(child) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-
-    /// SIGKILL: no goodbye to the clients, nothing saved.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[tokio::test]
 async fn the_queue_recovers_by_itself_after_redis_restarts_empty() {
-    let port = free_port();
-    let mut server = Server::start(port);
-    let url = format!("redis://127.0.0.1:{}/", server.port);
+    let mut server = RedisServer::start(false);
+    let url = server.url();
     let keys = Keys::at(&url);
     let q = keys.queue("c1", LONG_RECLAIM, policy(10, 3, Duration::from_secs(60))).await;
 
@@ -539,7 +499,7 @@ async fn the_queue_recovers_by_itself_after_redis_restarts_empty() {
     let started = Instant::now();
     assert_unavailable("take while down", q.take(1, Duration::from_secs(1)).await, started);
 
-    let _server = Server::start(port);
+    server.restart();
     // The first call back: enqueue (which makes the stream anew, without the group).
     let j = job();
     let id = j.id;
