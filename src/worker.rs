@@ -96,7 +96,7 @@ async fn process(queue: &JobQueue, classifier: &Classifier, delivery: Delivery) 
             // If the result cannot be stored (queue down), the job stays unacknowledged and is
             // taken over after the reclaim timeout: done again rather than lost.
             match retry_briefly(|| queue.complete(&delivery, &prediction)).await {
-                Ok(()) => record_completion(queue, &delivery, &prediction).await,
+                Ok(sync_class) => record_completion(&delivery, &prediction, sync_class),
                 Err(err) => {
                     tracing::warn!(job = %delivery.id, error = %err, "result not stored; the job will be retried")
                 }
@@ -115,13 +115,12 @@ async fn process(queue: &JobQueue, classifier: &Classifier, delivery: Delivery) 
     }
 }
 
-async fn record_completion(queue: &JobQueue, delivery: &Delivery, result: &crate::engine::Prediction) {
+fn record_completion(delivery: &Delivery, result: &crate::engine::Prediction, sync_class: Option<usize>) {
     metrics::counter!(crate::metrics::JOBS_FINISHED, "status" => "completed").increment(1);
     let waited = crate::jobs::now_ms().saturating_sub(delivery.created_at_ms);
     metrics::histogram!(crate::metrics::JOB_DURATION).record(waited as f64 / 1e3);
-    // Agreement needs the fast answer, which lives in the job record.
-    if let Ok(Some(record)) = queue.get(delivery.id).await {
-        let agree = if record.sync.class_index == result.class_index { "true" } else { "false" };
+    if let Some(sync_class) = sync_class {
+        let agree = if sync_class == result.class_index { "true" } else { "false" };
         metrics::counter!(crate::metrics::TIER_AGREEMENT, "agree" => agree).increment(1);
     }
 }

@@ -125,16 +125,18 @@ impl EmbeddedQueue {
         taken
     }
 
-    pub fn complete(&self, delivery: &Delivery, result: &Prediction) -> Result<(), QueueError> {
+    pub fn complete(&self, delivery: &Delivery, result: &Prediction) -> Result<Option<usize>, QueueError> {
         let ttl = self.inner.policy.result_ttl;
         let mut state = self.state();
         state.running = state.running.saturating_sub(1);
+        let mut sync_class = None;
         state.finish(delivery.id, ttl, |record| {
             record.status = JobStatus::Completed;
             record.result = Some(result.clone());
             record.error = None;
+            sync_class = Some(record.sync.class_index);
         });
-        Ok(())
+        Ok(sync_class)
     }
 
     pub fn fail(&self, delivery: &Delivery, error: &str) -> Result<FailOutcome, QueueError> {

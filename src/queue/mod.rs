@@ -107,8 +107,10 @@ impl JobQueue {
         }
     }
 
-    /// Stores the accurate answer and removes the job from the queue, in one step.
-    pub async fn complete(&self, delivery: &Delivery, result: &Prediction) -> Result<(), QueueError> {
+    /// Stores the accurate answer and removes the job from the queue, in one step. Returns the
+    /// fast tier's class for the job (`None` if its record is gone), so tier agreement needs no
+    /// second read.
+    pub async fn complete(&self, delivery: &Delivery, result: &Prediction) -> Result<Option<usize>, QueueError> {
         match self {
             JobQueue::Embedded(q) => q.complete(delivery, result),
             JobQueue::Redis(q) => q.complete(delivery, result).await,

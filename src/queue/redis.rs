@@ -149,7 +149,8 @@ return out
 /// Stores the result and removes the entry, in one step. A job already finished (by a worker
 /// that was thought dead but was only slow) keeps its first outcome.
 /// KEYS: stream, job hash. ARGV: group, entry id, result json, now ms, final ttl ms.
-/// Returns 1 if the result was stored, 0 if the job was already finished or gone.
+/// Returns {1 if the result was stored (0 if the job was already finished or gone), the job's
+/// `sync` JSON or ''}: the fast answer comes back in the same round trip, for tier agreement.
 /// `results_reported` counts every result a worker hands in, stored or not: above 1 means the
 /// job was computed more than once (a duplicate), which operators and the fault suite watch.
 const COMPLETE_LUA: &str = r"
@@ -166,7 +167,7 @@ if status and status ~= 'completed' and status ~= 'failed' then
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
-return stored
+return {stored, redis.call('HGET', KEYS[2], 'sync') or ''}
 ";
 
 /// Records a failed attempt: back of the queue as a new entry (same image, copied inside
@@ -323,6 +324,12 @@ impl Drop for AbandonOnDrop<'_> {
 }
 
 /// One stream entry as read from Redis: its fields are `None` when the entry was deleted.
+/// The one field of the stored fast answer that tier agreement needs.
+#[derive(serde::Deserialize)]
+struct SyncClass {
+    class_index: usize,
+}
+
 struct RawEntry {
     entry_id: String,
     fields: Option<Vec<(Value, Value)>>,
@@ -493,7 +500,7 @@ impl RedisQueue {
         Ok(taken)
     }
 
-    pub async fn complete(&self, delivery: &Delivery, result: &Prediction) -> Result<(), QueueError> {
+    pub async fn complete(&self, delivery: &Delivery, result: &Prediction) -> Result<Option<usize>, QueueError> {
         let inner = &self.inner;
         let mut invocation = inner.scripts.complete.prepare_invoke();
         invocation
@@ -505,7 +512,7 @@ impl RedisQueue {
             .arg(now_ms())
             .arg(ttl_ms(inner.config.policy.result_ttl));
         let invocation = &invocation;
-        let stored: i64 =
+        let (stored, sync): (i64, String) =
             self.call(&inner.main, "complete", OP_TIMEOUT, |mut conn| async move {
                 invocation.invoke_async(&mut conn).await
             })
@@ -513,7 +520,7 @@ impl RedisQueue {
         if stored == 0 {
             tracing::info!(job = %delivery.id, "job already finished or expired; this result was not stored");
         }
-        Ok(())
+        Ok(serde_json::from_str::<SyncClass>(&sync).ok().map(|s| s.class_index))
     }
 
     pub async fn fail(&self, delivery: &Delivery, error: &str) -> Result<FailOutcome, QueueError> {
