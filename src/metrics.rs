@@ -11,6 +11,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const HTTP_REQUESTS: &str = "tandem_http_requests_total";
 pub const HTTP_DURATION: &str = "tandem_http_request_duration_seconds";
 pub const INFERENCE_DURATION: &str = "tandem_inference_duration_seconds";
+pub const PREPROCESS_DURATION: &str = "tandem_preprocess_duration_seconds";
+pub const ENQUEUE_DURATION: &str = "tandem_enqueue_duration_seconds";
 pub const BATCH_SIZE: &str = "tandem_inference_batch_size";
 pub const QUEUE_DEPTH: &str = "tandem_queue_depth";
 pub const JOBS_ENQUEUED: &str = "tandem_jobs_enqueued_total";
@@ -50,6 +52,12 @@ fn describe() {
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route, method and status");
     describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request latency by route and status");
     describe_histogram!(INFERENCE_DURATION, Unit::Seconds, "model run time per batch, by tier and model");
+    describe_histogram!(PREPROCESS_DURATION, Unit::Seconds, "image decode + resize + normalize time, by tier");
+    describe_histogram!(
+        ENQUEUE_DURATION,
+        Unit::Seconds,
+        "time POST /predict waits for the job queue once its fast answer is ready"
+    );
     describe_histogram!(BATCH_SIZE, "images per model run, by tier");
     describe_gauge!(QUEUE_DEPTH, "jobs in the queue: waiting (not taken) and pending (taken, unfinished)");
     describe_counter!(JOBS_ENQUEUED, "jobs accepted into the queue");

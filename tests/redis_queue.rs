@@ -83,6 +83,25 @@ impl Keys {
         format!("{}:job:{id}", self.prefix)
     }
 
+    fn image(&self, id: Uuid) -> String {
+        format!("{}:image:{id}", self.prefix)
+    }
+
+    /// `PTTL` of a key: -2 if it does not exist, -1 if it never expires.
+    async fn pttl(&self, key: &str) -> i64 {
+        redis::cmd("PTTL").arg(key).query_async(&mut self.raw().await).await.expect("PTTL")
+    }
+
+    /// How many images are stored under this prefix.
+    async fn images(&self) -> usize {
+        let found: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:image:*", self.prefix))
+            .query_async(&mut self.raw().await)
+            .await
+            .expect("KEYS");
+        found.len()
+    }
+
     async fn raw(&self) -> redis::aio::MultiplexedConnection {
         let client = redis::Client::open(self.url.as_str()).expect("url");
         client.get_multiplexed_async_connection().await.expect("a direct connection to the test Redis")
@@ -149,6 +168,7 @@ async fn a_job_goes_queued_running_completed_and_leaves_the_stream() {
     let j = job();
     let (id, image, created) = (j.id, j.image.clone(), j.created_at_ms);
     q.enqueue(j).await.expect("enqueue");
+    assert_eq!(keys.pttl(&keys.image(id)).await, -1, "a queued job's image does not expire");
 
     let record = q.get(id).await.expect("get").expect("a queued record");
     assert_eq!(record.status, JobStatus::Queued);
@@ -183,6 +203,7 @@ async fn a_job_goes_queued_running_completed_and_leaves_the_stream() {
     assert_eq!(q.depth().await.expect("depth"), QueueDepth::default());
     let ttl: i64 = redis::cmd("PTTL").arg(keys.job(id)).query_async(&mut keys.raw().await).await.expect("PTTL");
     assert!(ttl > 0 && ttl <= 60_000, "the finished record expires after result_ttl (PTTL {ttl})");
+    assert_eq!(keys.images().await, 0, "the image is deleted with the job's entry");
 
     assert_eq!(q.get(Uuid::new_v4()).await.expect("get"), None, "unknown ids are None");
     assert!(q.take(1, Duration::from_millis(50)).await.expect("take").is_empty());
@@ -222,6 +243,7 @@ async fn the_queue_is_bounded() {
     let refused_id = refused.id;
     assert!(matches!(q.enqueue(refused).await, Err(QueueError::Full { limit: 2 })));
     assert_eq!(q.get(refused_id).await.expect("get"), None, "a refused job leaves no record");
+    assert_eq!(keys.pttl(&keys.image(refused_id)).await, -2, "nor its image");
     // A running job still counts; a finished one frees its place.
     let taken = q.take(1, Duration::from_secs(1)).await.expect("take");
     assert_eq!(taken.len(), 1);
@@ -273,6 +295,7 @@ async fn a_failing_job_is_retried_behind_others_then_dead_lettered() {
     assert_eq!(field(&dead[0], "error"), Some("boom twice"));
     assert_eq!(field(&dead[0], "attempts"), Some("2"));
     assert_eq!(keys.xlen().await, 0);
+    assert_eq!(keys.images().await, 0, "a dead job's image is deleted, a finished one's too");
     assert_eq!(q.depth().await.expect("depth"), QueueDepth::default());
 
     // A stale second report about the same delivery changes nothing.
@@ -578,4 +601,55 @@ async fn a_lost_consumer_group_is_recreated_without_skipping_jobs() {
         .expect("XGROUP DESTROY");
     let taken = q.take(1, Duration::from_secs(1)).await.expect("take");
     assert_eq!(taken.iter().map(|d| (d.id, d.attempt)).collect::<Vec<_>>(), vec![(id, 1)]);
+}
+
+#[tokio::test]
+async fn an_image_is_staged_before_its_job_and_expires_if_the_job_never_comes() {
+    let keys = Keys::new();
+    let q = keys.queue("c1", LONG_RECLAIM, policy(10, 3, Duration::from_secs(60))).await;
+    let j = job();
+    q.stage_image(j.id, &j.image).await.expect("stage");
+    let ttl = keys.pttl(&keys.image(j.id)).await;
+    assert!(ttl > 0, "a staged image expires unless its job is queued (PTTL {ttl})");
+    assert_eq!(q.get(j.id).await.expect("get"), None, "staging alone creates no job");
+    assert_eq!(keys.xlen().await, 0);
+
+    q.enqueue_staged(j.id, &j.sync, j.created_at_ms).await.expect("enqueue the staged job");
+    assert_eq!(keys.pttl(&keys.image(j.id)).await, -1, "queueing the job keeps its image");
+    let taken = q.take(1, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].image, j.image);
+
+    let unstaged = job();
+    let refused = q.enqueue_staged(unstaged.id, &unstaged.sync, unstaged.created_at_ms).await;
+    assert!(matches!(refused, Err(QueueError::Unavailable(_))), "no image, no job: {refused:?}");
+    assert_eq!(q.get(unstaged.id).await.expect("get"), None);
+
+    let dropped = job();
+    q.stage_image(dropped.id, &dropped.image).await.expect("stage");
+    q.discard_staged(dropped.id).await;
+    assert_eq!(keys.pttl(&keys.image(dropped.id)).await, -2, "a discarded image is gone at once");
+}
+
+#[tokio::test]
+async fn a_job_whose_image_vanished_fails_instead_of_running_on_nothing() {
+    let keys = Keys::new();
+    let q = keys.queue("c1", LONG_RECLAIM, policy(10, 3, Duration::from_secs(60))).await;
+    let lost = job();
+    let lost_id = lost.id;
+    q.enqueue(lost).await.expect("enqueue");
+    let next = job();
+    let next_id = next.id;
+    q.enqueue(next).await.expect("enqueue");
+    redis::cmd("DEL").arg(keys.image(lost_id)).query_async::<()>(&mut keys.raw().await).await.expect("DEL");
+
+    let taken = q.take(2, Duration::from_secs(1)).await.expect("take");
+    let ids: Vec<Uuid> = taken.iter().map(|d| d.id).collect();
+    assert_eq!(ids, vec![next_id], "only the job with an image is handed out");
+    let record = q.get(lost_id).await.expect("get").expect("record");
+    assert_eq!(record.status, JobStatus::Failed);
+    assert!(record.error.as_deref().is_some_and(|e| e.contains("image")), "{:?}", record.error);
+    let dead = keys.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(field(&dead[0], "id"), Some(lost_id.to_string().as_str()));
 }

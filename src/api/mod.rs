@@ -23,7 +23,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use uuid::Uuid;
 
 use crate::engine::Classifier;
-use crate::jobs::{JobRecord, JobStatus, NewJob, format_ms, now_ms};
+use crate::jobs::{JobRecord, JobStatus, format_ms, now_ms};
 use crate::queue::JobQueue;
 use error::{ApiError, error_body};
 
@@ -120,14 +120,19 @@ async fn predict(State(state): State<AppState>, request: Request<Body>) -> Resul
 
 async fn predict_now(state: &AppState, request: Request<Body>) -> Result<Json<Value>, ApiError> {
     let image = input::read_image(request, state.inner.limits.max_body).await?;
-    let sync = state.inner.fast.classify(image.clone()).await?;
+    let fast = &state.inner.fast;
+    // Decoded first: a bad image is refused before anything is stored. A full inference queue
+    // is refused by `infer` before anything is stored too.
+    let tensor = fast.preprocess(image.clone()).await?;
+    let answer = fast.infer(tensor)?;
 
+    // The job is enqueued before answering, so a job id the client sees always resolves; with
+    // Redis, the image is written while the fast model runs. If the queue cannot take the job,
+    // the fast answer still goes out, with the reason instead of an id.
     let id = Uuid::new_v4();
-    let job = NewJob { id, image, sync: sync.clone(), created_at_ms: now_ms() };
-    // Enqueued before answering: a job id the client sees always resolves. If the queue cannot
-    // take it, the fast answer still goes out, with the reason instead of an id.
+    let (sync, queued) = state.inner.queue.enqueue_after(id, image, now_ms(), answer).await?;
     let mut body = json!({"job_id": null, "result_sync": sync.label, "sync": sync, "status_url": null});
-    match state.inner.queue.enqueue(job).await {
+    match queued {
         Ok(()) => {
             metrics::counter!(crate::metrics::JOBS_ENQUEUED).increment(1);
             body["job_id"] = json!(id);

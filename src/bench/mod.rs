@@ -46,13 +46,13 @@ pub struct BenchArgs {
     #[arg(long, env = "TANDEM_BENCH_DURATION", default_value_t = 10.0, value_parser = positive_seconds)]
     pub duration: f64,
 
-    /// Seconds of load before measuring starts (with --raw: per batch size); not recorded.
     /// Paced load: total `POST /predict` requests per second across the connections (0: each
     /// connection sends its next request as soon as the last is answered). A light paced load is
     /// how the fast tier's latency is measured while the accurate tier works (target 4).
     #[arg(long, env = "TANDEM_BENCH_RATE", default_value_t = 0.0, value_parser = non_negative_seconds)]
     pub rate: f64,
 
+    /// Seconds of load before measuring starts (with --raw: per batch size); not recorded.
     #[arg(long, env = "TANDEM_BENCH_WARMUP", default_value_t = 1.0, value_parser = non_negative_seconds)]
     pub warmup: f64,
 

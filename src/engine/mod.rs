@@ -141,12 +141,14 @@ struct Inner {
     requests: SyncSender<Request>,
     preprocess: PreprocessConfig,
     name: String,
+    tier: &'static str,
 }
 
 impl Classifier {
     /// Starts the inference thread, which loads the model; returns once it is ready (or failed).
     pub fn start(config: ModelConfig, batching: BatchConfig) -> Result<Self, EngineError> {
         let (requests, queue) = mpsc::sync_channel(batching.queue_capacity.max(1));
+        let tier = batching.tier;
         let (ready_tx, ready_rx) = mpsc::channel();
         let name = config.name();
         let preprocess = config.preprocess.clone();
@@ -174,7 +176,7 @@ impl Classifier {
         ready_rx
             .recv()
             .map_err(|_| EngineError::Inference("the inference thread died while loading the model".into()))??;
-        Ok(Self { inner: Arc::new(Inner { requests, preprocess, name }) })
+        Ok(Self { inner: Arc::new(Inner { requests, preprocess, name, tier }) })
     }
 
     /// The model's file name.
@@ -189,11 +191,35 @@ impl Classifier {
     /// Classifies an encoded image. Decoding runs on tokio's blocking pool, inference on the
     /// model's own thread: the calling task only waits.
     pub async fn classify(&self, image: impl AsRef<[u8]> + Send + 'static) -> Result<Prediction, ClassifyError> {
+        let tensor = self.preprocess(image).await?;
+        self.infer(tensor)?.await
+    }
+
+    /// Decodes and preprocesses an image for this model, on tokio's blocking pool.
+    pub async fn preprocess(&self, image: impl AsRef<[u8]> + Send + 'static) -> Result<Vec<f32>, ClassifyError> {
         let config = self.inner.preprocess.clone();
-        let tensor = tokio::task::spawn_blocking(move || pipeline::preprocess(image.as_ref(), &config))
-            .await
-            .map_err(|_| ClassifyError::Stopped)??;
-        self.submit(tensor)?.await.map_err(|_| ClassifyError::Stopped)?.map_err(Into::into)
+        let tier = self.inner.tier;
+        let tensor = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let tensor = pipeline::preprocess(image.as_ref(), &config);
+            metrics::histogram!(crate::metrics::PREPROCESS_DURATION, "tier" => tier)
+                .record(started.elapsed().as_secs_f64());
+            tensor
+        })
+        .await
+        .map_err(|_| ClassifyError::Stopped)??;
+        Ok(tensor)
+    }
+
+    /// Queues a preprocessed tensor for the inference thread now, without blocking, and returns
+    /// the answer to await. A full inference queue is refused here, before the caller commits to
+    /// anything else.
+    pub fn infer(
+        &self,
+        tensor: Vec<f32>,
+    ) -> Result<impl Future<Output = Result<Prediction, ClassifyError>> + Send + 'static, ClassifyError> {
+        let answer = self.submit(tensor)?;
+        Ok(async move { answer.await.map_err(|_| ClassifyError::Stopped)?.map_err(Into::into) })
     }
 
     /// Blocking form of [`Classifier::classify`] for command-line tools (not for async code).

@@ -9,13 +9,24 @@
 pub mod embedded;
 pub mod redis;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 pub use embedded::EmbeddedQueue;
 pub use redis::{RedisQueue, RedisQueueConfig};
 
 use crate::engine::Prediction;
 use crate::jobs::{Delivery, FailOutcome, JobId, JobRecord, NewJob};
+
+/// Runs the final queueing step of a request, recording how long the request waited for it
+/// (after its fast answer was ready) in `tandem_enqueue_duration_seconds`.
+async fn timed<T>(step: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = step.await;
+    metrics::histogram!(crate::metrics::ENQUEUE_DURATION).record(started.elapsed().as_secs_f64());
+    out
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
@@ -72,6 +83,44 @@ impl JobQueue {
         match self {
             JobQueue::Embedded(q) => q.enqueue(job),
             JobQueue::Redis(q) => q.enqueue(job).await,
+        }
+    }
+
+    /// Queues a job for an image whose fast answer is still being computed, and returns that
+    /// answer once both are done. A job enters the queue only with its fast answer, so every
+    /// record has one; with Redis the image itself is stored meanwhile, so the big write
+    /// overlaps the fast model instead of adding to the request's latency. If `sync` fails,
+    /// nothing is queued and its error is returned.
+    pub async fn enqueue_after<E>(
+        &self,
+        id: JobId,
+        image: Bytes,
+        created_at_ms: u64,
+        sync: impl Future<Output = Result<Prediction, E>>,
+    ) -> Result<(Prediction, Result<(), QueueError>), E> {
+        match self {
+            JobQueue::Embedded(q) => {
+                let sync = sync.await?;
+                let queued = timed(async { q.enqueue(NewJob { id, image, sync: sync.clone(), created_at_ms }) }).await;
+                Ok((sync, queued))
+            }
+            JobQueue::Redis(q) => {
+                let (sync, staged) = tokio::join!(sync, q.stage_image(id, &image));
+                let sync = match sync {
+                    Ok(sync) => sync,
+                    Err(err) => {
+                        if staged.is_ok() {
+                            q.discard_staged(id).await;
+                        }
+                        return Err(err);
+                    }
+                };
+                let queued = match staged {
+                    Ok(()) => timed(q.enqueue_staged(id, &sync, created_at_ms)).await,
+                    Err(err) => Err(err),
+                };
+                Ok((sync, queued))
+            }
         }
     }
 
