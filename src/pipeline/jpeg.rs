@@ -36,7 +36,9 @@ fn truncated(what: &str) -> ImageError {
 /// segments it also skips stray bytes, as libjpeg does (with a warning).
 fn next_marker(bytes: &[u8], mut pos: usize) -> Option<(u8, usize)> {
     loop {
-        pos += bytes.get(pos..)?.iter().position(|&b| b == 0xFF)?;
+        // memchr (SIMD): this walks the whole entropy-coded data of every JPEG, 1 MB for a
+        // big photo, where a byte-at-a-time loop cost ~0.7 ms.
+        pos += memchr::memchr(0xFF, bytes.get(pos..)?)?;
         let mut code_at = pos + 1;
         let code = loop {
             match *bytes.get(code_at)? {
