@@ -273,6 +273,14 @@ pub struct ServeArgs {
     #[arg(long = "max-batch-delay", env = "TANDEM_MAX_BATCH_DELAY", default_value_t = 0)]
     pub max_batch_delay_ms: u64,
 
+    /// Nice value of the fast tier's inference threads (ONNX Runtime's included), 0 to 19. Above
+    /// the HTTP threads' 0, so accepting and parsing requests and `/health` preempt a running
+    /// model rather than wait for it; far above the accurate tier's SCHED_IDLE. Measured on 2
+    /// cores: nice 5 cut `/health` p99 under saturation by 0.4-0.8 ms, with the same latency at
+    /// concurrency 1 (docs/PERFORMANCE.md).
+    #[arg(long, env = "TANDEM_FAST_NICE", default_value_t = 5, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub fast_nice: i32,
+
     /// `POST /predict` requests in flight at once; more get 429 with Retry-After.
     #[arg(long, env = "TANDEM_MAX_INFLIGHT", default_value_t = 64)]
     pub max_inflight: usize,

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, Limits};
 use crate::config::{ModelArgs, QueueArgs, ServeArgs, Tier, WorkerArgs, WorkerPoolArgs};
-use crate::engine::{BatchConfig, Classifier, ModelConfig, Priority};
+use crate::engine::{BatchConfig, Classifier, ModelConfig, ThreadPriority};
 use crate::labels::Labels;
 use crate::queue::{EmbeddedQueue, JobQueue, RedisQueue, RedisQueueConfig};
 use crate::worker::{self, WorkerConfig};
@@ -42,7 +42,8 @@ async fn serve_async(args: &ServeArgs) -> anyhow::Result<()> {
         queue_capacity: args.max_inflight.max(1),
         top_k: 5,
         tier: Tier::Fast.as_str(),
-        priority: Priority::Normal,
+        priority: ThreadPriority::Nice(args.fast_nice),
+        decode_on_inference_thread: false,
     };
     let fast = Classifier::start(model_config(&args.models, &labels, Tier::Fast), fast_batching)?;
     tracing::info!(model = fast.model_name(), "fast tier loaded");
@@ -134,7 +135,8 @@ fn start_accurate(models: &ModelArgs, labels: &Arc<Labels>, pool: &WorkerPoolArg
         queue_capacity: pool.concurrency.max(1),
         top_k: 5,
         tier: Tier::Accurate.as_str(),
-        priority: pool.accurate_priority,
+        priority: pool.accurate_priority.into(),
+        decode_on_inference_thread: true,
     };
     let accurate = Classifier::start(model_config(models, labels, Tier::Accurate), batching)?;
     tracing::info!(model = accurate.model_name(), "accurate tier loaded");

@@ -1,9 +1,10 @@
 //! Inference engine: ONNX Runtime models on dedicated threads, with dynamic batching.
 //!
 //! A [`Classifier`] owns one OS thread that loads its [`Model`] and runs every batch, so
-//! CPU-bound inference never runs on the async runtime's worker threads. Decoding and
-//! preprocessing happen before the request reaches that thread (on tokio's blocking pool for
-//! async callers), so the inference thread only assembles batches and runs the model.
+//! CPU-bound inference never runs on the async runtime's worker threads. For the fast tier,
+//! decoding and preprocessing happen before the request reaches that thread (on tokio's
+//! blocking pool), in parallel with the model; a background tier decodes on its inference
+//! thread instead, at that thread's low priority (`decode_on_inference_thread`).
 //! Batching is Triton-style: take whatever is already waiting, up to `max_batch`, and wait at
 //! most `max_delay` for more (0 by default: never hold a request back to fill a batch).
 
@@ -15,11 +16,12 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 pub use model::{Model, ModelConfig};
-pub use priority::Priority;
+pub use priority::{Priority, ThreadPriority};
 pub use runtime::RuntimeError;
 
 use crate::labels::Labels;
@@ -110,7 +112,11 @@ pub struct BatchConfig {
     /// Which tier this model serves, as labelled in metrics.
     pub tier: &'static str,
     /// Scheduling priority of the inference thread and of ONNX Runtime's threads.
-    pub priority: Priority,
+    pub priority: ThreadPriority,
+    /// Decode images on the inference thread, at the model's own priority, instead of on
+    /// tokio's blocking pool (at the process's priority, in parallel with inference). For the
+    /// accurate tier: even its decoding must not compete with the foreground.
+    pub decode_on_inference_thread: bool,
 }
 
 impl Default for BatchConfig {
@@ -121,14 +127,22 @@ impl Default for BatchConfig {
             queue_capacity: 64,
             top_k: 5,
             tier: "model",
-            priority: Priority::Normal,
+            priority: ThreadPriority::Nice(0),
+            decode_on_inference_thread: false,
         }
     }
 }
 
 struct Request {
-    tensor: Vec<f32>,
-    reply: oneshot::Sender<Result<Prediction, EngineError>>,
+    input: Input,
+    reply: oneshot::Sender<Result<Prediction, ClassifyError>>,
+}
+
+enum Input {
+    /// Already preprocessed.
+    Tensor(Vec<f32>),
+    /// Encoded image, decoded by the inference thread itself.
+    Encoded(Bytes),
 }
 
 /// A handle to one model on its own inference thread. Cheap to clone.
@@ -142,6 +156,7 @@ struct Inner {
     preprocess: PreprocessConfig,
     name: String,
     tier: &'static str,
+    decode_on_inference_thread: bool,
 }
 
 impl Classifier {
@@ -149,6 +164,7 @@ impl Classifier {
     pub fn start(config: ModelConfig, batching: BatchConfig) -> Result<Self, EngineError> {
         let (requests, queue) = mpsc::sync_channel(batching.queue_capacity.max(1));
         let tier = batching.tier;
+        let decode_on_inference_thread = batching.decode_on_inference_thread;
         let (ready_tx, ready_rx) = mpsc::channel();
         let name = config.name();
         let preprocess = config.preprocess.clone();
@@ -176,7 +192,7 @@ impl Classifier {
         ready_rx
             .recv()
             .map_err(|_| EngineError::Inference("the inference thread died while loading the model".into()))??;
-        Ok(Self { inner: Arc::new(Inner { requests, preprocess, name, tier }) })
+        Ok(Self { inner: Arc::new(Inner { requests, preprocess, name, tier, decode_on_inference_thread }) })
     }
 
     /// The model's file name.
@@ -188,10 +204,14 @@ impl Classifier {
         &self.inner.preprocess
     }
 
-    /// Classifies an encoded image. Decoding runs on tokio's blocking pool, inference on the
-    /// model's own thread: the calling task only waits.
-    pub async fn classify(&self, image: impl AsRef<[u8]> + Send + 'static) -> Result<Prediction, ClassifyError> {
-        let tensor = self.preprocess(image).await?;
+    /// Classifies an encoded image. Decoding runs on tokio's blocking pool (or on the inference
+    /// thread, see [`BatchConfig::decode_on_inference_thread`]), inference on the model's own
+    /// thread: the calling task only waits.
+    pub async fn classify(&self, image: impl Into<Bytes>) -> Result<Prediction, ClassifyError> {
+        if self.inner.decode_on_inference_thread {
+            return self.submit(Input::Encoded(image.into()))?.await.map_err(|_| ClassifyError::Stopped)?;
+        }
+        let tensor = self.preprocess(image.into()).await?;
         self.infer(tensor)?.await
     }
 
@@ -218,22 +238,25 @@ impl Classifier {
         &self,
         tensor: Vec<f32>,
     ) -> Result<impl Future<Output = Result<Prediction, ClassifyError>> + Send + 'static, ClassifyError> {
-        let answer = self.submit(tensor)?;
-        Ok(async move { answer.await.map_err(|_| ClassifyError::Stopped)?.map_err(Into::into) })
+        let answer = self.submit(Input::Tensor(tensor))?;
+        Ok(async move { answer.await.map_err(|_| ClassifyError::Stopped)? })
     }
 
     /// Blocking form of [`Classifier::classify`] for command-line tools (not for async code).
     pub fn classify_blocking(&self, image: &[u8]) -> Result<Prediction, ClassifyError> {
         let tensor = pipeline::preprocess(image, &self.inner.preprocess)?;
         let (reply, answer) = oneshot::channel();
-        self.inner.requests.send(Request { tensor, reply }).map_err(|_| ClassifyError::Stopped)?;
-        answer.blocking_recv().map_err(|_| ClassifyError::Stopped)?.map_err(Into::into)
+        self.inner
+            .requests
+            .send(Request { input: Input::Tensor(tensor), reply })
+            .map_err(|_| ClassifyError::Stopped)?;
+        answer.blocking_recv().map_err(|_| ClassifyError::Stopped)?
     }
 
-    /// Queues an already preprocessed tensor without blocking.
-    fn submit(&self, tensor: Vec<f32>) -> Result<oneshot::Receiver<Result<Prediction, EngineError>>, ClassifyError> {
+    /// Queues an input for the inference thread without blocking.
+    fn submit(&self, input: Input) -> Result<oneshot::Receiver<Result<Prediction, ClassifyError>>, ClassifyError> {
         let (reply, answer) = oneshot::channel();
-        match self.inner.requests.try_send(Request { tensor, reply }) {
+        match self.inner.requests.try_send(Request { input, reply }) {
             Ok(()) => Ok(answer),
             Err(TrySendError::Full(_)) => Err(ClassifyError::Overloaded),
             Err(TrySendError::Disconnected(_)) => Err(ClassifyError::Stopped),
@@ -247,36 +270,56 @@ fn inference_loop(mut model: Model, config: &ModelConfig, batching: &BatchConfig
     let tensor_len = config.preprocess.tensor_len();
     let max_batch = batching.max_batch.max(1);
     let mut batch: Vec<Request> = Vec::with_capacity(max_batch);
+    let mut replies: Vec<oneshot::Sender<Result<Prediction, ClassifyError>>> = Vec::with_capacity(max_batch);
     let mut buffer: Vec<f32> = Vec::with_capacity(max_batch * tensor_len);
     while let Ok(first) = queue.recv() {
         batch.push(first);
         collect_batch(&queue, &mut batch, max_batch, batching.max_delay);
 
         buffer.clear();
-        for request in &batch {
-            buffer.extend_from_slice(&request.tensor);
+        for request in batch.drain(..) {
+            match request.input {
+                Input::Tensor(tensor) => buffer.extend_from_slice(&tensor),
+                Input::Encoded(image) => {
+                    let at = buffer.len();
+                    buffer.resize(at + tensor_len, 0.0);
+                    let decode_started = Instant::now();
+                    let decoded = pipeline::preprocess_into(&image, &config.preprocess, &mut buffer[at..]);
+                    metrics::histogram!(crate::metrics::PREPROCESS_DURATION, "tier" => batching.tier)
+                        .record(decode_started.elapsed().as_secs_f64());
+                    if let Err(err) = decoded {
+                        buffer.truncate(at);
+                        let _ = request.reply.send(Err(err.into()));
+                        continue;
+                    }
+                }
+            }
+            replies.push(request.reply);
+        }
+        if replies.is_empty() {
+            continue;
         }
         let started = Instant::now();
         // A panic inside one batch fails that batch's requests, not the thread that serves
         // every later one.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.infer(&buffer, batch.len())))
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.infer(&buffer, replies.len())))
             .unwrap_or_else(|_| Err(EngineError::Inference("the model panicked on this batch".into())));
         let elapsed = started.elapsed();
         let inference_ms = elapsed.as_secs_f64() * 1e3;
         metrics::histogram!(crate::metrics::INFERENCE_DURATION, "tier" => batching.tier, "model" => name.clone())
             .record(elapsed.as_secs_f64());
-        metrics::histogram!(crate::metrics::BATCH_SIZE, "tier" => batching.tier).record(batch.len() as f64);
+        metrics::histogram!(crate::metrics::BATCH_SIZE, "tier" => batching.tier).record(replies.len() as f64);
         match result {
             Ok(rows) => {
-                for (request, row) in batch.drain(..).zip(rows) {
+                for (reply, row) in replies.drain(..).zip(rows) {
                     let prediction =
                         Prediction::from_probabilities(&name, &config.labels, &row, batching.top_k, inference_ms);
-                    let _ = request.reply.send(Ok(prediction));
+                    let _ = reply.send(Ok(prediction));
                 }
             }
             Err(err) => {
-                for request in batch.drain(..) {
-                    let _ = request.reply.send(Err(err.clone()));
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(err.clone().into()));
                 }
             }
         }
