@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::engine::Spin;
 use crate::pipeline::PreprocessConfig;
 
 #[derive(Debug, Parser)]
@@ -124,17 +125,26 @@ pub struct ModelArgs {
     #[arg(long, env = "TANDEM_INTRA_THREADS", default_value_t = 0)]
     pub intra_threads: usize,
 
-    /// Let the fast tier's idle ORT threads busy-wait for the next run: lower latency, but the
-    /// spinning takes CPU from request handling under load. The accurate tier never spins.
-    /// Off by default: measured on 2 cores, spinning cost 10% of c=8 throughput and 1.5 ms of
-    /// /health p99 under load, and gained nothing at concurrency 1 (docs/PERFORMANCE.md).
-    #[arg(long, env = "TANDEM_FAST_SPIN", default_value_t = false, action = clap::ArgAction::Set)]
-    pub fast_spin: bool,
+    /// When the fast tier's idle ORT threads busy-wait for work instead of sleeping. `idle`:
+    /// only inside a run that has the model to itself (a lone request), which saves a thread
+    /// wake-up per operator; under load they sleep, leaving the cores to request handling.
+    /// `always` (ORT's own default) cost 10% of c=8 throughput and 1.5 ms of /health p99 in
+    /// measurements on 2 cores (docs/PERFORMANCE.md). The accurate tier never spins.
+    #[arg(long, env = "TANDEM_FAST_SPIN", value_enum, default_value_t = Spin::Idle)]
+    pub fast_spin: Spin,
 }
 
 impl ModelArgs {
     fn resolve(&self, file: &Path) -> PathBuf {
         if file.is_absolute() { file.to_owned() } else { self.model_dir.join(file) }
+    }
+
+    /// Spinning for a tier's model: `--fast-spin` for the fast tier, never for the accurate.
+    pub fn spin(&self, tier: Tier) -> Spin {
+        match tier {
+            Tier::Fast => self.fast_spin,
+            Tier::Accurate => Spin::Off,
+        }
     }
 
     pub fn model_path(&self, tier: Tier) -> PathBuf {
@@ -182,6 +192,23 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    fn fast_spin(args: &[&str]) -> Spin {
+        let cli = Cli::try_parse_from(["tandem", "serve"].iter().chain(args)).expect("parses");
+        match cli.command {
+            Command::Serve(serve) => serve.models.fast_spin,
+            _ => unreachable!("parsed as serve"),
+        }
+    }
+
+    /// `idle` by default; the old boolean spellings still work.
+    #[test]
+    fn fast_spin_defaults_to_idle_and_takes_booleans() {
+        assert_eq!(fast_spin(&[]), Spin::Idle);
+        assert_eq!(fast_spin(&["--fast-spin", "true"]), Spin::Always);
+        assert_eq!(fast_spin(&["--fast-spin", "false"]), Spin::Off);
+        assert_eq!(fast_spin(&["--fast-spin", "always"]), Spin::Always);
     }
 }
 

@@ -4,23 +4,28 @@ mod common;
 
 use std::sync::Arc;
 
-use tandem::engine::{BatchConfig, Classifier, ModelConfig};
+use tandem::engine::{BatchConfig, Classifier, ClassifyError, DecodeOn, ModelConfig, Spin};
 use tandem::labels::Labels;
+use tandem::pipeline::ImageError;
 use tandem::pipeline::PreprocessConfig;
 
 const TOLERANCE: f32 = 0.02;
 
 fn classifier(model: &str, max_batch: usize) -> Classifier {
+    // All 1000 probabilities, so each reference class can be looked up whatever its rank.
+    classifier_with(model, BatchConfig { top_k: 1000, max_batch, ..BatchConfig::default() }, Spin::Always)
+}
+
+fn classifier_with(model: &str, batching: BatchConfig, spin: Spin) -> Classifier {
     let labels = Arc::new(Labels::load(&common::models_dir().join("imagenet_classes.txt")).expect("labels"));
     let config = ModelConfig {
         path: common::models_dir().join(model),
         labels,
         preprocess: PreprocessConfig::default(),
         intra_threads: 2,
-        spinning: true,
+        spin,
     };
-    // All 1000 probabilities, so each reference class can be looked up whatever its rank.
-    Classifier::start(config, BatchConfig { top_k: 1000, max_batch, ..BatchConfig::default() }).expect("model loads")
+    Classifier::start(config, batching).expect("model loads")
 }
 
 fn check_model(model: &str) {
@@ -96,7 +101,7 @@ fn a_model_whose_classes_differ_from_its_labels_is_refused() {
         labels,
         preprocess: PreprocessConfig::default(),
         intra_threads: 1,
-        spinning: false,
+        spin: Spin::Off,
     };
     let Err(err) = Classifier::start(config, BatchConfig::default()) else { panic!("mismatch accepted") };
     let message = err.to_string();
@@ -111,7 +116,7 @@ fn a_crop_that_does_not_fit_a_fixed_input_is_refused() {
         labels,
         preprocess: PreprocessConfig { resize: 292, crop: 260, ..PreprocessConfig::default() },
         intra_threads: 1,
-        spinning: false,
+        spin: Spin::Off,
     };
     let Err(err) = Classifier::start(config, BatchConfig::default()) else { panic!("wrong crop accepted") };
     assert!(err.to_string().contains("224"), "{err}");
@@ -125,8 +130,53 @@ fn a_file_that_is_not_a_model_is_refused_with_its_name() {
         labels,
         preprocess: PreprocessConfig::default(),
         intra_threads: 1,
-        spinning: false,
+        spin: Spin::Off,
     };
     let Err(err) = Classifier::start(config, BatchConfig::default()) else { panic!("not a model accepted") };
     assert!(err.to_string().contains("imagenet_classes.txt"), "{err}");
+}
+
+/// The fast tier's serving setup (decoding on the idle inference thread, spinning only in runs
+/// that are alone) gives exactly the answers of the plain one, whichever thread decoded, and
+/// refuses a bad image at `admit` without leaving it counted as in flight.
+#[test]
+fn decoding_on_the_idle_inference_thread_gives_the_same_answers() {
+    let plain = classifier_with("mobilenet_v2.onnx", BatchConfig::default(), Spin::Off);
+    let batching = BatchConfig { max_batch: 2, decode_on: DecodeOn::InferenceThreadWhenIdle, ..BatchConfig::default() };
+    let serving = classifier_with("mobilenet_v2.onnx", batching, Spin::Idle);
+    let photos: Vec<Vec<u8>> = (1..=6)
+        .map(|i| std::fs::read(common::images_dir().join(format!("sample_{i:02}.jpg"))).expect("photo"))
+        .collect();
+    let references: Vec<_> = photos.iter().map(|p| plain.classify_blocking(p).expect("classify")).collect();
+    let bad = std::fs::read(common::images_dir().join("bad_inputs/truncated.jpg")).expect("bad input");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
+    runtime.block_on(async {
+        // One at a time: each is decoded on the (idle) inference thread and runs alone.
+        for (photo, reference) in photos.iter().zip(&references) {
+            let answer = serving.classify(photo.clone()).await.expect("classify");
+            assert_eq!(answer.class_index, reference.class_index);
+            assert!((answer.score - reference.score).abs() < 1e-5, "{} vs {}", answer.score, reference.score);
+        }
+        match serving.admit(bad.clone().into()).await {
+            Err(ClassifyError::Image(ImageError::Truncated(_))) => {}
+            Err(other) => panic!("a truncated JPEG gave {other}"),
+            Ok(_) => panic!("a truncated JPEG was admitted"),
+        }
+        assert_eq!(serving.in_flight(), 0, "a refused image stays counted");
+        // All at once: the later ones find the thread busy and decode on the blocking pool.
+        let tasks: Vec<_> = photos
+            .iter()
+            .cloned()
+            .map(|photo| {
+                let serving = serving.clone();
+                tokio::spawn(async move { serving.classify(photo).await })
+            })
+            .collect();
+        for (task, reference) in tasks.into_iter().zip(&references) {
+            let answer = task.await.expect("join").expect("classify");
+            assert_eq!(answer.class_index, reference.class_index);
+            assert!((answer.score - reference.score).abs() < 1e-4);
+        }
+        assert_eq!(serving.in_flight(), 0);
+    });
 }

@@ -123,8 +123,7 @@ async fn predict_now(state: &AppState, request: Request<Body>) -> Result<Json<Va
     let fast = &state.inner.fast;
     // Decoded first: a bad image is refused before anything is stored. A full inference queue
     // is refused by `infer` before anything is stored too.
-    let tensor = fast.preprocess(image.clone()).await?;
-    let answer = fast.infer(tensor)?;
+    let answer = fast.admit(image.clone()).await?;
 
     // The job is enqueued before answering, so a job id the client sees always resolves; with
     // Redis, the image is written while the fast model runs. If the queue cannot take the job,

@@ -27,6 +27,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::config::{ModelArgs, Tier};
+use crate::engine::Spin;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -103,9 +104,11 @@ pub struct BenchArgs {
     #[arg(long, env = "TANDEM_BENCH_ITERATIONS", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Raw mode (--raw)")]
     pub iterations: Option<u64>,
 
-    /// --raw: let idle ORT threads spin (default: as `serve` does, on for fast, off for accurate).
-    #[arg(long, env = "TANDEM_BENCH_SPINNING", help_heading = "Raw mode (--raw)")]
-    pub spinning: Option<bool>,
+    /// --raw: when idle ORT threads spin (default: as `serve` does, --fast-spin for the fast
+    /// tier, off for the accurate). Every raw run has the machine to itself, so `idle` spins
+    /// in every run, as `always` does, but stops after each.
+    #[arg(long, env = "TANDEM_BENCH_SPINNING", value_enum, help_heading = "Raw mode (--raw)")]
+    pub spinning: Option<Spin>,
 
     #[command(flatten, next_help_heading = "Model (--raw)")]
     pub models: ModelArgs,

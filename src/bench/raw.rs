@@ -15,8 +15,7 @@ use serde::Serialize;
 
 use super::stats::{Latency, Summary, cell, round3};
 use super::{BenchArgs, print_report};
-use crate::config::Tier;
-use crate::engine::{Model, ModelConfig};
+use crate::engine::{Model, ModelConfig, Spin};
 use crate::labels::Labels;
 use crate::pipeline;
 
@@ -47,13 +46,13 @@ pub fn run(args: &BenchArgs, image: &[u8]) -> anyhow::Result<bool> {
     }
 
     let labels = Arc::new(Labels::load(&models.labels_path())?);
-    let spinning = args.spinning.unwrap_or(tier == Tier::Fast && args.models.fast_spin);
+    let spin = args.spinning.unwrap_or_else(|| models.spin(tier));
     let config = ModelConfig {
         path: models.model_path(tier),
         labels,
         preprocess: preprocess.clone(),
         intra_threads: models.intra_threads(),
-        spinning,
+        spin,
     };
     let load_started = Instant::now();
     let mut model = Model::load(&config)?;
@@ -68,7 +67,7 @@ pub fn run(args: &BenchArgs, image: &[u8]) -> anyhow::Result<bool> {
         let warm_started = Instant::now();
         let mut warm_runs = 0;
         while warm_runs < MIN_WARMUP_RUNS || warm_started.elapsed() < warmup {
-            std::hint::black_box(model.infer(&batch, n)?);
+            std::hint::black_box(model.infer(&batch, n, true)?);
             warm_runs += 1;
         }
         let mut latency = Latency::new();
@@ -76,7 +75,7 @@ pub fn run(args: &BenchArgs, image: &[u8]) -> anyhow::Result<bool> {
         let mut runs: u64 = 0;
         loop {
             let t = Instant::now();
-            std::hint::black_box(model.infer(&batch, n).with_context(|| format!("batch of {n}"))?);
+            std::hint::black_box(model.infer(&batch, n, true).with_context(|| format!("batch of {n}"))?);
             latency.record(t.elapsed());
             runs += 1;
             if started.elapsed() >= duration || args.iterations.is_some_and(|max| runs >= max) {
@@ -107,7 +106,7 @@ pub fn run(args: &BenchArgs, image: &[u8]) -> anyhow::Result<bool> {
         image_bytes: image.len(),
         crop: preprocess.crop,
         intra_threads: config.intra_threads,
-        spinning,
+        spinning: config.spin,
         load_ms: round3(load_ms),
         warmup_s: args.warmup,
         duration_s: args.duration,
@@ -128,7 +127,7 @@ struct Report {
     image_bytes: usize,
     crop: u32,
     intra_threads: usize,
-    spinning: bool,
+    spinning: Spin,
     /// `Model::load`, including its one warm-up run.
     load_ms: f64,
     warmup_s: f64,
@@ -169,7 +168,7 @@ impl Report {
             self.model,
             self.tier,
             self.intra_threads,
-            if self.spinning { "on" } else { "off" },
+            self.spinning.as_str(),
             self.load_ms
         );
         let pre = self.preprocess.as_ref();

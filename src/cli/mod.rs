@@ -22,7 +22,7 @@ pub fn load_tier(
         labels: Arc::clone(labels),
         preprocess: models.preprocess(tier),
         intra_threads: models.intra_threads(),
-        spinning: tier == Tier::Fast && models.fast_spin,
+        spin: models.spin(tier),
     };
     Classifier::start(config, BatchConfig { top_k, tier: tier.as_str(), ..BatchConfig::default() })
 }

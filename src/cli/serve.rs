@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, Limits};
 use crate::config::{ModelArgs, QueueArgs, ServeArgs, Tier, WorkerArgs, WorkerPoolArgs};
-use crate::engine::{BatchConfig, Classifier, ModelConfig, ThreadPriority};
+use crate::engine::{BatchConfig, Classifier, DecodeOn, ModelConfig, ThreadPriority};
 use crate::labels::Labels;
 use crate::queue::{EmbeddedQueue, JobQueue, RedisQueue, RedisQueueConfig};
 use crate::worker::{self, WorkerConfig};
@@ -43,7 +43,7 @@ async fn serve_async(args: &ServeArgs) -> anyhow::Result<()> {
         top_k: 5,
         tier: Tier::Fast.as_str(),
         priority: ThreadPriority::Nice(args.fast_nice),
-        decode_on_inference_thread: false,
+        decode_on: DecodeOn::InferenceThreadWhenIdle,
     };
     let fast = Classifier::start(model_config(&args.models, &labels, Tier::Fast), fast_batching)?;
     tracing::info!(model = fast.model_name(), "fast tier loaded");
@@ -124,7 +124,7 @@ fn model_config(models: &ModelArgs, labels: &Arc<Labels>, tier: Tier) -> ModelCo
         labels: Arc::clone(labels),
         preprocess: models.preprocess(tier),
         intra_threads: models.intra_threads(),
-        spinning: tier == Tier::Fast && models.fast_spin,
+        spin: models.spin(tier),
     }
 }
 
@@ -136,7 +136,7 @@ fn start_accurate(models: &ModelArgs, labels: &Arc<Labels>, pool: &WorkerPoolArg
         top_k: 5,
         tier: Tier::Accurate.as_str(),
         priority: pool.accurate_priority.into(),
-        decode_on_inference_thread: true,
+        decode_on: DecodeOn::InferenceThread,
     };
     let accurate = Classifier::start(model_config(models, labels, Tier::Accurate), batching)?;
     tracing::info!(model = accurate.model_name(), "accurate tier loaded");

@@ -1,10 +1,11 @@
 //! Inference engine: ONNX Runtime models on dedicated threads, with dynamic batching.
 //!
 //! A [`Classifier`] owns one OS thread that loads its [`Model`] and runs every batch, so
-//! CPU-bound inference never runs on the async runtime's worker threads. For the fast tier,
-//! decoding and preprocessing happen before the request reaches that thread (on tokio's
-//! blocking pool), in parallel with the model; a background tier decodes on its inference
-//! thread instead, at that thread's low priority (`decode_on_inference_thread`).
+//! CPU-bound inference never runs on the async runtime's worker threads. Where an image is
+//! decoded is a [`DecodeOn`] choice: the fast tier decodes on tokio's blocking pool, in
+//! parallel with the model, when the model is busy, and on its idle inference thread otherwise
+//! (two thread hand-offs fewer for a lone request); a background tier always decodes on its
+//! inference thread, at that thread's low priority.
 //! Batching is Triton-style: take whatever is already waiting, up to `max_batch`, and wait at
 //! most `max_delay` for more (0 by default: never hold a request back to fill a batch).
 
@@ -12,15 +13,18 @@ mod model;
 pub mod priority;
 pub mod runtime;
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-pub use model::{Model, ModelConfig};
+pub use model::{Model, ModelConfig, Spin};
 pub use priority::{Priority, ThreadPriority};
 pub use runtime::RuntimeError;
 
@@ -113,10 +117,22 @@ pub struct BatchConfig {
     pub tier: &'static str,
     /// Scheduling priority of the inference thread and of ONNX Runtime's threads.
     pub priority: ThreadPriority,
-    /// Decode images on the inference thread, at the model's own priority, instead of on
-    /// tokio's blocking pool (at the process's priority, in parallel with inference). For the
-    /// accurate tier: even its decoding must not compete with the foreground.
-    pub decode_on_inference_thread: bool,
+    /// Where images are decoded.
+    pub decode_on: DecodeOn,
+}
+
+/// Where a [`Classifier`] decodes and preprocesses its images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeOn {
+    /// tokio's blocking pool, at the process's priority, in parallel with inference.
+    BlockingPool,
+    /// The inference thread, at the model's own priority. For a background tier: even its
+    /// decoding must not compete with the foreground.
+    InferenceThread,
+    /// The inference thread when nothing is queued or running there (a lone request skips the
+    /// hand-offs to and from the blocking pool), else the blocking pool, so that under load
+    /// decoding overlaps inference.
+    InferenceThreadWhenIdle,
 }
 
 impl Default for BatchConfig {
@@ -128,7 +144,7 @@ impl Default for BatchConfig {
             top_k: 5,
             tier: "model",
             priority: ThreadPriority::Nice(0),
-            decode_on_inference_thread: false,
+            decode_on: DecodeOn::BlockingPool,
         }
     }
 }
@@ -141,8 +157,20 @@ struct Request {
 enum Input {
     /// Already preprocessed.
     Tensor(Vec<f32>),
-    /// Encoded image, decoded by the inference thread itself.
-    Encoded(Bytes),
+    /// Encoded image, decoded by the inference thread itself. `decoded`, if given, hears the
+    /// decoding's outcome before the model runs; on failure the reply is then dropped.
+    Encoded { image: Bytes, decoded: Option<oneshot::Sender<Result<(), ImageError>>> },
+}
+
+/// A request queued for the model: resolves to its prediction.
+pub struct PendingPrediction(oneshot::Receiver<Result<Prediction, ClassifyError>>);
+
+impl Future for PendingPrediction {
+    type Output = Result<Prediction, ClassifyError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|reply| reply.unwrap_or(Err(ClassifyError::Stopped)))
+    }
 }
 
 /// A handle to one model on its own inference thread. Cheap to clone.
@@ -156,7 +184,9 @@ struct Inner {
     preprocess: PreprocessConfig,
     name: String,
     tier: &'static str,
-    decode_on_inference_thread: bool,
+    decode_on: DecodeOn,
+    /// Requests queued for or running on the inference thread, not yet answered.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Classifier {
@@ -164,7 +194,9 @@ impl Classifier {
     pub fn start(config: ModelConfig, batching: BatchConfig) -> Result<Self, EngineError> {
         let (requests, queue) = mpsc::sync_channel(batching.queue_capacity.max(1));
         let tier = batching.tier;
-        let decode_on_inference_thread = batching.decode_on_inference_thread;
+        let decode_on = batching.decode_on;
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let thread_in_flight = Arc::clone(&in_flight);
         let (ready_tx, ready_rx) = mpsc::channel();
         let name = config.name();
         let preprocess = config.preprocess.clone();
@@ -186,13 +218,13 @@ impl Classifier {
                         return;
                     }
                 };
-                inference_loop(model, &config, &batching, queue);
+                inference_loop(model, &config, &batching, queue, &thread_in_flight);
             })
             .map_err(|e| EngineError::Inference(format!("cannot spawn inference thread: {e}")))?;
         ready_rx
             .recv()
             .map_err(|_| EngineError::Inference("the inference thread died while loading the model".into()))??;
-        Ok(Self { inner: Arc::new(Inner { requests, preprocess, name, tier, decode_on_inference_thread }) })
+        Ok(Self { inner: Arc::new(Inner { requests, preprocess, name, tier, decode_on, in_flight }) })
     }
 
     /// The model's file name.
@@ -200,19 +232,38 @@ impl Classifier {
         &self.inner.name
     }
 
+    /// Requests queued for or running on the inference thread, not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Acquire)
+    }
+
     pub fn preprocess_config(&self) -> &PreprocessConfig {
         &self.inner.preprocess
     }
 
-    /// Classifies an encoded image. Decoding runs on tokio's blocking pool (or on the inference
-    /// thread, see [`BatchConfig::decode_on_inference_thread`]), inference on the model's own
-    /// thread: the calling task only waits.
+    /// Classifies an encoded image. Decoding runs where [`BatchConfig::decode_on`] says,
+    /// inference on the model's own thread: the calling task only waits.
     pub async fn classify(&self, image: impl Into<Bytes>) -> Result<Prediction, ClassifyError> {
-        if self.inner.decode_on_inference_thread {
-            return self.submit(Input::Encoded(image.into()))?.await.map_err(|_| ClassifyError::Stopped)?;
+        self.admit(image.into()).await?.await
+    }
+
+    /// Decodes the image and queues it for the model. Resolves once the image is known to be
+    /// good and is queued (a bad image or a full queue is refused here), to the prediction
+    /// still to await: the caller can start other work while the model runs.
+    pub async fn admit(&self, image: Bytes) -> Result<PendingPrediction, ClassifyError> {
+        let on_inference_thread = match self.inner.decode_on {
+            DecodeOn::BlockingPool => false,
+            DecodeOn::InferenceThread => true,
+            DecodeOn::InferenceThreadWhenIdle => self.inner.in_flight.load(Ordering::Acquire) == 0,
+        };
+        if !on_inference_thread {
+            let tensor = self.preprocess(image).await?;
+            return self.infer(tensor);
         }
-        let tensor = self.preprocess(image.into()).await?;
-        self.infer(tensor)?.await
+        let (decoded_tx, decoded) = oneshot::channel();
+        let pending = self.submit(Input::Encoded { image, decoded: Some(decoded_tx) })?;
+        decoded.await.map_err(|_| ClassifyError::Stopped)??;
+        Ok(pending)
     }
 
     /// Decodes and preprocesses an image for this model, on tokio's blocking pool.
@@ -234,38 +285,48 @@ impl Classifier {
     /// Queues a preprocessed tensor for the inference thread now, without blocking, and returns
     /// the answer to await. A full inference queue is refused here, before the caller commits to
     /// anything else.
-    pub fn infer(
-        &self,
-        tensor: Vec<f32>,
-    ) -> Result<impl Future<Output = Result<Prediction, ClassifyError>> + Send + 'static, ClassifyError> {
-        let answer = self.submit(Input::Tensor(tensor))?;
-        Ok(async move { answer.await.map_err(|_| ClassifyError::Stopped)? })
+    pub fn infer(&self, tensor: Vec<f32>) -> Result<PendingPrediction, ClassifyError> {
+        self.submit(Input::Tensor(tensor))
     }
 
     /// Blocking form of [`Classifier::classify`] for command-line tools (not for async code).
     pub fn classify_blocking(&self, image: &[u8]) -> Result<Prediction, ClassifyError> {
         let tensor = pipeline::preprocess(image, &self.inner.preprocess)?;
         let (reply, answer) = oneshot::channel();
-        self.inner
-            .requests
-            .send(Request { input: Input::Tensor(tensor), reply })
-            .map_err(|_| ClassifyError::Stopped)?;
+        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.inner.requests.send(Request { input: Input::Tensor(tensor), reply }).is_err() {
+            self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(ClassifyError::Stopped);
+        }
         answer.blocking_recv().map_err(|_| ClassifyError::Stopped)?
     }
 
     /// Queues an input for the inference thread without blocking.
-    fn submit(&self, input: Input) -> Result<oneshot::Receiver<Result<Prediction, ClassifyError>>, ClassifyError> {
+    fn submit(&self, input: Input) -> Result<PendingPrediction, ClassifyError> {
         let (reply, answer) = oneshot::channel();
+        // Counted before it is visible to the thread, which uncounts it once answered.
+        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
         match self.inner.requests.try_send(Request { input, reply }) {
-            Ok(()) => Ok(answer),
-            Err(TrySendError::Full(_)) => Err(ClassifyError::Overloaded),
-            Err(TrySendError::Disconnected(_)) => Err(ClassifyError::Stopped),
+            Ok(()) => Ok(PendingPrediction(answer)),
+            Err(err) => {
+                self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+                Err(match err {
+                    TrySendError::Full(_) => ClassifyError::Overloaded,
+                    TrySendError::Disconnected(_) => ClassifyError::Stopped,
+                })
+            }
         }
     }
 }
 
 /// Runs until every [`Classifier`] handle is dropped.
-fn inference_loop(mut model: Model, config: &ModelConfig, batching: &BatchConfig, queue: Receiver<Request>) {
+fn inference_loop(
+    mut model: Model,
+    config: &ModelConfig,
+    batching: &BatchConfig,
+    queue: Receiver<Request>,
+    in_flight: &AtomicUsize,
+) {
     let name = config.name();
     let tensor_len = config.preprocess.tensor_len();
     let max_batch = batching.max_batch.max(1);
@@ -276,21 +337,36 @@ fn inference_loop(mut model: Model, config: &ModelConfig, batching: &BatchConfig
         batch.push(first);
         collect_batch(&queue, &mut batch, max_batch, batching.max_delay);
 
+        // Nothing queued behind this batch: it has the machine to itself.
+        let alone = in_flight.load(Ordering::Acquire) == batch.len();
         buffer.clear();
         for request in batch.drain(..) {
             match request.input {
                 Input::Tensor(tensor) => buffer.extend_from_slice(&tensor),
-                Input::Encoded(image) => {
+                Input::Encoded { image, decoded } => {
                     let at = buffer.len();
                     buffer.resize(at + tensor_len, 0.0);
                     let decode_started = Instant::now();
-                    let decoded = pipeline::preprocess_into(&image, &config.preprocess, &mut buffer[at..]);
+                    let outcome = pipeline::preprocess_into(&image, &config.preprocess, &mut buffer[at..]);
                     metrics::histogram!(crate::metrics::PREPROCESS_DURATION, "tier" => batching.tier)
                         .record(decode_started.elapsed().as_secs_f64());
-                    if let Err(err) = decoded {
+                    if outcome.is_err() {
                         buffer.truncate(at);
-                        let _ = request.reply.send(Err(err.into()));
-                        continue;
+                        in_flight.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    match (outcome, decoded) {
+                        (Ok(()), Some(decoded)) => {
+                            let _ = decoded.send(Ok(()));
+                        }
+                        (Ok(()), None) => {}
+                        (Err(err), Some(decoded)) => {
+                            let _ = decoded.send(Err(err));
+                            continue;
+                        }
+                        (Err(err), None) => {
+                            let _ = request.reply.send(Err(err.into()));
+                            continue;
+                        }
                     }
                 }
             }
@@ -302,13 +378,17 @@ fn inference_loop(mut model: Model, config: &ModelConfig, batching: &BatchConfig
         let started = Instant::now();
         // A panic inside one batch fails that batch's requests, not the thread that serves
         // every later one.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.infer(&buffer, replies.len())))
-            .unwrap_or_else(|_| Err(EngineError::Inference("the model panicked on this batch".into())));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.infer(&buffer, replies.len(), alone)))
+                .unwrap_or_else(|_| Err(EngineError::Inference("the model panicked on this batch".into())));
         let elapsed = started.elapsed();
         let inference_ms = elapsed.as_secs_f64() * 1e3;
         metrics::histogram!(crate::metrics::INFERENCE_DURATION, "tier" => batching.tier, "model" => name.clone())
             .record(elapsed.as_secs_f64());
         metrics::histogram!(crate::metrics::BATCH_SIZE, "tier" => batching.tier).record(replies.len() as f64);
+        // Uncounted before the replies go out, so that a caller who has its answer never sees
+        // its own request still in flight.
+        in_flight.fetch_sub(replies.len(), Ordering::AcqRel);
         match result {
             Ok(rows) => {
                 for (reply, row) in replies.drain(..).zip(rows) {

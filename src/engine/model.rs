@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ort::session::{Session, builder::GraphOptimizationLevel};
+use ort::session::Session;
+use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use super::{EngineError, runtime};
@@ -21,11 +22,39 @@ pub struct ModelConfig {
     pub preprocess: PreprocessConfig,
     /// ONNX Runtime intra-op threads for this model.
     pub intra_threads: usize,
-    /// Whether idle ORT threads busy-wait for work. Faster for a model that owns the cores,
-    /// wasteful for one that shares them with a higher-priority model.
-    pub spinning: bool,
+    /// When ORT's idle intra-op threads busy-wait for work instead of sleeping.
+    pub spin: Spin,
 }
 
+/// When a model's idle ONNX Runtime threads may busy-wait (spin) for work instead of sleeping.
+///
+/// Spinning saves a thread wake-up per parallel operator (MobileNet v2 has about 50), which is
+/// most of the gap between a lone request and ORT at its fastest; but a spinning thread holds a
+/// core that request handling, decoding and the other tier need when the machine is busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Spin {
+    /// Never: threads sleep between operators and between runs.
+    #[value(alias = "false")]
+    Off,
+    /// Only inside a run that has the engine to itself (one request, nothing waiting behind
+    /// it), and never between runs. Costs a second ORT session of the model (no extra
+    /// weights: prepacked weights are shared).
+    Idle,
+    /// ORT's default: inside runs and for a while after each.
+    #[value(alias = "true")]
+    Always,
+}
+
+impl Spin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Spin::Off => "off",
+            Spin::Idle => "idle",
+            Spin::Always => "always",
+        }
+    }
+}
 impl ModelConfig {
     /// The model's file name, used as its name in answers and metrics.
     pub fn name(&self) -> String {
@@ -35,6 +64,9 @@ impl ModelConfig {
 
 pub struct Model {
     session: Session,
+    /// With [`Spin::Idle`]: the same model, spinning inside a run only, for runs that have the
+    /// machine to themselves.
+    alone_session: Option<Session>,
     input_name: String,
     output_name: String,
     num_classes: usize,
@@ -51,12 +83,25 @@ impl Model {
         if !config.path.is_file() {
             return Err(EngineError::ModelMissing { file });
         }
-        let session = Session::builder(env)
-            .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
-            .and_then(|b| b.with_intra_threads(config.intra_threads.max(1)).map_err(Into::into))
-            .and_then(|b| b.with_intra_op_spinning(config.spinning).map_err(Into::into))
-            .and_then(|mut b| b.commit_from_file(&config.path))
-            .map_err(|e| invalid(e.to_string()))?;
+        let prepacked = PrepackedWeights::new();
+        let build = |spinning: bool, stop_spinning_after_run: bool| {
+            Session::builder(env)
+                .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
+                .and_then(|b| b.with_intra_threads(config.intra_threads.max(1)).map_err(Into::into))
+                .and_then(|b| b.with_intra_op_spinning(spinning).map_err(Into::into))
+                .and_then(|b| {
+                    b.with_config_entry("session.force_spinning_stop", if stop_spinning_after_run { "1" } else { "0" })
+                        .map_err(Into::into)
+                })
+                .and_then(|b| b.with_prepacked_weights(&prepacked).map_err(Into::into))
+                .and_then(|mut b| b.commit_from_file(&config.path))
+                .map_err(|e| invalid(e.to_string()))
+        };
+        let session = build(config.spin == Spin::Always, false)?;
+        let alone_session = match config.spin {
+            Spin::Idle => Some(build(true, true)?),
+            Spin::Off | Spin::Always => None,
+        };
 
         let [input] = session.inputs() else {
             return Err(invalid(format!("expected exactly one input, found {}", session.inputs().len())));
@@ -87,9 +132,12 @@ impl Model {
         };
         let output_name = output.name().to_owned();
 
-        let mut model = Self { session, input_name, output_name, num_classes: 0, crop: crop as usize };
+        let mut model = Self { session, alone_session, input_name, output_name, num_classes: 0, crop: crop as usize };
         let zeros = vec![0.0; config.preprocess.tensor_len()];
-        let (shape, _) = model.run_raw(&zeros, 1).map_err(|e| invalid(e.to_string()))?;
+        if model.alone_session.is_some() {
+            model.run_raw(&zeros, 1, true).map_err(|e| invalid(e.to_string()))?;
+        }
+        let (shape, _) = model.run_raw(&zeros, 1, false).map_err(|e| invalid(e.to_string()))?;
         let num_classes = match shape[..] {
             [1, classes] => classes,
             _ => return Err(invalid(format!("output `{}` must be [N, classes], found {shape:?}", model.output_name))),
@@ -110,8 +158,10 @@ impl Model {
 
     /// Runs a batch of `n` preprocessed images laid end to end in `batch`, returning one row of
     /// class probabilities per image (softmax applied unless the model already outputs them).
-    pub fn infer(&mut self, batch: &[f32], n: usize) -> Result<Vec<Vec<f32>>, EngineError> {
-        let (_, flat) = self.run_raw(batch, n)?;
+    /// `alone`: nothing else is waiting for this model, so with [`Spin::Idle`] its threads may
+    /// spin for the length of this run.
+    pub fn infer(&mut self, batch: &[f32], n: usize, alone: bool) -> Result<Vec<Vec<f32>>, EngineError> {
+        let (_, flat) = self.run_raw(batch, n, alone)?;
         let classes = self.num_classes;
         if flat.len() != n * classes {
             return Err(EngineError::Inference(format!("expected {n}x{classes} outputs, got {}", flat.len())));
@@ -119,11 +169,14 @@ impl Model {
         Ok(flat.chunks_exact(classes).map(to_probabilities).collect())
     }
 
-    fn run_raw(&mut self, batch: &[f32], n: usize) -> Result<(Vec<usize>, Vec<f32>), EngineError> {
+    fn run_raw(&mut self, batch: &[f32], n: usize, alone: bool) -> Result<(Vec<usize>, Vec<f32>), EngineError> {
         let shape = [n, 3, self.crop, self.crop];
         let tensor = TensorRef::from_array_view((shape, batch)).map_err(|e| EngineError::Inference(e.to_string()))?;
-        let outputs = self
-            .session
+        let session = match (&mut self.alone_session, alone) {
+            (Some(session), true) => session,
+            _ => &mut self.session,
+        };
+        let outputs = session
             .run(ort::inputs![self.input_name.as_str() => tensor])
             .map_err(|e| EngineError::Inference(e.to_string()))?;
         let Some(value) = outputs.get(&self.output_name) else {
