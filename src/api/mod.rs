@@ -121,8 +121,8 @@ async fn predict(State(state): State<AppState>, request: Request<Body>) -> Resul
 async fn predict_now(state: &AppState, request: Request<Body>) -> Result<Json<Value>, ApiError> {
     let image = input::read_image(request, state.inner.limits.max_body).await?;
     let fast = &state.inner.fast;
-    // Decoded first: a bad image is refused before anything is stored. A full inference queue
-    // is refused by `infer` before anything is stored too.
+    // Decoded and queued for the fast model first: a bad image or a full inference queue is
+    // refused before anything is stored.
     let answer = fast.admit(image.clone()).await?;
 
     // The job is enqueued before answering, so a job id the client sees always resolves; with

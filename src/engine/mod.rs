@@ -157,9 +157,9 @@ struct Request {
 enum Input {
     /// Already preprocessed.
     Tensor(Vec<f32>),
-    /// Encoded image, decoded by the inference thread itself. `decoded`, if given, hears the
-    /// decoding's outcome before the model runs; on failure the reply is then dropped.
-    Encoded { image: Bytes, decoded: Option<oneshot::Sender<Result<(), ImageError>>> },
+    /// Encoded image, decoded by the inference thread itself. `decoded` hears the decoding's
+    /// outcome before the model runs; on failure the reply is dropped.
+    Encoded { image: Bytes, decoded: oneshot::Sender<Result<(), ImageError>> },
 }
 
 /// A request queued for the model: resolves to its prediction.
@@ -261,7 +261,7 @@ impl Classifier {
             return self.infer(tensor);
         }
         let (decoded_tx, decoded) = oneshot::channel();
-        let pending = self.submit(Input::Encoded { image, decoded: Some(decoded_tx) })?;
+        let pending = self.submit(Input::Encoded { image, decoded: decoded_tx })?;
         decoded.await.map_err(|_| ClassifyError::Stopped)??;
         Ok(pending)
     }
@@ -350,24 +350,13 @@ fn inference_loop(
                     let outcome = pipeline::preprocess_into(&image, &config.preprocess, &mut buffer[at..]);
                     metrics::histogram!(crate::metrics::PREPROCESS_DURATION, "tier" => batching.tier)
                         .record(decode_started.elapsed().as_secs_f64());
-                    if outcome.is_err() {
+                    if let Err(err) = outcome {
                         buffer.truncate(at);
                         in_flight.fetch_sub(1, Ordering::AcqRel);
+                        let _ = decoded.send(Err(err));
+                        continue;
                     }
-                    match (outcome, decoded) {
-                        (Ok(()), Some(decoded)) => {
-                            let _ = decoded.send(Ok(()));
-                        }
-                        (Ok(()), None) => {}
-                        (Err(err), Some(decoded)) => {
-                            let _ = decoded.send(Err(err));
-                            continue;
-                        }
-                        (Err(err), None) => {
-                            let _ = request.reply.send(Err(err.into()));
-                            continue;
-                        }
-                    }
+                    let _ = decoded.send(Ok(()));
                 }
             }
             replies.push(request.reply);
