@@ -3,6 +3,8 @@
 mod common;
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use common::{Tandem, base64, get_json, images_dir, post_bytes, post_json, redis_url, unique_prefix, wait_for_job};
@@ -161,6 +163,69 @@ fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
     }
     let (status, body) = post_photo(&server.base, &photo("sample_01.jpg"), 1);
     assert_eq!(status, 200, "still serving after bad input: {body}");
+}
+
+/// Sends `head` (request line and headers) and then `body` on one connection, and returns what
+/// the server answered: the client writes all of its body before reading, as most do.
+fn raw_exchange(stream: &mut TcpStream, head: &str, body: &[u8]) -> std::io::Result<String> {
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    read_response(stream)
+}
+
+/// One HTTP/1.1 response with a Content-Length body, as text.
+fn read_response(stream: &mut TcpStream) -> std::io::Result<String> {
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&received);
+        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .and_then(|v| v.parse::<usize>().ok());
+            if length.is_some_and(|len| rest.len() >= len) {
+                break;
+            }
+        }
+    }
+    Ok(String::from_utf8_lossy(&received).into_owned())
+}
+
+/// An over-long body gets its 413 even when the client sends all of it before reading (the
+/// server drains it instead of closing on unread data, which resets the connection), the
+/// connection stays usable, and a client that asks for `100 Continue` is refused before sending.
+#[test]
+fn over_long_bodies_get_their_413_not_a_reset() {
+    let server = Tandem::serve(&["--max-body", "200000"]);
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let body = vec![0u8; 16 << 20];
+    let head = format!(
+        "POST /predict HTTP/1.1\r\nhost: {addr}\r\ncontent-type: image/jpeg\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    for round in 0..20 {
+        let mut stream = TcpStream::connect(&addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        let answer = raw_exchange(&mut stream, &head, &body).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(answer.starts_with("HTTP/1.1 413"), "round {round}: {answer}");
+        assert!(answer.contains("body_too_large"), "round {round}: {answer}");
+        if round == 0 {
+            let health = format!("GET /health HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+            let answer = raw_exchange(&mut stream, &health, &[]).expect("GET on the same connection");
+            assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("healthy"), "{answer}");
+        }
+    }
+    let mut stream = TcpStream::connect(&addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let waiting = head.replace("\r\n\r\n", "\r\nexpect: 100-continue\r\n\r\n");
+    let answer = raw_exchange(&mut stream, &waiting, &[]).expect("answer without a body");
+    assert!(answer.starts_with("HTTP/1.1 413") && answer.contains("body_too_large"), "{answer}");
 }
 
 #[test]

@@ -2,13 +2,17 @@
 //!
 //! Three ways in, as users of other serving tools expect: JSON `{"image_data": "<base64>"}`
 //! (optionally a `data:image/...;base64,` URL), a raw body with an `image/*` content type, or
-//! `multipart/form-data` with a file field `image`. The body is read with a hard size limit.
+//! `multipart/form-data` with a file field `image`. The body is read with a hard size limit; an
+//! over-long one is drained (bounded) before its 413, so the client sees the answer.
+
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart};
 use axum::http::{Request, header};
 use base64::Engine as _;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt as _;
 
 use super::error::ApiError;
 
@@ -17,6 +21,14 @@ pub async fn read_image(request: Request<Body>, max_body: usize) -> Result<Bytes
     let content_type =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    // A client waiting for `100 Continue` before it sends an over-long body is answered at once:
+    // the body is never asked for, so there is nothing to drain.
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let expects_continue =
+        request.headers().get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue && declared.is_some_and(|len| len > max_body as u64) {
+        return Err(ApiError::BodyTooLarge { limit: max_body });
+    }
     if mime == "application/json" || mime.ends_with("+json") {
         let body = read_body(request.into_body(), max_body).await?;
         image_from_json(&body)
@@ -29,13 +41,53 @@ pub async fn read_image(request: Request<Body>, max_body: usize) -> Result<Bytes
     }
 }
 
-async fn read_body(body: Body, max_body: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, max_body).await.map_err(|err| {
-        // `to_bytes` reports an over-long body as a length-limit error somewhere in its chain.
-        let limited = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
-            .any(|e| e.is::<http_body_util::LengthLimitError>());
-        if limited { ApiError::BodyTooLarge { limit: max_body } } else { ApiError::BodyRead(err.to_string()) }
-    })
+/// An over-long body is still read, and thrown away, for up to this long and this much before
+/// its 413 goes out: closing a socket with unread data in it makes the kernel send a reset,
+/// and a client still writing its body would then see "connection reset" instead of the 413
+/// (nginx's "lingering close"). Past either bound the connection is simply closed.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+const DRAIN_BYTES: usize = 64 << 20;
+
+/// Reads the whole body, at most `max_body` bytes of it.
+async fn read_body(mut body: Body, max_body: usize) -> Result<Bytes, ApiError> {
+    // A single-frame body (the usual case for small images) is kept as it came, without a copy.
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::BodyRead(e.to_string()))?;
+        let Ok(data) = frame.into_data() else { continue };
+        len += data.len();
+        if len > max_body {
+            drain(body).await;
+            return Err(ApiError::BodyTooLarge { limit: max_body });
+        }
+        match (&mut first, &mut joined) {
+            (None, None) => first = Some(data),
+            (Some(_), None) => {
+                let mut buffer = BytesMut::with_capacity(len.max(64 << 10));
+                buffer.extend_from_slice(first.take().as_deref().unwrap_or_default());
+                buffer.extend_from_slice(&data);
+                joined = Some(buffer);
+            }
+            (_, Some(buffer)) => buffer.extend_from_slice(&data),
+        }
+    }
+    Ok(joined.map(BytesMut::freeze).or(first).unwrap_or_default())
+}
+
+/// Reads and discards the rest of a body, within [`DRAIN_TIME`] and [`DRAIN_BYTES`].
+async fn drain(mut body: Body) {
+    let mut drained = 0usize;
+    let discard = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            drained += frame.data_ref().map_or(0, Bytes::len);
+            if drained > DRAIN_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
 fn image_from_json(body: &[u8]) -> Result<Bytes, ApiError> {
@@ -67,10 +119,11 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, ApiError> {
 }
 
 async fn image_from_multipart(request: Request<Body>, max_body: usize) -> Result<Bytes, ApiError> {
-    // The multipart parser enforces the same limit as the other body kinds.
+    // Read whole first, under the same limit (and drain) as the other body kinds; the field
+    // would be buffered whole anyway.
     let (parts, body) = request.into_parts();
-    let limited = Body::new(http_body_util::Limited::new(body, max_body));
-    let request = Request::from_parts(parts, limited);
+    let body = read_body(body, max_body).await?;
+    let request = Request::from_parts(parts, Body::from(body));
     let mut multipart =
         Multipart::from_request(request, &()).await.map_err(|e| ApiError::InvalidMultipart(e.body_text()))?;
     loop {
