@@ -132,6 +132,13 @@ pub struct ModelArgs {
     /// measurements on 2 cores (docs/PERFORMANCE.md). The accurate tier never spins.
     #[arg(long, env = "TANDEM_FAST_SPIN", value_enum, default_value_t = Spin::Idle)]
     pub fast_spin: Spin,
+
+    /// Fast tier: ORT sessions that run batches side by side under load, each on
+    /// intra-threads / lanes threads (0: one per core, at most 4; 1: one session on every
+    /// thread). A lone request still runs on every thread. On 2 cores two one-thread lanes
+    /// served more requests/s than one two-thread session (docs/PERFORMANCE.md).
+    #[arg(long, env = "TANDEM_FAST_LANES", default_value_t = 0)]
+    pub fast_lanes: usize,
 }
 
 impl ModelArgs {
@@ -144,6 +151,16 @@ impl ModelArgs {
         match tier {
             Tier::Fast => self.fast_spin,
             Tier::Accurate => Spin::Off,
+        }
+    }
+
+    /// Lanes for a tier's model: `--fast-lanes` for the fast tier (0: one per intra-op thread,
+    /// at most 4), one for the accurate tier, whose batches are large enough to use every core.
+    pub fn lanes(&self, tier: Tier) -> usize {
+        match tier {
+            Tier::Fast if self.fast_lanes > 0 => self.fast_lanes,
+            Tier::Fast => self.intra_threads().min(4),
+            Tier::Accurate => 1,
         }
     }
 
@@ -200,6 +217,29 @@ mod tests {
             Command::Serve(serve) => serve.models.fast_spin,
             _ => unreachable!("parsed as serve"),
         }
+    }
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let cli = Cli::try_parse_from(["tandem", "serve"].iter().chain(args)).expect("parses");
+        match cli.command {
+            Command::Serve(serve) => serve,
+            _ => unreachable!("parsed as serve"),
+        }
+    }
+
+    /// The fast tier gets one lane per intra-op thread, at most 4, unless told; the accurate
+    /// tier always one.
+    #[test]
+    fn fast_lanes_default_to_one_per_thread_up_to_four() {
+        let lanes = |args: &[&str]| {
+            let serve = serve_args(args);
+            (serve.models.lanes(Tier::Fast), serve.models.lanes(Tier::Accurate))
+        };
+        assert_eq!(lanes(&["--intra-threads", "2"]), (2, 1));
+        assert_eq!(lanes(&["--intra-threads", "16"]), (4, 1));
+        assert_eq!(lanes(&["--intra-threads", "16", "--fast-lanes", "8"]), (8, 1));
+        assert_eq!(lanes(&["--intra-threads", "1"]), (1, 1));
+        assert_eq!(serve_args(&[]).max_batch, 1);
     }
 
     /// `idle` by default; the old boolean spellings still work.
@@ -291,9 +331,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub workers: WorkerPoolArgs,
 
-    /// Largest batch the fast model runs; requests already waiting are batched together.
-    /// (MobileNet v2 on CPU: batch 2 measured best, by a few percent; docs/PERFORMANCE.md.)
-    #[arg(long = "max-batch", env = "TANDEM_MAX_BATCH", default_value_t = 2)]
+    /// Largest batch the fast model runs (per lane); requests already waiting are batched
+    /// together. MobileNet v2 on 2 cores: with one-thread lanes batch 1 measured best (4% more
+    /// images/s than batch 2); with --fast-lanes 1, batch 2 to 4 (docs/PERFORMANCE.md).
+    #[arg(long = "max-batch", env = "TANDEM_MAX_BATCH", default_value_t = 1)]
     pub max_batch: usize,
 
     /// Milliseconds the fast tier may hold a request back to fill a batch (0: never).

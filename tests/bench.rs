@@ -31,7 +31,7 @@ fn sample() -> String {
 }
 
 #[test]
-fn raw_mode_times_each_batch_size() {
+fn raw_mode_times_each_lane_count_and_batch_size() {
     let models = models_dir().display().to_string();
     let image = sample();
     let report = bench(&[
@@ -47,20 +47,24 @@ fn raw_mode_times_each_batch_size() {
         "0.2",
         "--batch",
         "1,2",
+        "--lanes",
+        "1,2",
     ]);
     assert_eq!(report["mode"], "raw");
     assert_eq!(report["tier"], "fast");
     assert_eq!(report["model"], "mobilenet_v2.onnx");
     assert!(report["preprocess"]["p50_ms"].as_f64().unwrap() > 0.0, "{report}");
     let batches = report["batches"].as_array().expect("batches");
-    let sizes: Vec<u64> = batches.iter().map(|b| b["batch"].as_u64().unwrap()).collect();
-    assert_eq!(sizes, [1, 2], "{report}");
+    let sizes: Vec<(u64, u64)> =
+        batches.iter().map(|b| (b["lanes"].as_u64().unwrap(), b["batch"].as_u64().unwrap())).collect();
+    assert_eq!(sizes, [(1, 1), (1, 2), (2, 1), (2, 2)], "{report}");
     for b in batches {
         assert!(b["runs"].as_u64().unwrap() >= 1, "{b}");
         assert!(b["p50_ms"].as_f64().unwrap() > 0.0, "{b}");
         assert!(b["images_per_s"].as_f64().unwrap() > 0.0, "{b}");
     }
     assert!([1, 2].contains(&report["best"]["batch"].as_u64().unwrap()), "{report}");
+    assert!([1, 2].contains(&report["best"]["lanes"].as_u64().unwrap()), "{report}");
 }
 
 #[test]

@@ -13,10 +13,10 @@ const TOLERANCE: f32 = 0.02;
 
 fn classifier(model: &str, max_batch: usize) -> Classifier {
     // All 1000 probabilities, so each reference class can be looked up whatever its rank.
-    classifier_with(model, BatchConfig { top_k: 1000, max_batch, ..BatchConfig::default() }, Spin::Always)
+    classifier_with(model, BatchConfig { top_k: 1000, max_batch, ..BatchConfig::default() }, Spin::Always, 1)
 }
 
-fn classifier_with(model: &str, batching: BatchConfig, spin: Spin) -> Classifier {
+fn classifier_with(model: &str, batching: BatchConfig, spin: Spin, lanes: usize) -> Classifier {
     let labels = Arc::new(Labels::load(&common::models_dir().join("imagenet_classes.txt")).expect("labels"));
     let config = ModelConfig {
         path: common::models_dir().join(model),
@@ -24,6 +24,7 @@ fn classifier_with(model: &str, batching: BatchConfig, spin: Spin) -> Classifier
         preprocess: PreprocessConfig::default(),
         intra_threads: 2,
         spin,
+        lanes,
     };
     Classifier::start(config, batching).expect("model loads")
 }
@@ -102,6 +103,7 @@ fn a_model_whose_classes_differ_from_its_labels_is_refused() {
         preprocess: PreprocessConfig::default(),
         intra_threads: 1,
         spin: Spin::Off,
+        lanes: 1,
     };
     let Err(err) = Classifier::start(config, BatchConfig::default()) else { panic!("mismatch accepted") };
     let message = err.to_string();
@@ -117,6 +119,7 @@ fn a_crop_that_does_not_fit_a_fixed_input_is_refused() {
         preprocess: PreprocessConfig { resize: 292, crop: 260, ..PreprocessConfig::default() },
         intra_threads: 1,
         spin: Spin::Off,
+        lanes: 1,
     };
     let Err(err) = Classifier::start(config, BatchConfig::default()) else { panic!("wrong crop accepted") };
     assert!(err.to_string().contains("224"), "{err}");
@@ -131,6 +134,7 @@ fn a_file_that_is_not_a_model_is_refused_with_its_name() {
         preprocess: PreprocessConfig::default(),
         intra_threads: 1,
         spin: Spin::Off,
+        lanes: 1,
     };
     let Err(err) = Classifier::start(config, BatchConfig::default()) else { panic!("not a model accepted") };
     assert!(err.to_string().contains("imagenet_classes.txt"), "{err}");
@@ -141,9 +145,9 @@ fn a_file_that_is_not_a_model_is_refused_with_its_name() {
 /// refuses a bad image at `admit` without leaving it counted as in flight.
 #[test]
 fn decoding_on_the_idle_inference_thread_gives_the_same_answers() {
-    let plain = classifier_with("mobilenet_v2.onnx", BatchConfig::default(), Spin::Off);
+    let plain = classifier_with("mobilenet_v2.onnx", BatchConfig::default(), Spin::Off, 1);
     let batching = BatchConfig { max_batch: 2, decode_on: DecodeOn::InferenceThreadWhenIdle, ..BatchConfig::default() };
-    let serving = classifier_with("mobilenet_v2.onnx", batching, Spin::Idle);
+    let serving = classifier_with("mobilenet_v2.onnx", batching, Spin::Idle, 1);
     let photos: Vec<Vec<u8>> = (1..=6)
         .map(|i| std::fs::read(common::images_dir().join(format!("sample_{i:02}.jpg"))).expect("photo"))
         .collect();
@@ -178,5 +182,44 @@ fn decoding_on_the_idle_inference_thread_gives_the_same_answers() {
             assert!((answer.score - reference.score).abs() < 1e-4);
         }
         assert_eq!(serving.in_flight(), 0);
+    });
+}
+
+/// Two lanes (one-thread sessions side by side, plus the whole-machine session for lone runs)
+/// give exactly the answers of one plain session, one at a time and many at once, and leave
+/// nothing counted in flight.
+#[test]
+fn lanes_give_the_same_answers_as_one_session() {
+    let plain = classifier_with("mobilenet_v2.onnx", BatchConfig::default(), Spin::Off, 1);
+    let batching = BatchConfig { decode_on: DecodeOn::InferenceThreadWhenIdle, ..BatchConfig::default() };
+    let lanes = classifier_with("mobilenet_v2.onnx", batching, Spin::Idle, 2);
+    assert_eq!((plain.lanes(), lanes.lanes()), (1, 2));
+    let photos: Vec<Vec<u8>> = (1..=12)
+        .map(|i| std::fs::read(common::images_dir().join(format!("sample_{i:02}.jpg"))).expect("photo"))
+        .collect();
+    let references: Vec<_> = photos.iter().map(|p| plain.classify_blocking(p).expect("classify")).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
+    runtime.block_on(async {
+        for (photo, reference) in photos.iter().zip(&references) {
+            let answer = lanes.classify(photo.clone()).await.expect("classify");
+            assert_eq!(answer.class_index, reference.class_index);
+            assert!((answer.score - reference.score).abs() < 1e-5, "{} vs {}", answer.score, reference.score);
+        }
+        for _ in 0..3 {
+            let tasks: Vec<_> = photos
+                .iter()
+                .cloned()
+                .map(|photo| {
+                    let lanes = lanes.clone();
+                    tokio::spawn(async move { lanes.classify(photo).await })
+                })
+                .collect();
+            for (task, reference) in tasks.into_iter().zip(&references) {
+                let answer = task.await.expect("join").expect("classify");
+                assert_eq!(answer.class_index, reference.class_index);
+                assert!((answer.score - reference.score).abs() < 1e-4);
+            }
+        }
+        assert_eq!(lanes.in_flight(), 0);
     });
 }

@@ -100,6 +100,12 @@ pub struct BenchArgs {
     #[arg(long, env = "TANDEM_BENCH_BATCH", value_delimiter = ',', default_values_t = [1, 2, 4, 8], value_parser = clap::value_parser!(u32).range(1..=1024), help_heading = "Raw mode (--raw)")]
     pub batch: Vec<u32>,
 
+    /// --raw: sessions run side by side, each on its own thread with intra-threads / N ORT
+    /// threads, summed; one figure per N and batch size (default: 1, and the tier's lanes as
+    /// `serve` sets them, e.g. --fast-lanes, if that is more).
+    #[arg(long, env = "TANDEM_BENCH_LANES", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=64), help_heading = "Raw mode (--raw)")]
+    pub lanes: Vec<u32>,
+
     /// --raw: stop each batch size after this many model runs, if --duration has not run out first.
     #[arg(long, env = "TANDEM_BENCH_ITERATIONS", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Raw mode (--raw)")]
     pub iterations: Option<u64>,

@@ -1,10 +1,12 @@
 //! Raw mode: ONNX Runtime alone, in this process, on the same image the HTTP modes send.
 //!
-//! The image is preprocessed once (that time is reported separately); then, for each batch
-//! size, the tensor is repeated into a batch and `Model::infer` runs back to back: warm-up,
-//! then `--duration` seconds or `--iterations` runs, whichever ends first. The model is loaded
-//! with `Model::load` on this thread, with the tier's `serve` settings (intra-op threads,
-//! spinning), so nothing but ORT and the softmax on its output is timed.
+//! The image is preprocessed once (that time is reported separately); then, for each number of
+//! lanes and each batch size, the tensor is repeated into a batch and `Model::infer` runs back
+//! to back on every lane at once, one thread per lane: warm-up, then `--duration` seconds or
+//! `--iterations` runs per lane, whichever ends first. The model is loaded with
+//! `Model::load_lanes`, with the tier's `serve` settings (intra-op threads, spinning), so
+//! nothing but ORT and the softmax on its output is timed. One lane runs as a lone `serve`
+//! request does (every thread, spinning per the setting); several run as `serve` does under load.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -47,56 +49,39 @@ pub fn run(args: &BenchArgs, image: &[u8]) -> anyhow::Result<bool> {
 
     let labels = Arc::new(Labels::load(&models.labels_path())?);
     let spin = args.spinning.unwrap_or_else(|| models.spin(tier));
-    let config = ModelConfig {
+    let mut config = ModelConfig {
         path: models.model_path(tier),
         labels,
         preprocess: preprocess.clone(),
         intra_threads: models.intra_threads(),
         spin,
+        lanes: 1,
     };
-    let load_started = Instant::now();
-    let mut model = Model::load(&config)?;
-    let load_ms = load_started.elapsed().as_secs_f64() * 1e3;
-
-    let warmup = Duration::from_secs_f64(args.warmup);
-    let duration = Duration::from_secs_f64(args.duration);
-    let mut batches = Vec::with_capacity(args.batch.len());
-    for &size in &args.batch {
-        let n = size as usize;
-        let batch: Vec<f32> = tensor.repeat(n);
-        let warm_started = Instant::now();
-        let mut warm_runs = 0;
-        while warm_runs < MIN_WARMUP_RUNS || warm_started.elapsed() < warmup {
-            std::hint::black_box(model.infer(&batch, n, true)?);
-            warm_runs += 1;
+    let lane_counts: Vec<usize> = if args.lanes.is_empty() {
+        let mut counts = vec![1];
+        counts.extend((models.lanes(tier) > 1).then(|| models.lanes(tier)));
+        counts
+    } else {
+        args.lanes.iter().map(|&n| n as usize).collect()
+    };
+    let mut load_ms = 0.0;
+    let mut batches = Vec::with_capacity(args.batch.len() * lane_counts.len());
+    for &lanes in &lane_counts {
+        config.lanes = lanes;
+        let load_started = Instant::now();
+        let mut models = Model::load_lanes(&config)?;
+        if lanes == 1 {
+            load_ms = load_started.elapsed().as_secs_f64() * 1e3;
         }
-        let mut latency = Latency::new();
-        let started = Instant::now();
-        let mut runs: u64 = 0;
-        loop {
-            let t = Instant::now();
-            std::hint::black_box(model.infer(&batch, n, true).with_context(|| format!("batch of {n}"))?);
-            latency.record(t.elapsed());
-            runs += 1;
-            if started.elapsed() >= duration || args.iterations.is_some_and(|max| runs >= max) {
-                break;
-            }
+        for &size in &args.batch {
+            batches.push(time_batches(&mut models, &tensor, size, args)?);
         }
-        let elapsed = started.elapsed().as_secs_f64().max(1e-9);
-        let summary = latency.summary();
-        batches.push(BatchReport {
-            batch: size,
-            runs,
-            images_per_s: round3(runs as f64 * n as f64 / elapsed),
-            p50_ms: summary.as_ref().map_or(0.0, |s| s.p50_ms),
-            p50_ms_per_image: summary.as_ref().map_or(0.0, |s| round3(s.p50_ms / n as f64)),
-            latency: summary,
-        });
     }
-    let best = batches
-        .iter()
-        .max_by(|a, b| a.images_per_s.total_cmp(&b.images_per_s))
-        .map(|b| Best { batch: b.batch, images_per_s: b.images_per_s });
+    let best = batches.iter().max_by(|a, b| a.images_per_s.total_cmp(&b.images_per_s)).map(|b| Best {
+        lanes: b.lanes,
+        batch: b.batch,
+        images_per_s: b.images_per_s,
+    });
 
     let report = Report {
         mode: "raw",
@@ -118,6 +103,71 @@ pub fn run(args: &BenchArgs, image: &[u8]) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// Runs batches of `size` on every lane at once for the configured time, and sums them.
+fn time_batches(models: &mut [Model], tensor: &[f32], size: u32, args: &BenchArgs) -> anyhow::Result<BatchReport> {
+    let n = size as usize;
+    let batch: Vec<f32> = tensor.repeat(n);
+    let lanes = models.len();
+    // One lane is a lone request (the whole-machine session, if the model has one); several
+    // are the lane sessions, as under load.
+    let alone = lanes == 1;
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let duration = Duration::from_secs_f64(args.duration);
+    let ready = std::sync::Barrier::new(lanes);
+    let per_lane: Vec<anyhow::Result<(Latency, u64, Duration)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = models
+            .iter_mut()
+            .map(|model| {
+                let (batch, ready) = (&batch, &ready);
+                scope.spawn(move || -> anyhow::Result<(Latency, u64, Duration)> {
+                    let warm_started = Instant::now();
+                    let mut warm_runs = 0;
+                    while warm_runs < MIN_WARMUP_RUNS || warm_started.elapsed() < warmup {
+                        std::hint::black_box(model.infer(batch, n, alone)?);
+                        warm_runs += 1;
+                    }
+                    ready.wait();
+                    let mut latency = Latency::new();
+                    let started = Instant::now();
+                    let mut runs: u64 = 0;
+                    loop {
+                        let t = Instant::now();
+                        std::hint::black_box(model.infer(batch, n, alone).with_context(|| format!("batch of {n}"))?);
+                        latency.record(t.elapsed());
+                        runs += 1;
+                        if started.elapsed() >= duration || args.iterations.is_some_and(|max| runs >= max) {
+                            break;
+                        }
+                    }
+                    Ok((latency, runs, started.elapsed()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a timing thread panicked"))))
+            .collect()
+    });
+    let mut latency = Latency::new();
+    let (mut runs, mut images_per_s) = (0u64, 0.0);
+    for lane in per_lane {
+        let (lane_latency, lane_runs, elapsed) = lane?;
+        latency.merge(&lane_latency);
+        runs += lane_runs;
+        images_per_s += lane_runs as f64 * n as f64 / elapsed.as_secs_f64().max(1e-9);
+    }
+    let summary = latency.summary();
+    Ok(BatchReport {
+        lanes,
+        batch: size,
+        runs,
+        images_per_s: round3(images_per_s),
+        p50_ms: summary.as_ref().map_or(0.0, |s| s.p50_ms),
+        p50_ms_per_image: summary.as_ref().map_or(0.0, |s| round3(s.p50_ms / n as f64)),
+        latency: summary,
+    })
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     mode: &'static str,
@@ -136,18 +186,20 @@ struct Report {
     /// `pipeline::preprocess` of the image (decode, resize, crop, normalize), not in `batches`.
     preprocess: Option<Summary>,
     batches: Vec<BatchReport>,
-    /// The batch size with the most images per second.
+    /// The lanes and batch size with the most images per second.
     best: Option<Best>,
 }
 
 #[derive(Debug, Serialize)]
 struct BatchReport {
+    /// Sessions running side by side (their images/s summed).
+    lanes: usize,
     batch: u32,
-    /// `Model::infer` calls timed.
+    /// `Model::infer` calls timed, all lanes together.
     runs: u64,
     /// Images per second of wall time over the timed runs.
     images_per_s: f64,
-    /// Median of one `Model::infer` call (the whole batch).
+    /// Median of one `Model::infer` call (the whole batch, on one lane).
     p50_ms: f64,
     p50_ms_per_image: f64,
     latency: Option<Summary>,
@@ -155,6 +207,7 @@ struct BatchReport {
 
 #[derive(Debug, Serialize)]
 struct Best {
+    lanes: usize,
     batch: u32,
     images_per_s: f64,
 }
@@ -183,14 +236,15 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:>5} {:>7} {:>8} {:>8} {:>8} {:>10} {:>9}",
-            "batch", "runs", "p50 ms", "p90 ms", "p99 ms", "ms/image", "images/s"
+            "{:>5} {:>5} {:>7} {:>8} {:>8} {:>8} {:>10} {:>9}",
+            "lanes", "batch", "runs", "p50 ms", "p90 ms", "p99 ms", "ms/image", "images/s"
         );
         for b in &self.batches {
             let l = b.latency.as_ref();
             let _ = writeln!(
                 out,
-                "{:>5} {:>7} {:>8} {:>8} {:>8} {:>10} {:>9.1}",
+                "{:>5} {:>5} {:>7} {:>8} {:>8} {:>8} {:>10} {:>9.1}",
+                b.lanes,
                 b.batch,
                 b.runs,
                 cell(l.map(|s| s.p50_ms)),
@@ -201,7 +255,11 @@ impl Report {
             );
         }
         if let Some(best) = &self.best {
-            let _ = writeln!(out, "\nbest: batch {} at {:.1} images/s", best.batch, best.images_per_s);
+            let _ = writeln!(
+                out,
+                "\nbest: {} lane(s), batch {} at {:.1} images/s",
+                best.lanes, best.batch, best.images_per_s
+            );
         }
         out
     }

@@ -23,6 +23,7 @@ pub fn load_tier(
         preprocess: models.preprocess(tier),
         intra_threads: models.intra_threads(),
         spin: models.spin(tier),
+        lanes: 1,
     };
     Classifier::start(config, BatchConfig { top_k, tier: tier.as_str(), ..BatchConfig::default() })
 }

@@ -125,6 +125,7 @@ fn model_config(models: &ModelArgs, labels: &Arc<Labels>, tier: Tier) -> ModelCo
         preprocess: models.preprocess(tier),
         intra_threads: models.intra_threads(),
         spin: models.spin(tier),
+        lanes: models.lanes(tier),
     }
 }
 

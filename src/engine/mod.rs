@@ -1,7 +1,11 @@
 //! Inference engine: ONNX Runtime models on dedicated threads, with dynamic batching.
 //!
-//! A [`Classifier`] owns one OS thread that loads its [`Model`] and runs every batch, so
-//! CPU-bound inference never runs on the async runtime's worker threads. Where an image is
+//! A [`Classifier`] owns one OS thread per *lane* of its [`Model`] (one lane by default) and
+//! runs every batch there, so CPU-bound inference never runs on the async runtime's worker
+//! threads. Lanes take batches from one shared queue and run them side by side, each on its
+//! share of the cores: a run on one thread needs no hand-off between threads inside the model,
+//! so it loses nothing when request handling takes a core for a moment, where a run spread
+//! over every core waits for the slowest of them at each operator. Where an image is
 //! decoded is a [`DecodeOn`] choice: the fast tier decodes on tokio's blocking pool, in
 //! parallel with the model, when the model is busy, and on its idle inference thread otherwise
 //! (two thread hand-offs fewer for a lone request); a background tier always decodes on its
@@ -14,9 +18,9 @@ pub mod priority;
 pub mod runtime;
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -187,6 +191,38 @@ struct Inner {
     decode_on: DecodeOn,
     /// Requests queued for or running on the inference thread, not yet answered.
     in_flight: Arc<AtomicUsize>,
+    tensors: Arc<TensorPool>,
+    /// Inference threads running, one per lane of the model.
+    lanes: usize,
+}
+
+/// Reused input tensors. An image's tensor is 600 KB: allocating and zeroing one per request,
+/// and the page faults of handing it back to the OS, cost more than the copy into a batch.
+struct TensorPool {
+    free: Mutex<Vec<Vec<f32>>>,
+    len: usize,
+    keep: usize,
+}
+
+impl TensorPool {
+    fn new(len: usize, keep: usize) -> Self {
+        Self { free: Mutex::new(Vec::with_capacity(keep)), len, keep }
+    }
+
+    /// A tensor of the right length; its contents are whatever the last user left.
+    fn take(&self) -> Vec<f32> {
+        let reused = self.free.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        reused.unwrap_or_else(|| vec![0.0; self.len])
+    }
+
+    fn give(&self, tensor: Vec<f32>) {
+        if tensor.len() == self.len {
+            let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+            if free.len() < self.keep {
+                free.push(tensor);
+            }
+        }
+    }
 }
 
 impl Classifier {
@@ -197,39 +233,66 @@ impl Classifier {
         let decode_on = batching.decode_on;
         let in_flight = Arc::new(AtomicUsize::new(0));
         let thread_in_flight = Arc::clone(&in_flight);
+        // Enough for every request that can be queued or running, up to a bound.
+        let tensors = Arc::new(TensorPool::new(config.preprocess.tensor_len(), batching.queue_capacity.clamp(1, 64)));
+        let thread_tensors = Arc::clone(&tensors);
         let (ready_tx, ready_rx) = mpsc::channel();
         let name = config.name();
         let preprocess = config.preprocess.clone();
         let thread_name = format!("infer-{name}");
         std::thread::Builder::new()
-            .name(thread_name)
+            .name(thread_name.clone())
             .spawn(move || {
                 // The model is created on this thread so ORT's own threads inherit its priority.
                 if let Err(err) = priority::apply_to_current_thread(batching.priority) {
                     tracing::warn!(error = %err, priority = ?batching.priority, "cannot lower inference priority");
                 }
-                let model = match Model::load(&config) {
-                    Ok(model) => {
-                        let _ = ready_tx.send(Ok(()));
-                        model
-                    }
+                let mut lanes = match Model::load_lanes(&config) {
+                    Ok(lanes) => lanes.into_iter(),
                     Err(err) => {
                         let _ = ready_tx.send(Err(err));
                         return;
                     }
                 };
-                inference_loop(model, &config, &batching, queue, &thread_in_flight);
+                let Some(first) = lanes.next() else {
+                    let _ = ready_tx.send(Err(EngineError::Inference("no lane was loaded".into())));
+                    return;
+                };
+                // Lanes share one queue: whichever is free takes the next batch.
+                let queue = Arc::new(Mutex::new(queue));
+                let mut started = 1;
+                for (i, lane) in lanes.enumerate() {
+                    let (config, batching, queue) = (config.clone(), batching.clone(), Arc::clone(&queue));
+                    let (in_flight, tensors) = (Arc::clone(&thread_in_flight), Arc::clone(&thread_tensors));
+                    // Threads inherit this one's priority; each lowers itself too, to be explicit.
+                    let spawned =
+                        std::thread::Builder::new().name(format!("{thread_name}-{}", i + 1)).spawn(move || {
+                            let _ = priority::apply_to_current_thread(batching.priority);
+                            inference_loop(lane, &config, &batching, &queue, &in_flight, &tensors);
+                        });
+                    match spawned {
+                        Ok(_) => started += 1,
+                        Err(err) => tracing::warn!(error = %err, "cannot start an inference lane; running with fewer"),
+                    }
+                }
+                let _ = ready_tx.send(Ok(started));
+                inference_loop(first, &config, &batching, &queue, &thread_in_flight, &thread_tensors);
             })
             .map_err(|e| EngineError::Inference(format!("cannot spawn inference thread: {e}")))?;
-        ready_rx
+        let lanes = ready_rx
             .recv()
             .map_err(|_| EngineError::Inference("the inference thread died while loading the model".into()))??;
-        Ok(Self { inner: Arc::new(Inner { requests, preprocess, name, tier, decode_on, in_flight }) })
+        Ok(Self { inner: Arc::new(Inner { requests, preprocess, name, tier, decode_on, in_flight, tensors, lanes }) })
     }
 
     /// The model's file name.
     pub fn model_name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Inference threads (lanes) serving this model.
+    pub fn lanes(&self) -> usize {
+        self.inner.lanes
     }
 
     /// Requests queued for or running on the inference thread, not yet answered.
@@ -270,12 +333,20 @@ impl Classifier {
     pub async fn preprocess(&self, image: impl AsRef<[u8]> + Send + 'static) -> Result<Vec<f32>, ClassifyError> {
         let config = self.inner.preprocess.clone();
         let tier = self.inner.tier;
+        let tensors = Arc::clone(&self.inner.tensors);
         let tensor = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let tensor = pipeline::preprocess(image.as_ref(), &config);
+            let mut tensor = tensors.take();
+            let outcome = pipeline::preprocess_into(image.as_ref(), &config, &mut tensor);
             metrics::histogram!(crate::metrics::PREPROCESS_DURATION, "tier" => tier)
                 .record(started.elapsed().as_secs_f64());
-            tensor
+            match outcome {
+                Ok(()) => Ok(tensor),
+                Err(err) => {
+                    tensors.give(tensor);
+                    Err(err)
+                }
+            }
         })
         .await
         .map_err(|_| ClassifyError::Stopped)??;
@@ -319,13 +390,14 @@ impl Classifier {
     }
 }
 
-/// Runs until every [`Classifier`] handle is dropped.
+/// One lane: runs until every [`Classifier`] handle is dropped.
 fn inference_loop(
     mut model: Model,
     config: &ModelConfig,
     batching: &BatchConfig,
-    queue: Receiver<Request>,
+    queue: &Mutex<Receiver<Request>>,
     in_flight: &AtomicUsize,
+    tensors: &TensorPool,
 ) {
     let name = config.name();
     let tensor_len = config.preprocess.tensor_len();
@@ -333,16 +405,29 @@ fn inference_loop(
     let mut batch: Vec<Request> = Vec::with_capacity(max_batch);
     let mut replies: Vec<oneshot::Sender<Result<Prediction, ClassifyError>>> = Vec::with_capacity(max_batch);
     let mut buffer: Vec<f32> = Vec::with_capacity(max_batch * tensor_len);
-    while let Ok(first) = queue.recv() {
-        batch.push(first);
-        collect_batch(&queue, &mut batch, max_batch, batching.max_delay);
+    loop {
+        {
+            // The lane holding the lock waits for the next request and takes its batch; the
+            // others wait for the lock, i.e. for their turn at the queue.
+            let queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let Ok(first) = queue.recv() else { break };
+            batch.push(first);
+            collect_batch(&queue, &mut batch, max_batch, batching.max_delay);
+        }
 
         // Nothing queued behind this batch: it has the machine to itself.
         let alone = in_flight.load(Ordering::Acquire) == batch.len();
         buffer.clear();
+        // A batch of one tensor runs straight from it, without a copy into `buffer`.
+        let mut single: Option<Vec<f32>> = None;
+        let lone = batch.len() == 1;
         for request in batch.drain(..) {
             match request.input {
-                Input::Tensor(tensor) => buffer.extend_from_slice(&tensor),
+                Input::Tensor(tensor) if lone => single = Some(tensor),
+                Input::Tensor(tensor) => {
+                    buffer.extend_from_slice(&tensor);
+                    tensors.give(tensor);
+                }
                 Input::Encoded { image, decoded } => {
                     let at = buffer.len();
                     buffer.resize(at + tensor_len, 0.0);
@@ -364,12 +449,16 @@ fn inference_loop(
         if replies.is_empty() {
             continue;
         }
+        let input: &[f32] = single.as_deref().unwrap_or(&buffer);
         let started = Instant::now();
         // A panic inside one batch fails that batch's requests, not the thread that serves
         // every later one.
         let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.infer(&buffer, replies.len(), alone)))
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.infer(input, replies.len(), alone)))
                 .unwrap_or_else(|_| Err(EngineError::Inference("the model panicked on this batch".into())));
+        if let Some(tensor) = single {
+            tensors.give(tensor);
+        }
         let elapsed = started.elapsed();
         let inference_ms = elapsed.as_secs_f64() * 1e3;
         metrics::histogram!(crate::metrics::INFERENCE_DURATION, "tier" => batching.tier, "model" => name.clone())

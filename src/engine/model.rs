@@ -1,10 +1,12 @@
 //! One ONNX classifier: an ORT session plus what it takes to read its output.
 //!
-//! A `Model` is not shared between threads: it lives on the inference thread that loaded it
-//! (see [`super::Classifier`]), which is why it needs no locking.
+//! A `Model` is one *lane*: it lives on one inference thread (see [`super::Classifier`]) and
+//! needs no locking for its own session. A model loaded with several lanes has one `Model` per
+//! lane, each with its own session on its share of the cores, all sharing the prepacked weights
+//! and the one whole-machine session kept for runs that have the machine to themselves.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
@@ -24,6 +26,10 @@ pub struct ModelConfig {
     pub intra_threads: usize,
     /// When ORT's idle intra-op threads busy-wait for work instead of sleeping.
     pub spin: Spin,
+    /// Sessions that run batches side by side when requests queue up, each on
+    /// `intra_threads / lanes` threads (1: one session on all of them). A lone request still
+    /// gets every thread: with more than one lane a whole-machine session is kept for it.
+    pub lanes: usize,
 }
 
 /// When a model's idle ONNX Runtime threads may busy-wait (spin) for work instead of sleeping.
@@ -63,44 +69,82 @@ impl ModelConfig {
 }
 
 pub struct Model {
+    /// This lane's session: every run that is not alone (and every run, without `alone_session`).
     session: Session,
-    /// With [`Spin::Idle`]: the same model, spinning inside a run only, for runs that have the
-    /// machine to themselves.
-    alone_session: Option<Session>,
+    /// With [`Spin::Idle`] or several lanes: the model on every thread (spinning inside the run
+    /// unless `--fast-spin off`), for runs that have the machine to themselves. Shared by the
+    /// lanes; only a run that is alone takes it, so the lock is not contended.
+    alone_session: Option<Arc<Mutex<Session>>>,
+    prepacked: PrepackedWeights,
     input_name: String,
     output_name: String,
     num_classes: usize,
     crop: usize,
 }
 
+/// How a model's sessions are set up, from its [`ModelConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SessionPlan {
+    lanes: usize,
+    lane_threads: usize,
+    lane_spins: bool,
+    /// Threads and "spin, then stop after the run" of the whole-machine session, if there is one.
+    alone: Option<(usize, bool, bool)>,
+}
+
+impl SessionPlan {
+    fn new(config: &ModelConfig) -> Self {
+        let threads = config.intra_threads.max(1);
+        let lanes = config.lanes.clamp(1, threads);
+        let alone = (config.spin == Spin::Idle || lanes > 1).then_some((
+            threads,
+            config.spin != Spin::Off,
+            config.spin == Spin::Idle,
+        ));
+        Self { lanes, lane_threads: (threads / lanes).max(1), lane_spins: config.spin == Spin::Always, alone }
+    }
+}
+
+/// One ORT session of the model.
+fn build_session(
+    config: &ModelConfig,
+    threads: usize,
+    spinning: bool,
+    stop_spinning_after_run: bool,
+    prepacked: &PrepackedWeights,
+) -> Result<Session, String> {
+    let env = runtime::environment().map_err(|e| e.to_string())?;
+    Session::builder(env)
+        .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
+        .and_then(|b| b.with_intra_threads(threads).map_err(Into::into))
+        .and_then(|b| b.with_intra_op_spinning(spinning).map_err(Into::into))
+        .and_then(|b| {
+            b.with_config_entry("session.force_spinning_stop", if stop_spinning_after_run { "1" } else { "0" })
+                .map_err(Into::into)
+        })
+        .and_then(|b| b.with_prepacked_weights(prepacked).map_err(Into::into))
+        .and_then(|mut b| b.commit_from_file(&config.path))
+        .map_err(|e| e.to_string())
+}
+
 impl Model {
     /// Loads and validates the model, then runs it once on a zero image so that the class count
     /// is checked against the labels and the first real request does not pay for warm-up.
     pub fn load(config: &ModelConfig) -> Result<Self, EngineError> {
-        let env = runtime::environment()?;
+        runtime::environment()?;
         let file = config.path.display().to_string();
         let invalid = |reason: String| EngineError::InvalidModel { file: file.clone(), reason };
         if !config.path.is_file() {
             return Err(EngineError::ModelMissing { file });
         }
+        let plan = SessionPlan::new(config);
         let prepacked = PrepackedWeights::new();
-        let build = |spinning: bool, stop_spinning_after_run: bool| {
-            Session::builder(env)
-                .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
-                .and_then(|b| b.with_intra_threads(config.intra_threads.max(1)).map_err(Into::into))
-                .and_then(|b| b.with_intra_op_spinning(spinning).map_err(Into::into))
-                .and_then(|b| {
-                    b.with_config_entry("session.force_spinning_stop", if stop_spinning_after_run { "1" } else { "0" })
-                        .map_err(Into::into)
-                })
-                .and_then(|b| b.with_prepacked_weights(&prepacked).map_err(Into::into))
-                .and_then(|mut b| b.commit_from_file(&config.path))
-                .map_err(|e| invalid(e.to_string()))
-        };
-        let session = build(config.spin == Spin::Always, false)?;
-        let alone_session = match config.spin {
-            Spin::Idle => Some(build(true, true)?),
-            Spin::Off | Spin::Always => None,
+        let session = build_session(config, plan.lane_threads, plan.lane_spins, false, &prepacked).map_err(invalid)?;
+        let alone_session = match plan.alone {
+            Some((threads, spinning, stop)) => {
+                Some(Arc::new(Mutex::new(build_session(config, threads, spinning, stop, &prepacked).map_err(invalid)?)))
+            }
+            None => None,
         };
 
         let [input] = session.inputs() else {
@@ -132,7 +176,8 @@ impl Model {
         };
         let output_name = output.name().to_owned();
 
-        let mut model = Self { session, alone_session, input_name, output_name, num_classes: 0, crop: crop as usize };
+        let mut model =
+            Self { session, alone_session, prepacked, input_name, output_name, num_classes: 0, crop: crop as usize };
         let zeros = vec![0.0; config.preprocess.tensor_len()];
         if model.alone_session.is_some() {
             model.run_raw(&zeros, 1, true).map_err(|e| invalid(e.to_string()))?;
@@ -150,6 +195,31 @@ impl Model {
         }
         model.num_classes = num_classes;
         Ok(model)
+    }
+
+    /// The model and `config.lanes - 1` more lanes of it (see [`ModelConfig::lanes`]).
+    pub fn load_lanes(config: &ModelConfig) -> Result<Vec<Self>, EngineError> {
+        let first = Self::load(config)?;
+        let plan = SessionPlan::new(config);
+        let mut lanes = Vec::with_capacity(plan.lanes);
+        for _ in 1..plan.lanes {
+            let session = build_session(config, plan.lane_threads, plan.lane_spins, false, &first.prepacked)
+                .map_err(|reason| EngineError::InvalidModel { file: config.path.display().to_string(), reason })?;
+            let mut lane = Self {
+                session,
+                alone_session: first.alone_session.clone(),
+                prepacked: first.prepacked.clone(),
+                input_name: first.input_name.clone(),
+                output_name: first.output_name.clone(),
+                num_classes: first.num_classes,
+                crop: first.crop,
+            };
+            // Warm-up, as for the first lane: the first request must not pay for it.
+            lane.run_raw(&vec![0.0; config.preprocess.tensor_len()], 1, false)?;
+            lanes.push(lane);
+        }
+        lanes.insert(0, first);
+        Ok(lanes)
     }
 
     pub fn num_classes(&self) -> usize {
@@ -172,8 +242,13 @@ impl Model {
     fn run_raw(&mut self, batch: &[f32], n: usize, alone: bool) -> Result<(Vec<usize>, Vec<f32>), EngineError> {
         let shape = [n, 3, self.crop, self.crop];
         let tensor = TensorRef::from_array_view((shape, batch)).map_err(|e| EngineError::Inference(e.to_string()))?;
-        let session = match (&mut self.alone_session, alone) {
-            (Some(session), true) => session,
+        // A run that is alone takes the shared whole-machine session, if there is one.
+        let mut alone_guard;
+        let session: &mut Session = match (&self.alone_session, alone) {
+            (Some(shared), true) => {
+                alone_guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                &mut alone_guard
+            }
             _ => &mut self.session,
         };
         let outputs = session
@@ -202,7 +277,45 @@ fn to_probabilities(row: &[f32]) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
-    use super::to_probabilities;
+    use super::*;
+
+    fn plan(intra_threads: usize, lanes: usize, spin: Spin) -> SessionPlan {
+        let config = ModelConfig {
+            path: PathBuf::new(),
+            labels: Arc::new(Labels::parse("a\n")),
+            preprocess: PreprocessConfig::default(),
+            intra_threads,
+            spin,
+            lanes,
+        };
+        SessionPlan::new(&config)
+    }
+
+    #[test]
+    fn one_lane_keeps_one_session_on_every_thread() {
+        let expected = |alone| SessionPlan { lanes: 1, lane_threads: 2, lane_spins: false, alone };
+        assert_eq!(plan(2, 1, Spin::Off), expected(None));
+        assert_eq!(plan(2, 1, Spin::Idle), expected(Some((2, true, true))));
+        assert_eq!(plan(2, 1, Spin::Always), SessionPlan { lane_spins: true, ..expected(None) });
+    }
+
+    #[test]
+    fn lanes_split_the_threads_and_keep_a_whole_machine_session_for_lone_runs() {
+        assert_eq!(
+            plan(2, 2, Spin::Idle),
+            SessionPlan { lanes: 2, lane_threads: 1, lane_spins: false, alone: Some((2, true, true)) }
+        );
+        assert_eq!(
+            plan(16, 4, Spin::Off),
+            SessionPlan { lanes: 4, lane_threads: 4, lane_spins: false, alone: Some((16, false, false)) }
+        );
+        // Never more lanes than threads.
+        assert_eq!(plan(2, 8, Spin::Always).lanes, 2);
+        assert_eq!(
+            plan(1, 4, Spin::Idle),
+            SessionPlan { lanes: 1, lane_threads: 1, lane_spins: false, alone: Some((1, true, true)) }
+        );
+    }
 
     #[test]
     fn softmax_of_logits_sums_to_one_and_keeps_order() {
