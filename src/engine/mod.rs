@@ -19,12 +19,13 @@ pub mod runtime;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -184,7 +185,7 @@ pub struct Classifier {
 }
 
 struct Inner {
-    requests: SyncSender<Request>,
+    requests: Sender<Request>,
     preprocess: PreprocessConfig,
     name: String,
     tier: &'static str,
@@ -228,7 +229,8 @@ impl TensorPool {
 impl Classifier {
     /// Starts the inference thread, which loads the model; returns once it is ready (or failed).
     pub fn start(config: ModelConfig, batching: BatchConfig) -> Result<Self, EngineError> {
-        let (requests, queue) = mpsc::sync_channel(batching.queue_capacity.max(1));
+        // Multi-consumer: every lane waits on it, and each request wakes only one of them.
+        let (requests, queue) = crossbeam_channel::bounded(batching.queue_capacity.max(1));
         let tier = batching.tier;
         let decode_on = batching.decode_on;
         let in_flight = Arc::new(AtomicUsize::new(0));
@@ -259,10 +261,9 @@ impl Classifier {
                     return;
                 };
                 // Lanes share one queue: whichever is free takes the next batch.
-                let queue = Arc::new(Mutex::new(queue));
                 let mut started = 1;
                 for (i, lane) in lanes.enumerate() {
-                    let (config, batching, queue) = (config.clone(), batching.clone(), Arc::clone(&queue));
+                    let (config, batching, queue) = (config.clone(), batching.clone(), queue.clone());
                     let (in_flight, tensors) = (Arc::clone(&thread_in_flight), Arc::clone(&thread_tensors));
                     // Threads inherit this one's priority; each lowers itself too, to be explicit.
                     let spawned =
@@ -395,7 +396,7 @@ fn inference_loop(
     mut model: Model,
     config: &ModelConfig,
     batching: &BatchConfig,
-    queue: &Mutex<Receiver<Request>>,
+    queue: &Receiver<Request>,
     in_flight: &AtomicUsize,
     tensors: &TensorPool,
 ) {
@@ -405,15 +406,9 @@ fn inference_loop(
     let mut batch: Vec<Request> = Vec::with_capacity(max_batch);
     let mut replies: Vec<oneshot::Sender<Result<Prediction, ClassifyError>>> = Vec::with_capacity(max_batch);
     let mut buffer: Vec<f32> = Vec::with_capacity(max_batch * tensor_len);
-    loop {
-        {
-            // The lane holding the lock waits for the next request and takes its batch; the
-            // others wait for the lock, i.e. for their turn at the queue.
-            let queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
-            let Ok(first) = queue.recv() else { break };
-            batch.push(first);
-            collect_batch(&queue, &mut batch, max_batch, batching.max_delay);
-        }
+    while let Ok(first) = queue.recv() {
+        batch.push(first);
+        collect_batch(queue, &mut batch, max_batch, batching.max_delay);
 
         // Nothing queued behind this batch: it has the machine to itself.
         let alone = in_flight.load(Ordering::Acquire) == batch.len();
