@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::Arc;
 
-use tandem::engine::{BatchConfig, Classifier, ClassifyError, DecodeOn, ModelConfig, Spin};
+use tandem::engine::{BatchConfig, Classifier, ClassifyError, DecodeOn, ModelConfig, Prediction, Spin};
 use tandem::labels::Labels;
 use tandem::pipeline::ImageError;
 use tandem::pipeline::PreprocessConfig;
@@ -68,30 +68,10 @@ fn efficientnet_lite2_matches_golden() {
 fn batched_inference_matches_single() {
     let single = classifier("mobilenet_v2.onnx", 1);
     let batched = classifier("mobilenet_v2.onnx", 8);
-    let photos: Vec<Vec<u8>> = (1..=8)
-        .map(|i| std::fs::read(common::images_dir().join(format!("sample_{i:02}.jpg"))).expect("photo"))
-        .collect();
+    let photos = samples(8);
+    let references: Vec<_> = photos.iter().map(|p| single.classify_blocking(p).expect("classify")).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
-    let answers = runtime.block_on(async {
-        let tasks: Vec<_> = photos
-            .iter()
-            .cloned()
-            .map(|photo| {
-                let batched = batched.clone();
-                tokio::spawn(async move { batched.classify(photo).await })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for task in tasks {
-            out.push(task.await.expect("join").expect("classify"));
-        }
-        out
-    });
-    for (photo, answer) in photos.iter().zip(answers) {
-        let reference = single.classify_blocking(photo).expect("classify");
-        assert_eq!(answer.class_index, reference.class_index);
-        assert!((answer.score - reference.score).abs() < 1e-4);
-    }
+    runtime.block_on(check_all_at_once(&batched, &photos, &references));
 }
 
 #[test]
@@ -140,6 +120,37 @@ fn a_file_that_is_not_a_model_is_refused_with_its_name() {
     assert!(err.to_string().contains("imagenet_classes.txt"), "{err}");
 }
 
+/// `sample_01.jpg` to `sample_{n}.jpg`.
+fn samples(n: usize) -> Vec<Vec<u8>> {
+    (1..=n).map(|i| std::fs::read(common::images_dir().join(format!("sample_{i:02}.jpg"))).expect("photo")).collect()
+}
+
+/// Classifies each photo in turn and checks it against its reference answer.
+async fn check_one_at_a_time(classifier: &Classifier, photos: &[Vec<u8>], references: &[Prediction]) {
+    for (photo, reference) in photos.iter().zip(references) {
+        let answer = classifier.classify(photo.clone()).await.expect("classify");
+        assert_eq!(answer.class_index, reference.class_index);
+        assert!((answer.score - reference.score).abs() < 1e-5, "{} vs {}", answer.score, reference.score);
+    }
+}
+
+/// Classifies every photo at once (so they queue up behind each other) and checks each answer.
+async fn check_all_at_once(classifier: &Classifier, photos: &[Vec<u8>], references: &[Prediction]) {
+    let tasks: Vec<_> = photos
+        .iter()
+        .cloned()
+        .map(|photo| {
+            let classifier = classifier.clone();
+            tokio::spawn(async move { classifier.classify(photo).await })
+        })
+        .collect();
+    for (task, reference) in tasks.into_iter().zip(references) {
+        let answer = task.await.expect("join").expect("classify");
+        assert_eq!(answer.class_index, reference.class_index);
+        assert!((answer.score - reference.score).abs() < 1e-4);
+    }
+}
+
 /// The fast tier's serving setup (decoding on the idle inference thread, spinning only in runs
 /// that are alone) gives exactly the answers of the plain one, whichever thread decoded, and
 /// refuses a bad image at `admit` without leaving it counted as in flight.
@@ -148,19 +159,13 @@ fn decoding_on_the_idle_inference_thread_gives_the_same_answers() {
     let plain = classifier_with("mobilenet_v2.onnx", BatchConfig::default(), Spin::Off, 1);
     let batching = BatchConfig { max_batch: 2, decode_on: DecodeOn::InferenceThreadWhenIdle, ..BatchConfig::default() };
     let serving = classifier_with("mobilenet_v2.onnx", batching, Spin::Idle, 1);
-    let photos: Vec<Vec<u8>> = (1..=6)
-        .map(|i| std::fs::read(common::images_dir().join(format!("sample_{i:02}.jpg"))).expect("photo"))
-        .collect();
+    let photos = samples(6);
     let references: Vec<_> = photos.iter().map(|p| plain.classify_blocking(p).expect("classify")).collect();
     let bad = std::fs::read(common::images_dir().join("bad_inputs/truncated.jpg")).expect("bad input");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
     runtime.block_on(async {
         // One at a time: each is decoded on the (idle) inference thread and runs alone.
-        for (photo, reference) in photos.iter().zip(&references) {
-            let answer = serving.classify(photo.clone()).await.expect("classify");
-            assert_eq!(answer.class_index, reference.class_index);
-            assert!((answer.score - reference.score).abs() < 1e-5, "{} vs {}", answer.score, reference.score);
-        }
+        check_one_at_a_time(&serving, &photos, &references).await;
         match serving.admit(bad.clone().into()).await {
             Err(ClassifyError::Image(ImageError::Truncated(_))) => {}
             Err(other) => panic!("a truncated JPEG gave {other}"),
@@ -168,19 +173,7 @@ fn decoding_on_the_idle_inference_thread_gives_the_same_answers() {
         }
         assert_eq!(serving.in_flight(), 0, "a refused image stays counted");
         // All at once: the later ones find the thread busy and decode on the blocking pool.
-        let tasks: Vec<_> = photos
-            .iter()
-            .cloned()
-            .map(|photo| {
-                let serving = serving.clone();
-                tokio::spawn(async move { serving.classify(photo).await })
-            })
-            .collect();
-        for (task, reference) in tasks.into_iter().zip(&references) {
-            let answer = task.await.expect("join").expect("classify");
-            assert_eq!(answer.class_index, reference.class_index);
-            assert!((answer.score - reference.score).abs() < 1e-4);
-        }
+        check_all_at_once(&serving, &photos, &references).await;
         assert_eq!(serving.in_flight(), 0);
     });
 }
@@ -194,31 +187,13 @@ fn lanes_give_the_same_answers_as_one_session() {
     let batching = BatchConfig { decode_on: DecodeOn::InferenceThreadWhenIdle, ..BatchConfig::default() };
     let lanes = classifier_with("mobilenet_v2.onnx", batching, Spin::Idle, 2);
     assert_eq!((plain.lanes(), lanes.lanes()), (1, 2));
-    let photos: Vec<Vec<u8>> = (1..=12)
-        .map(|i| std::fs::read(common::images_dir().join(format!("sample_{i:02}.jpg"))).expect("photo"))
-        .collect();
+    let photos = samples(12);
     let references: Vec<_> = photos.iter().map(|p| plain.classify_blocking(p).expect("classify")).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
     runtime.block_on(async {
-        for (photo, reference) in photos.iter().zip(&references) {
-            let answer = lanes.classify(photo.clone()).await.expect("classify");
-            assert_eq!(answer.class_index, reference.class_index);
-            assert!((answer.score - reference.score).abs() < 1e-5, "{} vs {}", answer.score, reference.score);
-        }
+        check_one_at_a_time(&lanes, &photos, &references).await;
         for _ in 0..3 {
-            let tasks: Vec<_> = photos
-                .iter()
-                .cloned()
-                .map(|photo| {
-                    let lanes = lanes.clone();
-                    tokio::spawn(async move { lanes.classify(photo).await })
-                })
-                .collect();
-            for (task, reference) in tasks.into_iter().zip(&references) {
-                let answer = task.await.expect("join").expect("classify");
-                assert_eq!(answer.class_index, reference.class_index);
-                assert!((answer.score - reference.score).abs() < 1e-4);
-            }
+            check_all_at_once(&lanes, &photos, &references).await;
         }
         assert_eq!(lanes.in_flight(), 0);
     });
