@@ -235,8 +235,9 @@ impl Classifier {
         let decode_on = batching.decode_on;
         let in_flight = Arc::new(AtomicUsize::new(0));
         let thread_in_flight = Arc::clone(&in_flight);
-        // Enough for every request that can be queued or running, up to a bound.
-        let tensors = Arc::new(TensorPool::new(config.preprocess.tensor_len(), batching.queue_capacity.clamp(1, 64)));
+        // Enough for a steady load's requests in flight; past that (an overload burst) tensors
+        // are allocated and freed as before, so a burst does not leave memory held.
+        let tensors = Arc::new(TensorPool::new(config.preprocess.tensor_len(), batching.queue_capacity.clamp(1, 16)));
         let thread_tensors = Arc::clone(&tensors);
         let (ready_tx, ready_rx) = mpsc::channel();
         let name = config.name();
