@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{FromRequest, Multipart};
 use axum::http::{Request, header};
 use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::BodyExt as _;
 
 use super::error::ApiError;
@@ -50,30 +50,15 @@ const DRAIN_BYTES: usize = 64 << 20;
 
 /// Reads the whole body, at most `max_body` bytes of it.
 async fn read_body(mut body: Body, max_body: usize) -> Result<Bytes, ApiError> {
-    // A single-frame body (the usual case for small images) is kept as it came, without a copy.
-    let mut first: Option<Bytes> = None;
-    let mut joined: Option<BytesMut> = None;
-    let mut len = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::BodyRead(e.to_string()))?;
-        let Ok(data) = frame.into_data() else { continue };
-        len += data.len();
-        if len > max_body {
+    // Limited over a borrow, so that an over-long body can still be drained afterwards.
+    match http_body_util::Limited::new(&mut body, max_body).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
             drain(body).await;
-            return Err(ApiError::BodyTooLarge { limit: max_body });
+            Err(ApiError::BodyTooLarge { limit: max_body })
         }
-        match (&mut first, &mut joined) {
-            (None, None) => first = Some(data),
-            (Some(_), None) => {
-                let mut buffer = BytesMut::with_capacity(len.max(64 << 10));
-                buffer.extend_from_slice(first.take().as_deref().unwrap_or_default());
-                buffer.extend_from_slice(&data);
-                joined = Some(buffer);
-            }
-            (_, Some(buffer)) => buffer.extend_from_slice(&data),
-        }
+        Err(err) => Err(ApiError::BodyRead(err.to_string())),
     }
-    Ok(joined.map(BytesMut::freeze).or(first).unwrap_or_default())
 }
 
 /// Reads and discards the rest of a body, within [`DRAIN_TIME`] and [`DRAIN_BYTES`].

@@ -3,8 +3,8 @@
 //! The image is preprocessed once (that time is reported separately); then, for each number of
 //! lanes and each batch size, the tensor is repeated into a batch and `Model::infer` runs back
 //! to back on every lane at once, one thread per lane: warm-up, then `--duration` seconds or
-//! `--iterations` runs per lane, whichever ends first. The model is loaded with
-//! `Model::load_lanes`, with the tier's `serve` settings (intra-op threads, spinning), so
+//! `--iterations` runs per lane, whichever ends first. The model is loaded with `Model::load`
+//! (and `Model::more_lanes`), with the tier's `serve` settings (intra-op threads, spinning), so
 //! nothing but ORT and the softmax on its output is timed. One lane runs as a lone `serve`
 //! request does (every thread, spinning per the setting); several run as `serve` does under load.
 
@@ -64,15 +64,15 @@ pub fn run(args: &BenchArgs, image: &[u8]) -> anyhow::Result<bool> {
     } else {
         args.lanes.iter().map(|&n| n as usize).collect()
     };
-    let mut load_ms = 0.0;
+    let mut load_ms = None;
     let mut batches = Vec::with_capacity(args.batch.len() * lane_counts.len());
     for &lanes in &lane_counts {
         config.lanes = lanes;
         let load_started = Instant::now();
-        let mut models = Model::load_lanes(&config)?;
-        if lanes == 1 {
-            load_ms = load_started.elapsed().as_secs_f64() * 1e3;
-        }
+        let first = Model::load(&config)?;
+        load_ms.get_or_insert(load_started.elapsed().as_secs_f64() * 1e3);
+        let mut models = first.more_lanes(&config)?;
+        models.insert(0, first);
         for &size in &args.batch {
             batches.push(time_batches(&mut models, &tensor, size, args)?);
         }
@@ -92,7 +92,7 @@ pub fn run(args: &BenchArgs, image: &[u8]) -> anyhow::Result<bool> {
         crop: preprocess.crop,
         intra_threads: config.intra_threads,
         spinning: config.spin,
-        load_ms: round3(load_ms),
+        load_ms: round3(load_ms.unwrap_or_default()),
         warmup_s: args.warmup,
         duration_s: args.duration,
         preprocess: preprocess_latency.summary(),

@@ -250,20 +250,17 @@ impl Classifier {
                 if let Err(err) = priority::apply_to_current_thread(batching.priority) {
                     tracing::warn!(error = %err, priority = ?batching.priority, "cannot lower inference priority");
                 }
-                let mut lanes = match Model::load_lanes(&config) {
-                    Ok(lanes) => lanes.into_iter(),
+                let loaded = Model::load(&config).and_then(|first| Ok((first.more_lanes(&config)?, first)));
+                let (lanes, first) = match loaded {
+                    Ok(loaded) => loaded,
                     Err(err) => {
                         let _ = ready_tx.send(Err(err));
                         return;
                     }
                 };
-                let Some(first) = lanes.next() else {
-                    let _ = ready_tx.send(Err(EngineError::Inference("no lane was loaded".into())));
-                    return;
-                };
                 // Lanes share one queue: whichever is free takes the next batch.
                 let mut started = 1;
-                for (i, lane) in lanes.enumerate() {
+                for (i, lane) in lanes.into_iter().enumerate() {
                     let (config, batching, queue) = (config.clone(), batching.clone(), queue.clone());
                     let (in_flight, tensors) = (Arc::clone(&thread_in_flight), Arc::clone(&thread_tensors));
                     // Threads inherit this one's priority; each lowers itself too, to be explicit.

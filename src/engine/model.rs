@@ -197,28 +197,27 @@ impl Model {
         Ok(model)
     }
 
-    /// The model and `config.lanes - 1` more lanes of it (see [`ModelConfig::lanes`]).
-    pub fn load_lanes(config: &ModelConfig) -> Result<Vec<Self>, EngineError> {
-        let first = Self::load(config)?;
+    /// `config.lanes - 1` more lanes of this model (see [`ModelConfig::lanes`]): sessions of
+    /// their own, sharing this one's prepacked weights and whole-machine session.
+    pub fn more_lanes(&self, config: &ModelConfig) -> Result<Vec<Self>, EngineError> {
         let plan = SessionPlan::new(config);
-        let mut lanes = Vec::with_capacity(plan.lanes);
+        let mut lanes = Vec::with_capacity(plan.lanes.saturating_sub(1));
         for _ in 1..plan.lanes {
-            let session = build_session(config, plan.lane_threads, plan.lane_spins, false, &first.prepacked)
+            let session = build_session(config, plan.lane_threads, plan.lane_spins, false, &self.prepacked)
                 .map_err(|reason| EngineError::InvalidModel { file: config.path.display().to_string(), reason })?;
             let mut lane = Self {
                 session,
-                alone_session: first.alone_session.clone(),
-                prepacked: first.prepacked.clone(),
-                input_name: first.input_name.clone(),
-                output_name: first.output_name.clone(),
-                num_classes: first.num_classes,
-                crop: first.crop,
+                alone_session: self.alone_session.clone(),
+                prepacked: self.prepacked.clone(),
+                input_name: self.input_name.clone(),
+                output_name: self.output_name.clone(),
+                num_classes: self.num_classes,
+                crop: self.crop,
             };
             // Warm-up, as for the first lane: the first request must not pay for it.
             lane.run_raw(&vec![0.0; config.preprocess.tensor_len()], 1, false)?;
             lanes.push(lane);
         }
-        lanes.insert(0, first);
         Ok(lanes)
     }
 
