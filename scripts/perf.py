@@ -31,6 +31,7 @@ MODEL_ARGS = ["--model-dir", MODELS, "--accurate-model", "resnet50-untrained.onn
 PACED_RATE = 10  # req/s of the light foreground load used for target 4
 T1_SLICES = 4  # target 1: raw and HTTP c=1 runs alternate this many times per round
 T4_SLICES = 3  # target 4: idle, busy and accurate-alone runs alternate this many times per round
+CORES = os.cpu_count() or 1
 
 
 def free_port():
@@ -39,11 +40,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+def start_bench(*args):
+    return subprocess.Popen([TANDEM, "bench", "--json", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finish_bench(p, args):
+    out, err = p.communicate()
+    if not out.strip():
+        raise RuntimeError(f"tandem bench {' '.join(args)} failed: {err[-2000:]}")
+    return json.loads(out)
+
+
 def bench(*args):
-    out = subprocess.run([TANDEM, "bench", "--json", *args], capture_output=True, text=True, check=False)
-    if not out.stdout.strip():
-        raise RuntimeError(f"tandem bench {' '.join(args)} failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout)
+    return finish_bench(start_bench(*args), args)
 
 
 def get(url):
@@ -51,13 +61,18 @@ def get(url):
         return r.read().decode()
 
 
-def counter(metrics_url, name):
-    """Sum of a Prometheus counter's samples whose line starts with `name`."""
-    total = 0.0
+def counters(metrics_url, *names):
+    """For each name, the sum of the samples whose line starts with it, from one scrape."""
+    totals = [0.0] * len(names)
     for line in get(metrics_url).splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+        for i, name in enumerate(names):
+            if line.startswith(name):
+                totals[i] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def counter(metrics_url, name):
+    return counters(metrics_url, name)[0]
 
 
 def cpu_snapshot(serve_pid, other_pids):
@@ -92,14 +107,12 @@ def bench_with_cpu(serve_pid, redis_pid, duration, *args):
     shares of the machine for the server's inference threads, its other threads (HTTP, decoding,
     Redis client), redis-server and the load generator; the rest is the kernel's work outside
     those (interrupts, softirqs) and everything else on the machine."""
-    p = subprocess.Popen([TANDEM, "bench", "--json", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = start_bench(*args)
     time.sleep(1.5)  # past the 1 s warm-up
     before = cpu_snapshot(serve_pid, [redis_pid, p.pid])
     time.sleep(max(1.0, duration - 2.0))
     after = cpu_snapshot(serve_pid, [redis_pid, p.pid])
-    out, err = p.communicate()
-    if not out.strip():
-        raise RuntimeError(f"tandem bench {' '.join(args)} failed: {err[-2000:]}")
+    report = finish_bench(p, args)
     machine = after[0] - before[0]
     shares = {
         "infer": (after[1] - before[1]) / machine,
@@ -107,7 +120,7 @@ def bench_with_cpu(serve_pid, redis_pid, duration, *args):
         "redis": (after[3][0] - before[3][0]) / machine,
         "load_generator": (after[3][1] - before[3][1]) / machine,
     }
-    return json.loads(out), shares
+    return report, shares
 
 
 def rss_kib(pid, field):
@@ -228,8 +241,7 @@ def one_round(redis_url, redis_pid, duration, round_no):
     # does not: with every core busy, images/s can be at most cores / (CPU per image in raw +
     # preprocessing), even if HTTP, Redis and the load generator cost nothing.
     r["preprocess_p50_ms"] = raw_fast["preprocess"]["p50_ms"]
-    cores = os.cpu_count() or 1
-    r["preprocess_ceiling_ips"] = cores / (cores / r["raw_fast_best_ips"] + r["preprocess_p50_ms"] / 1e3)
+    r["preprocess_ceiling_ips"] = CORES / (CORES / r["raw_fast_best_ips"] + r["preprocess_p50_ms"] / 1e3)
     r["raw_acc_by_batch"] = {f"{b['lanes']}x{b['batch']}": b["images_per_s"] for b in raw_acc["batches"]}
 
     # Foreground only: Redis mode with no worker, so nothing runs the accurate tier.
@@ -240,18 +252,18 @@ def one_round(redis_url, redis_pid, duration, round_no):
         large = bench("--url", fg.url, "--image", LARGE, "--concurrency", "1", "--duration", d)
         r["large_p50_ms"] = p50(large)
         metrics_url = fg.url + "/metrics"
-        pre = [counter(metrics_url, f"tandem_preprocess_duration_seconds_{k}") for k in ("sum", "count")]
+        preprocess = ("tandem_preprocess_duration_seconds_sum", "tandem_preprocess_duration_seconds_count")
+        pre = counters(metrics_url, *preprocess)
         c8, shares = bench_with_cpu(fg.p.pid, redis_pid, duration, "--url", fg.url, "--image", IMAGE,
                                     "--concurrency", "8", "--duration", d)
         r["c8_rps"] = c8["routes"]["predict"]["throughput_rps"]
-        post = [counter(metrics_url, f"tandem_preprocess_duration_seconds_{k}") for k in ("sum", "count")]
+        post = counters(metrics_url, *preprocess)
         r["c8_preprocess_mean_ms"] = (post[0] - pre[0]) / max(1.0, post[1] - pre[1]) * 1e3
         for part, share in shares.items():
             r[f"c8_cpu_{part}"] = share
         # Inference CPU per request in the server against raw's CPU per image (all cores busy).
-        cores = os.cpu_count() or 1
-        r["c8_infer_cpu_ms"] = shares["infer"] * cores / r["c8_rps"] * 1e3
-        r["raw_fast_cpu_ms"] = cores / r["raw_fast_best_ips"] * 1e3
+        r["c8_infer_cpu_ms"] = shares["infer"] * CORES / r["c8_rps"] * 1e3
+        r["raw_fast_cpu_ms"] = CORES / r["raw_fast_best_ips"] * 1e3
         steady = rss_kib(fg.p.pid, "VmRSS:")
         mixed = bench("--url", fg.url, "--image", IMAGE, "--concurrency", "8", "--duration", d,
                       "--mix", "health:2")
