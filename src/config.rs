@@ -4,7 +4,6 @@
 //! default. Option groups are shared between subcommands with `#[command(flatten)]`, so a flag
 //! means the same thing everywhere it appears.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,6 +22,16 @@ use crate::pipeline::PreprocessConfig;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log lines as `text` (for people) or `json` (one object a line, for log collectors).
+    #[arg(long, global = true, env = "TANDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -318,9 +327,9 @@ pub struct WorkerPoolArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on: `HOST:PORT`, the host a name or an IP (`0.0.0.0:8000`: every interface).
     #[arg(long, env = "TANDEM_ADDR", default_value = "127.0.0.1:8000")]
-    pub addr: SocketAddr,
+    pub addr: String,
 
     #[command(flatten)]
     pub models: ModelArgs,
@@ -364,13 +373,39 @@ pub struct ServeArgs {
     /// Seconds a client has to send its request headers (against slow clients).
     #[arg(long, env = "TANDEM_HEADER_TIMEOUT", default_value_t = 10.0)]
     pub header_timeout: f64,
+
+    #[command(flatten)]
+    pub access: AccessArgs,
+}
+
+/// Who may call the API: optional bearer-token keys and browser origins (CORS). Off by default.
+#[derive(Debug, Clone, Args)]
+pub struct AccessArgs {
+    /// API key(s) a client must send as `Authorization: Bearer <key>` (comma-separated or
+    /// repeated; unset: no authentication).
+    #[arg(long = "api-key", env = "TANDEM_API_KEY", value_delimiter = ',', hide_env_values = true, value_name = "KEY")]
+    pub api_keys: Vec<String>,
+
+    /// With --api-key: `/health`, `/health/live` and `/health/ready` need the key too
+    /// (by default they stay open, for load balancers and orchestrators).
+    #[arg(long, env = "TANDEM_PROTECT_HEALTH")]
+    pub protect_health: bool,
+
+    /// With --api-key: `/metrics` needs the key too (by default it stays open, for scrapers).
+    #[arg(long, env = "TANDEM_PROTECT_METRICS")]
+    pub protect_metrics: bool,
+
+    /// Origin(s) whose pages may call the API from a browser (CORS), e.g.
+    /// `https://app.example.com`; `*` for any (comma-separated or repeated; unset: no CORS).
+    #[arg(long = "cors-origin", env = "TANDEM_CORS_ORIGIN", value_delimiter = ',', value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
-    /// Address for the worker's own `GET /metrics` and `GET /health/live` (unset: none).
+    /// `HOST:PORT` for the worker's own `GET /metrics` and `GET /health/live` (unset: none).
     #[arg(long, env = "TANDEM_METRICS_ADDR")]
-    pub metrics_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<String>,
 
     #[command(flatten)]
     pub models: ModelArgs,

@@ -1,11 +1,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tandem::config::{Cli, Command, ModelsCommand};
+use tandem::config::{Cli, Command, LogFormat, ModelsCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     let outcome = match &cli.command {
         Command::Serve(args) => tandem::cli::serve::serve(args).map(|()| true),
         Command::Worker(args) => tandem::cli::serve::worker(args).map(|()| true),
@@ -25,10 +25,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("TANDEM_LOG").unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
-    // Colours only for a person at a terminal, not in log files and collectors.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        // One JSON object a line, fields at the top level, for log collectors.
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Text => {
+            // Colours only for a person at a terminal, not in log files and collectors.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder.with_ansi(ansi).init();
+        }
+    }
 }

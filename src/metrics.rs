@@ -47,6 +47,27 @@ pub fn install() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// Series a `serve` can produce, at 0 from the start: dashboards and alerts (`rate()`,
+/// `absent()`) expect every known series to exist before its first event.
+pub fn register_serve_series() {
+    metrics::counter!(JOBS_ENQUEUED).absolute(0);
+    for reason in ["full", "unavailable"] {
+        metrics::counter!(JOBS_REJECTED, "reason" => reason).absolute(0);
+    }
+    register_worker_series();
+}
+
+/// Series a worker (or the embedded one inside `serve`) can produce, at 0 from the start.
+pub fn register_worker_series() {
+    for status in ["completed", "failed"] {
+        metrics::counter!(JOBS_FINISHED, "status" => status).absolute(0);
+    }
+    metrics::counter!(JOB_ATTEMPTS).absolute(0);
+    for agree in ["true", "false"] {
+        metrics::counter!(TIER_AGREEMENT, "agree" => agree).absolute(0);
+    }
+}
+
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route, method and status");

@@ -10,6 +10,11 @@ use crate::engine::{ClassifyError, EngineError};
 use crate::pipeline::ImageError;
 use crate::queue::QueueError;
 
+/// Most headers a request may carry, and their total size (names and values). Past these the
+/// request gets a JSON 431; hyper itself closes connections far past them (bare 431).
+pub const HEADER_COUNT_LIMIT: usize = 100;
+pub const HEADER_BYTES_LIMIT: usize = 32 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("request body is larger than {limit} bytes")]
@@ -38,8 +43,17 @@ pub enum ApiError {
     JobNotFound(String),
     #[error("too many requests in flight; retry shortly")]
     Overloaded,
-    #[error("the request took longer than {0:.1} s")]
+    /// The configured `--request-timeout`, shown as the operator gave it.
+    #[error("the request took longer than {0} s")]
     Timeout(f64),
+    #[error("missing or wrong API key: send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    #[error(
+        "request headers are too large ({0}); at most {HEADER_COUNT_LIMIT} headers of {HEADER_BYTES_LIMIT} bytes in all"
+    )]
+    HeadersTooLarge(String),
     #[error(transparent)]
     Queue(QueueError),
     #[error("inference failed: {0}")]
@@ -56,9 +70,10 @@ impl ApiError {
             BodyTooLarge { .. } | Image(ImageError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             MissingField(_) | InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            BodyRead(_) | InvalidJson(_) | InvalidBase64(_) | InvalidMultipart(_) | Image(_) | InvalidJobId(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            BodyRead(_) | InvalidJson(_) | InvalidBase64(_) | InvalidMultipart(_) | Image(_) | InvalidJobId(_)
+            | InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             JobNotFound(_) => StatusCode::NOT_FOUND,
             Overloaded => StatusCode::TOO_MANY_REQUESTS,
             Timeout(_) | Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -88,6 +103,9 @@ impl ApiError {
             JobNotFound(_) => "job_not_found",
             Overloaded => "overloaded",
             Timeout(_) => "timeout",
+            Unauthorized => "unauthorized",
+            InvalidQuery(_) => "invalid_query",
+            HeadersTooLarge(_) => "headers_too_large",
             Queue(_) => "queue_unavailable",
             Inference(_) => "inference_failed",
             Internal(_) => "internal",
@@ -111,6 +129,28 @@ pub fn error_body(code: &str, message: &str) -> serde_json::Value {
     json!({"error": {"code": code, "message": message}})
 }
 
+/// The stable `code` for an error status that did not come from an [`ApiError`] (the router's
+/// own 404/405, an extractor's rejection), so that those leave in the same shape.
+pub fn code_for_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
+        StatusCode::TOO_MANY_REQUESTS => "overloaded",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_server_error() => "internal",
+        _ => "error",
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -118,6 +158,9 @@ impl IntoResponse for ApiError {
             tracing::warn!(code = self.code(), error = %self, "request failed");
         }
         let mut response = (status, Json(error_body(self.code(), &self.to_string()))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

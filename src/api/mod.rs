@@ -3,29 +3,34 @@
 //! Handlers only move data between HTTP and the engine/queue: the fast tier answers, the job
 //! is durably enqueued *before* the response is sent, and every error goes through
 //! [`error::ApiError`] so it leaves as `{"error": {"code", "message"}}` with the right status.
+//! What wraps every route (request ids, logs, metrics, auth, CORS) is in [`middleware`].
 
 pub mod error;
 pub mod input;
+pub mod middleware;
 pub mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{Request, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use uuid::Uuid;
 
-use crate::engine::Classifier;
+use crate::engine::{Classifier, Prediction};
 use crate::jobs::{JobRecord, JobStatus, format_ms, now_ms};
 use crate::queue::JobQueue;
 use error::{ApiError, error_body};
+pub use middleware::Access;
 
 /// Limits applied to `POST /predict`.
 #[derive(Debug, Clone)]
@@ -33,6 +38,8 @@ pub struct Limits {
     pub max_body: usize,
     pub max_inflight: usize,
     pub request_timeout: Duration,
+    /// Classes in an answer's `top_k` (what the models compute); `?top_k=` may ask for fewer.
+    pub top_k: usize,
 }
 
 #[derive(Clone)]
@@ -44,17 +51,21 @@ struct Inner {
     fast: Classifier,
     queue: JobQueue,
     limits: Limits,
+    access: Arc<Access>,
     inflight: Arc<Semaphore>,
 }
 
 impl AppState {
-    pub fn new(fast: Classifier, queue: JobQueue, limits: Limits) -> Self {
+    pub fn new(fast: Classifier, queue: JobQueue, limits: Limits, access: Access) -> Self {
         let inflight = Arc::new(Semaphore::new(limits.max_inflight.max(1)));
-        Self { inner: Arc::new(Inner { fast, queue, limits, inflight }) }
+        Self { inner: Arc::new(Inner { fast, queue, limits, access: Arc::new(access), inflight }) }
     }
 }
 
 pub fn router(state: AppState) -> Router {
+    let access = Arc::clone(&state.inner.access);
+    // The Multipart extractor has its own 2 MB default: `--max-body` is the one limit.
+    let max_body = state.inner.limits.max_body;
     let routes = Router::new()
         .route("/health", get(health))
         .route("/health/live", get(live))
@@ -63,14 +74,57 @@ pub fn router(state: AppState) -> Router {
         .route("/job/{id}", get(job))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
-        .with_state(state);
-    with_common_layers(routes)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(max_body));
+    with_common_layers(routes, &access)
 }
 
-/// Layers every route gets: a panic becomes a 500 JSON error (the process keeps serving), and
-/// every request is counted and timed.
-fn with_common_layers(router: Router) -> Router {
-    router.layer(CatchPanicLayer::custom(panic_response)).layer(axum::middleware::from_fn(record_request))
+/// Layers every route gets (innermost first): a panic becomes a 500 JSON error (the process
+/// keeps serving), the API key check, CORS, the one JSON error shape, and the request's id,
+/// log line and metrics.
+fn with_common_layers(router: Router, access: &Arc<Access>) -> Router {
+    let mut router = router.layer(CatchPanicLayer::custom(panic_response));
+    if !access.api_keys.is_empty() {
+        router = router.layer(axum::middleware::from_fn_with_state(Arc::clone(access), middleware::require_api_key));
+    }
+    if let Some(cors) = cors_layer(&access.cors_origins) {
+        router = router.layer(cors);
+    }
+    router
+        .layer(axum::middleware::from_fn(middleware::json_errors))
+        .layer(axum::middleware::from_fn(middleware::observe))
+}
+
+/// Browsers on these origins may call the API (`*`: any). Origins were checked at start-up.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    let request_id = HeaderName::from_static(middleware::REQUEST_ID);
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, request_id.clone()])
+            .expose_headers([request_id, header::RETRY_AFTER])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// Checks `--cors-origin` values: `*`, or `scheme://host[:port]` as browsers send them.
+pub fn check_cors_origin(origin: &str) -> Result<(), String> {
+    let valid = origin == "*"
+        || (HeaderValue::from_str(origin).is_ok()
+            && origin.parse::<Uri>().is_ok_and(|uri| {
+                uri.scheme().is_some() && uri.host().is_some() && uri.path_and_query().is_none_or(|p| p.as_str() == "/")
+            })
+            && !origin.ends_with('/'));
+    if valid { Ok(()) } else { Err(format!("--cors-origin {origin:?} must be `*` or like https://app.example.com")) }
 }
 
 /// The worker's small HTTP surface: liveness and metrics (it serves no predictions).
@@ -82,7 +136,8 @@ pub fn worker_router(queue: JobQueue) -> Router {
             render_metrics()
         }
     };
-    Router::new().route("/health/live", get(live)).route("/metrics", get(metrics)).fallback(not_found)
+    let routes = Router::new().route("/health/live", get(live)).route("/metrics", get(metrics)).fallback(not_found);
+    with_common_layers(routes, &Arc::new(Access::default()))
 }
 
 async fn health() -> Json<Value> {
@@ -107,18 +162,51 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
+/// `POST /predict`'s query: everything else is refused, so a typo is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictQuery {
+    /// Classes in the answer's `top_k`, 1 to what the models compute ([`Limits::top_k`]).
+    top_k: Option<usize>,
+}
+
+/// `GET /job/{id}`'s query.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobQuery {
+    top_k: Option<usize>,
+}
+
+/// The `top_k` a client asked for, checked against what the models compute.
+fn wanted_top_k(asked: Option<usize>, computed: usize) -> Result<usize, ApiError> {
+    match asked {
+        None => Ok(computed),
+        Some(k) if (1..=computed).contains(&k) => Ok(k),
+        Some(k) => Err(ApiError::InvalidQuery(format!("top_k must be between 1 and {computed}, got {k}"))),
+    }
+}
+
+fn parse_query<T: serde::de::DeserializeOwned + Default>(uri: &Uri) -> Result<T, ApiError> {
+    if uri.query().is_none_or(str::is_empty) {
+        return Ok(T::default());
+    }
+    Query::<T>::try_from_uri(uri).map(|Query(q)| q).map_err(|e| ApiError::InvalidQuery(e.body_text()))
+}
+
 async fn predict(State(state): State<AppState>, request: Request<Body>) -> Result<Json<Value>, ApiError> {
+    let query: PredictQuery = parse_query(request.uri())?;
+    let top_k = wanted_top_k(query.top_k, state.inner.limits.top_k)?;
     // Past the in-flight bound, refuse at once rather than queue without limit.
     let Ok(_permit) = Arc::clone(&state.inner.inflight).try_acquire_owned() else {
         return Err(ApiError::Overloaded);
     };
     let timeout = state.inner.limits.request_timeout;
-    tokio::time::timeout(timeout, predict_now(&state, request))
+    tokio::time::timeout(timeout, predict_now(&state, request, top_k))
         .await
         .map_err(|_| ApiError::Timeout(timeout.as_secs_f64()))?
 }
 
-async fn predict_now(state: &AppState, request: Request<Body>) -> Result<Json<Value>, ApiError> {
+async fn predict_now(state: &AppState, request: Request<Body>, top_k: usize) -> Result<Json<Value>, ApiError> {
     let image = input::read_image(request, state.inner.limits.max_body).await?;
     let fast = &state.inner.fast;
     // Decoded and queued for the fast model first: a bad image or a full inference queue is
@@ -130,7 +218,12 @@ async fn predict_now(state: &AppState, request: Request<Body>) -> Result<Json<Va
     // the fast answer still goes out, with the reason instead of an id.
     let id = Uuid::new_v4();
     let (sync, queued) = state.inner.queue.enqueue_after(id, image, now_ms(), answer).await?;
-    let mut body = json!({"job_id": null, "result_sync": sync.label, "sync": sync, "status_url": null});
+    let mut body = json!({
+        "job_id": null,
+        "result_sync": sync.label,
+        "sync": prediction_json(&sync, top_k),
+        "status_url": null,
+    });
     match queued {
         Ok(()) => {
             metrics::counter!(crate::metrics::JOBS_ENQUEUED).increment(1);
@@ -150,15 +243,36 @@ async fn predict_now(state: &AppState, request: Request<Body>) -> Result<Json<Va
     Ok(Json(body))
 }
 
-async fn job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn job(State(state): State<AppState>, Path(id): Path<String>, uri: Uri) -> Result<Json<Value>, ApiError> {
+    let query: JobQuery = parse_query(&uri)?;
+    let top_k = wanted_top_k(query.top_k, state.inner.limits.top_k)?;
     let uuid = Uuid::try_parse(&id).map_err(|_| ApiError::InvalidJobId(id.clone()))?;
     let record = state.inner.queue.get(uuid).await.map_err(ApiError::Queue)?;
     let record = record.ok_or(ApiError::JobNotFound(id))?;
-    Ok(Json(job_body(&record)))
+    Ok(Json(job_body(&record, top_k)))
+}
+
+/// Milliseconds to 0.01, for reading; top-level scores to 4 decimals. `top_k` scores keep the
+/// model's full precision, for clients that compare or threshold them.
+fn round_to(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
+/// A tier's answer as the API shows it, with at most `top_k` classes.
+pub fn prediction_json(prediction: &Prediction, top_k: usize) -> Value {
+    json!({
+        "model": prediction.model,
+        "label": prediction.label,
+        "class_index": prediction.class_index,
+        "score": round_to(f64::from(prediction.score), 4),
+        "top_k": prediction.top_k.iter().take(top_k).collect::<Vec<_>>(),
+        "inference_ms": round_to(prediction.inference_ms, 2),
+    })
 }
 
 /// `GET /job/{id}`'s body. `prediction` stays `""` until completed, as the original design did.
-pub fn job_body(record: &JobRecord) -> Value {
+pub fn job_body(record: &JobRecord, top_k: usize) -> Value {
     let completed = record.status == JobStatus::Completed;
     let prediction = match (&record.result, completed) {
         (Some(result), true) => result.label.clone(),
@@ -168,7 +282,7 @@ pub fn job_body(record: &JobRecord) -> Value {
         "job_id": record.id,
         "prediction": prediction,
         "status": record.status.as_str(),
-        "sync": record.sync,
+        "sync": prediction_json(&record.sync, top_k),
         "attempts": record.attempts,
         "created_at": format_ms(record.created_at_ms),
     });
@@ -176,9 +290,9 @@ pub fn job_body(record: &JobRecord) -> Value {
         body["queue_ms"] = json!(queue_ms);
     }
     if let (Some(result), true) = (&record.result, completed) {
-        body["result"] = json!(result);
+        body["result"] = prediction_json(result, top_k);
         body["agrees_with_sync"] = json!(result.class_index == record.sync.class_index);
-        body["inference_ms"] = json!(result.inference_ms);
+        body["inference_ms"] = json!(round_to(result.inference_ms, 2));
     }
     if let Some(at) = record.completed_at_ms {
         body["completed_at"] = json!(format_ms(at));
@@ -213,25 +327,8 @@ pub fn render_metrics() -> Response {
     }
 }
 
-/// Counts and times every request by its route template (not the raw path, which holds ids).
-async fn record_request(request: Request<Body>, next: axum::middleware::Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
-    let started = std::time::Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status.clone())
-        .increment(1);
-    metrics::histogram!(crate::metrics::HTTP_DURATION, "route" => route, "status" => status)
-        .record(started.elapsed().as_secs_f64());
-    response
-}
-
-async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, Json(error_body("not_found", "no such route"))).into_response()
+async fn not_found(uri: Uri) -> Response {
+    (StatusCode::NOT_FOUND, Json(error_body("not_found", &format!("no route {}", uri.path())))).into_response()
 }
 
 fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
@@ -255,7 +352,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_handler_gives_a_500_json_error_and_the_router_keeps_serving() {
-        let router = with_common_layers(Router::new().route("/boom", get(boom)).route("/fine", get(|| async { "ok" })));
+        let router = with_common_layers(
+            Router::new().route("/boom", get(boom)).route("/fine", get(|| async { "ok" })),
+            &Arc::new(Access::default()),
+        );
         let request = |path: &str| Request::builder().uri(path).body(Body::empty()).expect("request");
         let response = router.clone().oneshot(request("/boom")).await.expect("response");
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);

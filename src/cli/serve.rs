@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use crate::api::{self, Limits};
-use crate::config::{ModelArgs, QueueArgs, ServeArgs, Tier, WorkerArgs, WorkerPoolArgs};
+use crate::api::{self, Access, Limits};
+use crate::config::{AccessArgs, ModelArgs, QueueArgs, ServeArgs, Tier, WorkerArgs, WorkerPoolArgs};
 use crate::engine::{BatchConfig, Classifier, DecodeOn, ModelConfig, ThreadPriority};
 use crate::labels::Labels;
 use crate::queue::{EmbeddedQueue, JobQueue, RedisQueue, RedisQueueConfig};
@@ -34,13 +34,23 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn serve_async(args: &ServeArgs) -> anyhow::Result<()> {
+    // Everything that can be checked without the models is checked first, and the port is
+    // taken, so a typo or a port in use is reported at once rather than after the models load.
+    // Connections made while they load wait in the listen backlog and are answered after.
+    let access = access(&args.access)?;
+    if let Some(url) = &args.queue.redis_url {
+        check_redis_url(url)?;
+    }
+    let listener = bind(&args.addr).await?;
     crate::metrics::install();
+    crate::metrics::register_serve_series();
+
     let labels = Arc::new(Labels::load(&args.models.labels_path())?);
     let fast_batching = BatchConfig {
         max_batch: args.max_batch.max(1),
         max_delay: Duration::from_millis(args.max_batch_delay_ms),
         queue_capacity: args.max_inflight.max(1),
-        top_k: 5,
+        top_k: TOP_K,
         tier: Tier::Fast.as_str(),
         priority: ThreadPriority::Nice(args.fast_nice),
         decode_on: DecodeOn::InferenceThreadWhenIdle,
@@ -64,11 +74,10 @@ async fn serve_async(args: &ServeArgs) -> anyhow::Result<()> {
         max_body: args.max_body,
         max_inflight: args.max_inflight,
         request_timeout: Duration::from_secs_f64(args.request_timeout.max(0.001)),
+        top_k: TOP_K,
     };
-    let router = api::router(api::AppState::new(fast, queue.clone(), limits));
-    let listener =
-        tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
-    let local = listener.local_addr().unwrap_or(args.addr);
+    let router = api::router(api::AppState::new(fast, queue.clone(), limits, access));
+    let local = listener.local_addr().map_or_else(|_| args.addr.clone(), |a| a.to_string());
     tracing::info!(addr = %local, queue = queue.backend(), "tandem serving");
     api::server::serve(
         listener,
@@ -93,12 +102,18 @@ async fn worker_async(args: &WorkerArgs) -> anyhow::Result<()> {
             "`tandem worker` needs --redis-url (or TANDEM_REDIS_URL); without Redis, `tandem serve` runs the workers itself"
         );
     };
+    check_redis_url(url)?;
+    let metrics_listener = match &args.metrics_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let labels = Arc::new(Labels::load(&args.models.labels_path())?);
     let accurate = start_accurate(&args.models, &labels, &args.workers)?;
     let queue = connect_redis(url, &args.queue).await?;
     crate::metrics::install();
-    if let Some(addr) = args.metrics_addr {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    crate::metrics::register_worker_series();
+    if let Some(listener) = metrics_listener {
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let router = api::worker_router(queue.clone());
         tokio::spawn(api::server::serve(
             listener,
@@ -118,6 +133,50 @@ async fn worker_async(args: &WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Classes each tier reports; `?top_k=` may ask for fewer.
+const TOP_K: usize = 5;
+
+/// Binds `HOST:PORT`, the host an IP or a name (every address it resolves to is tried in turn).
+async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|err| {
+        let hint = match err.kind() {
+            std::io::ErrorKind::AddrInUse => " (another process is using that port: stop it or pass another --addr)",
+            std::io::ErrorKind::AddrNotAvailable => " (that address is not on this machine)",
+            _ if !addr.contains(':') => " (expected HOST:PORT, e.g. 127.0.0.1:8000 or localhost:8000)",
+            _ => "",
+        };
+        anyhow::anyhow!("cannot listen on {addr}: {err}{hint}")
+    })
+}
+
+/// Refuses a Redis URL that cannot work, naming it and the forms that do.
+fn check_redis_url(url: &str) -> anyhow::Result<()> {
+    use redis::IntoConnectionInfo as _;
+    url.into_connection_info().map(|_| ()).map_err(|err| {
+        anyhow::anyhow!(
+            "invalid --redis-url {url:?}: expected redis://[:PASSWORD@]HOST[:PORT][/DB] or unix:///PATH/redis.sock \
+             (TLS `rediss://` is not built in); {err}"
+        )
+    })
+}
+
+/// The `--api-key` / `--cors-origin` settings, checked.
+fn access(args: &AccessArgs) -> anyhow::Result<Access> {
+    let api_keys: Vec<String> = args.api_keys.iter().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()).collect();
+    if (args.protect_health || args.protect_metrics) && api_keys.is_empty() {
+        anyhow::bail!("--protect-health and --protect-metrics need --api-key");
+    }
+    for origin in &args.cors_origins {
+        api::check_cors_origin(origin).map_err(anyhow::Error::msg)?;
+    }
+    Ok(Access {
+        api_keys,
+        open_health: !args.protect_health,
+        open_metrics: !args.protect_metrics,
+        cors_origins: args.cors_origins.clone(),
+    })
+}
+
 fn model_config(models: &ModelArgs, labels: &Arc<Labels>, tier: Tier) -> ModelConfig {
     ModelConfig {
         path: models.model_path(tier),
@@ -134,7 +193,7 @@ fn start_accurate(models: &ModelArgs, labels: &Arc<Labels>, pool: &WorkerPoolArg
         max_batch: pool.accurate_max_batch.max(1),
         max_delay: Duration::from_millis(pool.accurate_max_batch_delay_ms),
         queue_capacity: pool.concurrency.max(1),
-        top_k: 5,
+        top_k: TOP_K,
         tier: Tier::Accurate.as_str(),
         priority: pool.accurate_priority.into(),
         decode_on: DecodeOn::InferenceThread,
