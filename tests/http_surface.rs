@@ -138,6 +138,7 @@ fn errors_limits_top_k_request_ids_and_counters_on_a_default_server() {
     let (status, body) = read_json(response);
     assert_error_shape(status, &body, 405, "method_not_allowed");
     assert!(allow.is_some_and(|a| a.contains("GET")), "Allow header kept");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("allowed: GET")), "{body}");
     let (status, body) = read_json(agent().get(&server.url("/predict")).call().expect("GET /predict"));
     assert_error_shape(status, &body, 405, "method_not_allowed");
     let (status, body) = get_json(&server.url("/no/such/route"));

@@ -1,11 +1,11 @@
 //! What every request passes through on its way to a handler, outermost first:
 //!
-//! 1. [`observe`]: a request id (the client's `x-request-id` if it is sane, else a new one,
-//!    returned in the response either way), header limits, one log line and the HTTP metrics.
-//!    Metric labels take only known values, so no client can grow the series without bound.
-//! 2. [`json_errors`]: an error status produced outside our handlers (the router's 404/405, an
+//! 1. [`json_errors`]: an error status produced outside our handlers (the router's 404/405, an
 //!    extractor's text rejection) leaves in the same `{"error": {...}}` shape as ours, keeping
 //!    its headers (`Allow` on a 405).
+//! 2. [`observe`]: a request id (the client's `x-request-id` if it is sane, else a new one,
+//!    returned in the response either way), header limits, one log line and the HTTP metrics.
+//!    Metric labels take only known values, so no client can grow the series without bound.
 //! 3. CORS, when configured (tower-http's layer answers preflights itself).
 //! 4. [`require_api_key`], when keys are configured.
 

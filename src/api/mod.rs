@@ -80,8 +80,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Layers every route gets (innermost first): a panic becomes a 500 JSON error (the process
-/// keeps serving), the API key check, CORS, the one JSON error shape, and the request's id,
-/// log line and metrics.
+/// keeps serving), the API key check, CORS, the request's id, log line and metrics, and the
+/// one JSON error shape.
 fn with_common_layers(router: Router, access: &Arc<Access>) -> Router {
     let mut router = router.layer(CatchPanicLayer::custom(panic_response));
     if !access.api_keys.is_empty() {
@@ -90,9 +90,10 @@ fn with_common_layers(router: Router, access: &Arc<Access>) -> Router {
     if let Some(cors) = cors_layer(&access.cors_origins) {
         router = router.layer(cors);
     }
-    router
-        .layer(axum::middleware::from_fn(middleware::json_errors))
-        .layer(axum::middleware::from_fn(middleware::observe))
+    let router = router.layer(axum::middleware::from_fn(middleware::observe));
+    // Around the whole router rather than each route: a route's 405 gets its `Allow` header
+    // outside the route's own layers, and the JSON message names the allowed methods.
+    Router::new().fallback_service(router).layer(axum::middleware::from_fn(middleware::json_errors))
 }
 
 /// Browsers on these origins may call the API (`*`: any). Origins were checked at start-up.
