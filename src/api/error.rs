@@ -98,6 +98,7 @@ impl ApiError {
             Image(ImageError::Truncated(_)) => "truncated_image",
             Image(ImageError::Unsupported(_)) => "unsupported_format",
             Image(ImageError::TooLarge { .. }) => "image_too_large",
+            Image(ImageError::TooComplex(_)) => "image_too_complex",
             Image(ImageError::Internal(_)) => "internal",
             InvalidJobId(_) => "invalid_job_id",
             JobNotFound(_) => "job_not_found",

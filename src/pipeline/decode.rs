@@ -79,9 +79,43 @@ fn peek_size(format: ImageFormat, bytes: &[u8]) -> Option<(u32, u32)> {
         }
         ImageFormat::Gif => {
             let le = |r| field(r).and_then(|b: &[u8]| b.try_into().ok()).map(u16::from_le_bytes).map(u32::from);
-            Some((le(6..8)?, le(8..10)?))
+            let screen = (le(6..8)?, le(8..10)?);
+            // A frame may be larger than the logical screen it claims to sit on, and the
+            // decoder allocates the frame: check whichever is bigger.
+            let frame = gif_first_frame_size(bytes).unwrap_or(screen);
+            let pixels = |(w, h): (u32, u32)| u64::from(w) * u64::from(h);
+            Some(if pixels(frame) > pixels(screen) { frame } else { screen })
         }
         _ => None,
+    }
+}
+
+/// Width and height in the first image descriptor of a GIF, found by walking its blocks
+/// (header, logical screen, colour table, extensions); `None` if the walk runs out of bytes.
+fn gif_first_frame_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    let flags = *bytes.get(10)?;
+    let table = |flags: u8| if flags & 0x80 != 0 { 3usize << ((flags & 0x07) + 1) } else { 0 };
+    let mut pos = 13 + table(flags);
+    loop {
+        match *bytes.get(pos)? {
+            // Image descriptor: separator, left, top, width, height (little-endian u16s).
+            0x2C => {
+                let le = |at: usize| bytes.get(at..at + 2).map(|b| u32::from(u16::from_le_bytes([b[0], b[1]])));
+                return Some((le(pos + 5)?, le(pos + 7)?));
+            }
+            // Extension: introducer, label, then data sub-blocks up to a zero-length one.
+            0x21 => {
+                pos += 2;
+                loop {
+                    let len = usize::from(*bytes.get(pos)?);
+                    pos += 1 + len;
+                    if len == 0 {
+                        break;
+                    }
+                }
+            }
+            _ => return None,
+        }
     }
 }
 

@@ -106,10 +106,17 @@ pub(super) fn read_header(bytes: &[u8], config: &PreprocessConfig) -> Result<Hea
     }
 }
 
-/// Checks that the scans are followed by an end-of-image marker, i.e. the file is not cut off.
-/// Linear in the file size, no allocation.
+/// Most scans a JPEG may have. Real progressive photos have about 10 (libjpeg-turbo's own
+/// encoder writes 10 for colour); each scan makes libjpeg redo work over the whole image, so
+/// a small file with thousands of them is a CPU bomb (libjpeg-turbo's `djpeg -maxscan` exists
+/// for exactly this).
+pub const MAX_SCANS: usize = 256;
+
+/// Checks that the scans are followed by an end-of-image marker, i.e. the file is not cut off,
+/// and that there are at most [`MAX_SCANS`] of them. Linear in the file size, no allocation.
 pub(super) fn ensure_complete(bytes: &[u8], scan_start: usize) -> Result<(), ImageError> {
     let mut pos = scan_start;
+    let mut scans = 1;
     loop {
         let (code, after) =
             next_marker(bytes, pos).ok_or_else(|| truncated("the image data ends before the end-of-image marker"))?;
@@ -117,7 +124,17 @@ pub(super) fn ensure_complete(bytes: &[u8], scan_start: usize) -> Result<(), Ima
             EOI => return Ok(()),
             SOI => pos = after,
             // Between (progressive) scans: tables, restart interval, the next SOS.
-            _ => pos = segment(bytes, after)?.1,
+            _ => {
+                if code == SOS {
+                    scans += 1;
+                    if scans > MAX_SCANS {
+                        return Err(ImageError::TooComplex(format!(
+                            "the JPEG has more than {MAX_SCANS} scans (real photos have about 10)"
+                        )));
+                    }
+                }
+                pos = segment(bytes, after)?.1;
+            }
         }
     }
 }

@@ -62,6 +62,9 @@ pub enum ImageError {
     Unsupported(String),
     #[error("the image is {width}x{height} = {pixels} pixels, over the limit of {limit} pixels")]
     TooLarge { width: u32, height: u32, pixels: u64, limit: u64 },
+    /// Structurally valid but built to cost far more to decode than any real image.
+    #[error("the image is refused as too costly to decode: {0}")]
+    TooComplex(String),
     /// The caller's fault, not the image's (output buffer of the wrong length, `crop > resize`):
     /// a server-side bug or misconfiguration.
     #[error("internal preprocessing error: {0}")]

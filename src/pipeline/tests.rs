@@ -470,17 +470,45 @@ fn decompression_bombs_are_refused_from_the_header() {
     let mut webp = b"RIFF\x1a\0\0\0WEBPVP8L\x0d\0\0\0\x2f\x7f\xfe\x9f\x0f".to_vec();
     webp.extend_from_slice(&[0; 9]);
     assert_too_large(&webp, 16000, 16000);
-    // GIF with a small screen but a 65535x65535 frame: refused by the allocation limit.
+    // GIF with a small screen but a 65535x65535 frame: refused for the frame's size, found by
+    // walking past the palette and an extension block to the first image descriptor.
     let mut gif = b"GIF89a\x0a\0\x0a\0\x80\0\0".to_vec();
     gif.extend_from_slice(&[0, 0, 0, 255, 255, 255]); // 2-color global palette
+    gif.extend_from_slice(&[0x21, 0xF9, 4, 0, 0, 0, 0, 0]); // graphic control extension
     gif.extend_from_slice(&[0x2C, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 2, 2, 0x4C, 0x01, 0, 0x3B]);
-    let start = Instant::now();
-    assert!(preprocess(&gif, &PreprocessConfig::default()).is_err());
-    assert!(start.elapsed() < Duration::from_millis(200));
+    assert_too_large(&gif, 65535, 65535);
+    // 1x1 screen, 11000x11000 frame (121 MP): the screen alone would pass the pixel limit.
+    let mut gif = b"GIF89a\x01\0\x01\0\0\0\0".to_vec();
+    gif.extend_from_slice(&[0x2C, 0, 0, 0, 0, 0xF8, 0x2A, 0xF8, 0x2A, 0, 2, 2, 0x4C, 0x01, 0, 0x3B]);
+    assert_too_large(&gif, 11000, 11000);
     // Under the limit but with a lower limit configured: refused too.
     let small = encode(&RgbImage::new(100, 100).into(), ImageFormat::Png);
     let strict = PreprocessConfig { max_pixels: 9_999, ..PreprocessConfig::default() };
     assert!(matches!(preprocess(&small, &strict), Err(ImageError::TooLarge { pixels: 10_000, .. })));
+}
+
+/// A JPEG with `extra` more scans: tiny, but each scan would make libjpeg pass over the whole
+/// image again.
+fn jpeg_with_scans(extra: usize) -> Vec<u8> {
+    let jpeg = encode_jpeg(&RgbImage::new(64, 64).into(), 90);
+    let mut bytes = jpeg[..jpeg.len() - 2].to_vec();
+    for _ in 0..extra {
+        // SOS: one component (1), tables 0/0, spectral 0..63, approximation 0; one data byte.
+        bytes.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x08, 0x01, 0x01, 0x00, 0x00, 0x3F, 0x00, 0x00]);
+    }
+    bytes.extend_from_slice(&[0xFF, 0xD9]);
+    bytes
+}
+
+#[test]
+fn a_jpeg_with_too_many_scans_is_refused_before_decoding() {
+    let start = Instant::now();
+    let result = preprocess(&jpeg_with_scans(jpeg::MAX_SCANS), &PreprocessConfig::default());
+    assert!(matches!(result, Err(ImageError::TooComplex(_))), "{result:?}");
+    assert!(start.elapsed() < Duration::from_millis(200), "took {:?}", start.elapsed());
+    // At the limit it is not refused as too complex (whatever libjpeg then makes of the scans).
+    let result = preprocess(&jpeg_with_scans(jpeg::MAX_SCANS - 1), &PreprocessConfig::default());
+    assert!(!matches!(result, Err(ImageError::TooComplex(_))), "{result:?}");
 }
 
 /// xorshift64*: reproducible noise without a dependency.
