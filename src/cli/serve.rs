@@ -17,10 +17,12 @@ use crate::worker::{self, WorkerConfig};
 const DRAIN: Duration = Duration::from_secs(30);
 
 pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    crate::models::pull::pull_missing(&args.models, args.tiers())?;
     runtime()?.block_on(serve_async(args))
 }
 
 pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
+    crate::models::pull::pull_missing(&args.models, &[Tier::Accurate])?;
     // A worker process is all background work: lower the whole process (every thread created
     // from here on inherits it) so a `serve` on the same machine wins the cores.
     if let Err(err) = crate::engine::priority::apply_to_current_thread(args.workers.accurate_priority) {
