@@ -8,12 +8,15 @@ use std::time::{Duration, Instant};
 
 use tandem::pipeline::{PreprocessConfig, preprocess_into};
 
-/// (file under ../shared/images, measured runs)
+/// (file under the shared images, TANDEM_SHARED_DIR or ../shared, measured runs)
 const CASES: [(&str, usize); 3] =
     [("sample_01.jpg", 3000), ("large/photo_1600x1200.jpg", 300), ("large/photo_4000x3000.jpg", 60)];
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/images");
+    let shared = std::env::var_os("TANDEM_SHARED_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    let dir = shared.join("images");
     let config = PreprocessConfig::default();
     let mut out = vec![0.0; config.tensor_len()];
     println!("preprocess, resize {} crop {}", config.resize, config.crop);

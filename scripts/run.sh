@@ -1,22 +1,15 @@
 #!/usr/bin/env bash
-# Runs the service from a fresh clone: fetches ONNX Runtime, builds the release binary, pulls
-# the default models if the configured ones are missing, then `tandem serve` with any extra
-# arguments (e.g. `scripts/run.sh --redis-url redis://127.0.0.1:6379/`).
+# Runs the service from a fresh clone: fetches ONNX Runtime, builds the release binary, then
+# `tandem serve --pull-missing` with any extra arguments (e.g. `scripts/run.sh --redis-url
+# redis://127.0.0.1:6379/`). `tandem` itself downloads the default model files that the
+# configuration (flags or TANDEM_* variables) uses and lacks, and nothing else.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 "$root/scripts/ensure-build-tools.sh"
 "$root/scripts/fetch-onnxruntime.sh"
-cargo build --release --locked --quiet
+echo "run.sh: building target/release/tandem (the first release build takes several minutes on 2 cores)" >&2
+cargo build --release --locked
 
-model_dir="${TANDEM_MODEL_DIR:-models}"
-path_of() { case "$1" in /*) echo "$1" ;; *) echo "$model_dir/$1" ;; esac; }
-for file in "${TANDEM_FAST_MODEL:-mobilenet_v2.onnx}" "${TANDEM_ACCURATE_MODEL:-resnet50.onnx}" "${TANDEM_LABELS:-imagenet_classes.txt}"; do
-  if [ ! -f "$(path_of "$file")" ]; then
-    "$root/target/release/tandem" models pull --model-dir "$model_dir"
-    break
-  fi
-done
-
-exec "$root/target/release/tandem" serve "$@"
+exec "$root/target/release/tandem" serve --pull-missing "$@"

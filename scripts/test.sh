@@ -9,8 +9,11 @@ cd "$root"
 "$root/scripts/ensure-build-tools.sh"
 "$root/scripts/fetch-onnxruntime.sh"
 
-if [ ! -f "${TANDEM_SHARED_DIR:-$root/../shared}/models/mobilenet_v2.onnx" ]; then
-  echo "the test models are expected in ../shared/models beside the repository" >&2
+# The test models and photos: TANDEM_SHARED_DIR, else ../shared beside the repository (the
+# tests read the same variable).
+shared="${TANDEM_SHARED_DIR:-$root/../shared}"
+if [ ! -f "$shared/models/mobilenet_v2.onnx" ]; then
+  echo "the test models are expected in $shared/models (set TANDEM_SHARED_DIR to the directory that holds models/ and images/)" >&2
   exit 1
 fi
 

@@ -3,6 +3,10 @@
 //! Every option is a `--flag` with a `TANDEM_*` environment variable, and `--help` shows its
 //! default. Option groups are shared between subcommands with `#[command(flatten)]`, so a flag
 //! means the same thing everywhere it appears.
+//!
+//! Help texts: a doc comment's first paragraph is the short help (`-h`), the whole comment the
+//! long help (`--help`). Measured figures stay out of both: they go in docs/PERFORMANCE.md.
+//! `serve` and `worker` show their options under the headings of [`SERVE_HEADINGS`].
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,14 +21,17 @@ use crate::pipeline::PreprocessConfig;
     name = "tandem",
     version,
     about = "Time-lagged image inference: a fast model answers now, an accurate model refines in the background",
-    long_about = None
+    long_about = None,
+    mut_subcommand("serve", with_headings),
+    mut_subcommand("worker", with_headings)
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 
     /// Log lines as `text` (for people) or `json` (one object a line, for log collectors).
-    #[arg(long, global = true, env = "TANDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "TANDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text,
+          help_heading = "Logs", display_order = 1000)]
     pub log_format: LogFormat,
 }
 
@@ -102,6 +109,18 @@ pub struct ModelArgs {
     #[arg(long, env = "TANDEM_LABELS", default_value = "imagenet_classes.txt")]
     pub labels: PathBuf,
 
+    /// Before loading, download the default model files that are configured but missing.
+    ///
+    /// Only the files this command uses are considered, and only those named as in the default
+    /// set (`tandem models pull`: mobilenet_v2.onnx, resnet50.onnx, imagenet_classes.txt) are
+    /// downloaded; any other missing file is an error, as without this flag.
+    #[arg(long, env = "TANDEM_PULL_MISSING")]
+    pub pull_missing: bool,
+
+    /// Base URL --pull-missing downloads from (as `tandem models pull --base-url`).
+    #[arg(long, env = "TANDEM_MODELS_BASE_URL", default_value = crate::models::pull::DEFAULT_BASE_URL)]
+    pub models_base_url: String,
+
     /// Fast tier: the shorter side is resized to this.
     #[arg(long, env = "TANDEM_FAST_RESIZE", default_value_t = 256)]
     pub fast_resize: u32,
@@ -118,13 +137,13 @@ pub struct ModelArgs {
     #[arg(long, env = "TANDEM_ACCURATE_CROP", default_value_t = 224)]
     pub accurate_crop: u32,
 
-    /// Per-channel (R,G,B) mean subtracted after scaling to [0,1].
-    #[arg(long, env = "TANDEM_MEAN", value_delimiter = ',', num_args = 3, value_name = "R,G,B", default_values_t = [0.485, 0.456, 0.406])]
-    pub mean: Vec<f32>,
+    /// Per-channel mean subtracted after scaling to [0,1], as `R,G,B`.
+    #[arg(long, env = "TANDEM_MEAN", value_name = "R,G,B", value_parser = parse_rgb, default_value = "0.485,0.456,0.406")]
+    pub mean: [f32; 3],
 
-    /// Per-channel (R,G,B) standard deviation divided by after the mean.
-    #[arg(long, env = "TANDEM_STD", value_delimiter = ',', num_args = 3, value_name = "R,G,B", default_values_t = [0.229, 0.224, 0.225])]
-    pub std: Vec<f32>,
+    /// Per-channel standard deviation divided by after the mean, as `R,G,B`.
+    #[arg(long, env = "TANDEM_STD", value_name = "R,G,B", value_parser = parse_positive_rgb, default_value = "0.229,0.224,0.225")]
+    pub std: [f32; 3],
 
     /// Images with more pixels than this are refused from their header, before decoding.
     #[arg(long, env = "TANDEM_MAX_PIXELS", default_value_t = 64_000_000)]
@@ -134,18 +153,19 @@ pub struct ModelArgs {
     #[arg(long, env = "TANDEM_INTRA_THREADS", default_value_t = 0)]
     pub intra_threads: usize,
 
-    /// When the fast tier's idle ORT threads busy-wait for work instead of sleeping. `idle`:
-    /// only inside a run that has the model to itself (a lone request), which saves a thread
-    /// wake-up per operator; under load they sleep, leaving the cores to request handling.
-    /// `always` (ORT's own default) cost 10% of c=8 throughput and 1.5 ms of /health p99 in
-    /// measurements on 2 cores (docs/PERFORMANCE.md). The accurate tier never spins.
+    /// When the fast tier's idle ORT threads busy-wait for work instead of sleeping.
+    ///
+    /// `idle`: only inside a run that has the model to itself (a lone request), which saves a
+    /// thread wake-up per operator; under load they sleep, leaving the cores to request handling.
+    /// `always` (ORT's own default) also spins under load, taking cores from request handling;
+    /// `off` never spins. The accurate tier never spins. Measurements: docs/PERFORMANCE.md.
     #[arg(long, env = "TANDEM_FAST_SPIN", value_enum, default_value_t = Spin::Idle)]
     pub fast_spin: Spin,
 
-    /// Fast tier: ORT sessions that run batches side by side under load, each on
-    /// intra-threads / lanes threads (0: one per core, at most 4; 1: one session on every
-    /// thread). A lone request still runs on every thread. On 2 cores two one-thread lanes
-    /// served more requests/s than one two-thread session (docs/PERFORMANCE.md).
+    /// Fast tier: ORT sessions that run batches side by side under load (0: one per core, at most 4).
+    ///
+    /// Each lane runs on intra-threads / lanes threads; 1 is one session on every thread. A lone
+    /// request still runs on every thread. Measurements: docs/PERFORMANCE.md.
     #[arg(long, env = "TANDEM_FAST_LANES", default_value_t = 0)]
     pub fast_lanes: usize,
 }
@@ -189,7 +209,7 @@ impl ModelArgs {
             Tier::Fast => (self.fast_resize, self.fast_crop),
             Tier::Accurate => (self.accurate_resize, self.accurate_crop),
         };
-        PreprocessConfig { resize, crop, mean: triple(&self.mean), std: triple(&self.std), max_pixels: self.max_pixels }
+        PreprocessConfig { resize, crop, mean: self.mean, std: self.std, max_pixels: self.max_pixels }
     }
 
     pub fn intra_threads(&self) -> usize {
@@ -201,13 +221,79 @@ impl ModelArgs {
     }
 }
 
-/// clap enforces three values; this only converts the `Vec` into an array.
-fn triple(values: &[f32]) -> [f32; 3] {
-    let mut out = [0.0; 3];
-    for (slot, value) in out.iter_mut().zip(values) {
-        *slot = *value;
+/// `--mean`: `R,G,B`, three finite numbers separated by commas (the one form, for the flag and
+/// the environment variable alike).
+fn parse_rgb(text: &str) -> Result<[f32; 3], String> {
+    let values = text
+        .split(',')
+        .map(|part| match part.trim().parse::<f32>() {
+            Ok(value) if value.is_finite() => Ok(value),
+            _ => Err(format!("{:?} is not a number", part.trim())),
+        })
+        .collect::<Result<Vec<f32>, String>>()?;
+    <[f32; 3]>::try_from(values).map_err(|values| {
+        format!("expected three comma-separated numbers R,G,B (e.g. 0.5,0.5,0.5), got {}", values.len())
+    })
+}
+
+/// `--std`: as [`parse_rgb`], and each above zero (it is divided by).
+fn parse_positive_rgb(text: &str) -> Result<[f32; 3], String> {
+    let rgb = parse_rgb(text)?;
+    if rgb.iter().any(|&v| v <= 0.0) {
+        return Err("each of R,G,B must be above 0".into());
     }
-    out
+    Ok(rgb)
+}
+
+/// The `serve` and `worker` option headings and their options, in the order `-h` shows them. An
+/// option not listed here is shown under "Options" (and fails a unit test: give it a heading).
+pub const SERVE_HEADINGS: &[(&str, &[&str])] = &[
+    ("Essentials", &["addr", "metrics_addr", "model_dir", "fast_model", "accurate_model", "redis_url"]),
+    (
+        "Models",
+        &[
+            "labels",
+            "pull_missing",
+            "models_base_url",
+            "fast_resize",
+            "fast_crop",
+            "accurate_resize",
+            "accurate_crop",
+            "mean",
+            "std",
+        ],
+    ),
+    ("Queue", &["redis_prefix", "max_queue", "result_ttl", "max_attempts", "reclaim_after"]),
+    ("Limits", &["max_inflight", "max_body", "request_timeout", "header_timeout", "max_pixels"]),
+    ("Access", &["api_keys", "protect_health", "protect_metrics", "cors_origins"]),
+    (
+        "Tuning",
+        &[
+            "intra_threads",
+            "fast_lanes",
+            "fast_spin",
+            "max_batch",
+            "max_batch_delay_ms",
+            "fast_nice",
+            "concurrency",
+            "accurate_max_batch",
+            "accurate_max_batch_delay_ms",
+            "accurate_priority",
+        ],
+    ),
+];
+
+/// Puts a command's options under [`SERVE_HEADINGS`], in its order. `mut_arg` moves an option to
+/// the end, so visiting them in the table's order orders the headings (clap shows them in order
+/// of first use); `display_order` orders the options within each.
+fn with_headings(mut cmd: clap::Command) -> clap::Command {
+    let ids = SERVE_HEADINGS.iter().flat_map(|&(heading, ids)| ids.iter().map(move |&id| (heading, id)));
+    for (order, (heading, id)) in ids.enumerate() {
+        if cmd.get_arguments().any(|arg| arg.get_id() == id) {
+            cmd = cmd.mut_arg(id, |arg| arg.help_heading(heading).display_order(order));
+        }
+    }
+    cmd
 }
 
 #[cfg(test)]
@@ -249,6 +335,84 @@ mod tests {
         assert_eq!(lanes(&["--intra-threads", "16", "--fast-lanes", "8"]), (8, 1));
         assert_eq!(lanes(&["--intra-threads", "1"]), (1, 1));
         assert_eq!(serve_args(&[]).max_batch, 1);
+    }
+
+    /// One form for --mean/--std, the documented `R,G,B`, for the flag and the variable alike.
+    #[test]
+    fn mean_and_std_take_one_comma_triple() {
+        let serve = serve_args(&["--mean", "0.5,0.5,0.5", "--std", "0.25, 0.5 ,1"]);
+        assert_eq!(serve.models.preprocess(Tier::Fast).mean, [0.5; 3]);
+        assert_eq!(serve.models.std, [0.25, 0.5, 1.0]);
+        assert_eq!(serve_args(&[]).models.mean, [0.485, 0.456, 0.406]);
+        for bad in [&["--mean", "0.5,0.5"][..], &["--mean", "0.5", "0.5", "0.5"], &["--mean", "1,2,3,4"]] {
+            assert!(Cli::try_parse_from(["tandem", "serve"].iter().chain(bad)).is_err(), "{bad:?}");
+        }
+        assert!(Cli::try_parse_from(["tandem", "serve", "--std", "0.2,0,0.2"]).is_err(), "std 0 is refused");
+        assert!(Cli::try_parse_from(["tandem", "serve", "--mean", "a,b,c"]).is_err());
+        assert_eq!(
+            parse_rgb("1,2"),
+            Err("expected three comma-separated numbers R,G,B (e.g. 0.5,0.5,0.5), got 2".into())
+        );
+
+        let help = Cli::command().find_subcommand_mut("classify").map(|c| c.render_help().to_string());
+        let help = help.unwrap_or_default();
+        assert!(help.contains("--mean <R,G,B>") && !help.contains("<R,G,B> <R,G,B>"), "{help}");
+        assert!(help.contains("[default: 0.485,0.456,0.406]"), "{help}");
+    }
+
+    /// The README says every option has an environment variable: every non-positional
+    /// argument of every subcommand (clap's own help and version aside).
+    #[test]
+    fn every_option_has_an_environment_variable() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_positional() || id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_env().is_none() {
+                    missing.push(format!("{path} --{}", arg.get_long().unwrap_or(id)));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "tandem", &mut missing);
+        assert!(missing.is_empty(), "options without an env var: {missing:?}");
+    }
+
+    /// `serve -h` and `worker -h` group every option under a heading, Essentials first.
+    #[test]
+    fn serve_and_worker_options_are_grouped_essentials_first() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        for name in ["serve", "worker"] {
+            let Some(sub) = cmd.find_subcommand(name) else { panic!("no {name} subcommand") };
+            let unlisted: Vec<_> = sub
+                .get_arguments()
+                .filter(|a| !a.is_positional() && a.get_id() != "help" && a.get_help_heading().is_none())
+                .map(|a| a.get_id().to_string())
+                .collect();
+            assert!(unlisted.is_empty(), "{name}: add these to SERVE_HEADINGS: {unlisted:?}");
+            let short = sub.clone().render_help().to_string();
+            let essentials = short.find("Essentials:").unwrap_or(usize::MAX);
+            let models = short.find("Models:").unwrap_or(0);
+            assert!(essentials < models, "{name} -h:\n{short}");
+            assert!(short.find("--model-dir").is_some_and(|at| at > essentials && at < models), "{short}");
+            // Measured figures belong in docs/PERFORMANCE.md, not in help texts.
+            let long = sub.clone().render_long_help().to_string();
+            let lower = long.to_lowercase();
+            for figure in ["%", " ms ", " ms)", "measured"] {
+                assert!(!lower.contains(figure), "{name} --help has a figure ({figure:?}):\n{long}");
+            }
+        }
+        let mut cmd = Cli::command();
+        let serve = cmd.find_subcommand_mut("serve").map(|c| c.render_help().to_string()).unwrap_or_default();
+        assert!(serve.lines().count() < 100, "serve -h is {} lines:\n{serve}", serve.lines().count());
     }
 
     /// `idle` by default; the old boolean spellings still work.
@@ -311,7 +475,8 @@ pub struct WorkerPoolArgs {
     pub concurrency: usize,
 
     /// Largest batch the accurate model runs; jobs already waiting are batched together.
-    /// (ResNet50 on CPU: batch 8 measured best, by a few percent; docs/PERFORMANCE.md.)
+    ///
+    /// Which size serves best depends on the model and the machine: docs/PERFORMANCE.md.
     #[arg(long, env = "TANDEM_ACCURATE_MAX_BATCH", default_value_t = 8)]
     pub accurate_max_batch: usize,
 
@@ -319,8 +484,10 @@ pub struct WorkerPoolArgs {
     #[arg(long = "accurate-max-batch-delay", env = "TANDEM_ACCURATE_MAX_BATCH_DELAY", default_value_t = 0)]
     pub accurate_max_batch_delay_ms: u64,
 
-    /// CPU priority of the accurate tier: `idle` (SCHED_IDLE: only cycles the fast tier leaves),
-    /// `low` (nice 19) or `normal`. In `tandem worker` it applies to the whole process.
+    /// CPU priority of the accurate tier: `idle`, `low` or `normal`.
+    ///
+    /// `idle` (SCHED_IDLE) runs on only the cycles everything else leaves, `low` is nice 19,
+    /// `normal` is the fast tier's own. In `tandem worker` it applies to the whole process.
     #[arg(long, env = "TANDEM_ACCURATE_PRIORITY", value_enum, default_value_t = crate::engine::Priority::Idle)]
     pub accurate_priority: crate::engine::Priority,
 }
@@ -340,9 +507,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub workers: WorkerPoolArgs,
 
-    /// Largest batch the fast model runs (per lane); requests already waiting are batched
-    /// together. MobileNet v2 on 2 cores: with one-thread lanes batch 1 measured best (4% more
-    /// images/s than batch 2); with --fast-lanes 1, batch 2 to 4 (docs/PERFORMANCE.md).
+    /// Largest batch the fast model runs (per lane); requests already waiting are batched together.
+    ///
+    /// Which size serves best depends on the model, the lanes and the machine: docs/PERFORMANCE.md.
     #[arg(long = "max-batch", env = "TANDEM_MAX_BATCH", default_value_t = 1)]
     pub max_batch: usize,
 
@@ -350,11 +517,11 @@ pub struct ServeArgs {
     #[arg(long = "max-batch-delay", env = "TANDEM_MAX_BATCH_DELAY", default_value_t = 0)]
     pub max_batch_delay_ms: u64,
 
-    /// Nice value of the fast tier's inference threads (ONNX Runtime's included), 0 to 19. Above
-    /// the HTTP threads' 0, so accepting and parsing requests and `/health` preempt a running
-    /// model rather than wait for it; far above the accurate tier's SCHED_IDLE. Measured on 2
-    /// cores: nice 5 cut `/health` p99 under saturation by 0.4-0.8 ms, with the same latency at
-    /// concurrency 1 (docs/PERFORMANCE.md).
+    /// Nice value of the fast tier's inference threads (ONNX Runtime's included), 0 to 19.
+    ///
+    /// Above the HTTP threads' 0, so accepting and parsing requests and `/health` preempt a
+    /// running model rather than wait for it; far above the accurate tier's SCHED_IDLE.
+    /// Measurements: docs/PERFORMANCE.md.
     #[arg(long, env = "TANDEM_FAST_NICE", default_value_t = 5, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub fast_nice: i32,
 
@@ -399,6 +566,13 @@ pub struct AccessArgs {
     /// `https://app.example.com`; `*` for any (comma-separated or repeated; unset: no CORS).
     #[arg(long = "cors-origin", env = "TANDEM_CORS_ORIGIN", value_delimiter = ',', value_name = "ORIGIN")]
     pub cors_origins: Vec<String>,
+}
+
+impl ServeArgs {
+    /// The tiers this process runs: the accurate one too unless Redis workers run it.
+    pub fn tiers(&self) -> &'static [Tier] {
+        if self.queue.redis_url.is_some() { &[Tier::Fast] } else { &[Tier::Fast, Tier::Accurate] }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

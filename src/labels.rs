@@ -5,28 +5,52 @@
 
 use std::path::{Path, PathBuf};
 
+/// The I/O cause is part of the message and not a `source()`: callers print errors with their
+/// cause chain (`{:#}`), and a cause in both would be printed twice.
 #[derive(Debug, thiserror::Error)]
 pub enum LabelsError {
-    #[error("cannot read labels file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("labels file {path} has no labels")]
+    #[error(
+        "labels file {} not found (run `tandem models pull`, or pass --model-dir / TANDEM_MODEL_DIR)",
+        path.display()
+    )]
+    Missing { path: PathBuf },
+    #[error("cannot read labels file {}: {cause}", path.display())]
+    Read { path: PathBuf, cause: std::io::Error },
+    #[error("labels file {} has no labels", path.display())]
     Empty { path: PathBuf },
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// Class names, and the file they came from (for messages such as a class-count mismatch).
+#[derive(Debug, Clone)]
 pub struct Labels {
     names: Vec<String>,
+    path: Option<PathBuf>,
+}
+
+/// Two label sets are equal when they name the same classes, wherever they were read from.
+impl PartialEq for Labels {
+    fn eq(&self, other: &Self) -> bool {
+        self.names == other.names
+    }
 }
 
 impl Labels {
     pub fn load(path: &Path) -> Result<Self, LabelsError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| LabelsError::Read { path: path.to_owned(), source })?;
-        let labels = Self::parse(&text);
+        let text = std::fs::read_to_string(path).map_err(|cause| match cause.kind() {
+            std::io::ErrorKind::NotFound => LabelsError::Missing { path: path.to_owned() },
+            _ => LabelsError::Read { path: path.to_owned(), cause },
+        })?;
+        let mut labels = Self::parse(&text);
         if labels.is_empty() {
             return Err(LabelsError::Empty { path: path.to_owned() });
         }
+        labels.path = Some(path.to_owned());
         Ok(labels)
+    }
+
+    /// The file these labels were loaded from (none for [`Labels::parse`]d text).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     pub fn parse(text: &str) -> Self {
@@ -36,7 +60,7 @@ impl Labels {
             .filter(|line| !line.is_empty())
             .map(|line| strip_synset(line).to_owned())
             .collect();
-        Self { names }
+        Self { names, path: None }
     }
 
     pub fn len(&self) -> usize {
@@ -84,15 +108,38 @@ mod tests {
         assert_eq!(labels.name(0), "nematode, nematode worm");
     }
 
+    /// The shared test data: `TANDEM_SHARED_DIR`, else `../shared` beside the repository (as in
+    /// `tests/common`).
+    fn shared_dir() -> PathBuf {
+        std::env::var_os("TANDEM_SHARED_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+    }
+
     #[test]
     fn shared_label_files_agree() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models");
+        let dir = shared_dir().join("models");
         let (Ok(a), Ok(b)) =
             (Labels::load(&dir.join("imagenet_classes.txt")), Labels::load(&dir.join("imagenet_synsets.txt")))
         else {
-            panic!("../shared/models label files are missing");
+            panic!("{}: label files are missing", dir.display());
         };
+        assert_eq!(a.path(), Some(dir.join("imagenet_classes.txt").as_path()));
         assert_eq!(a.len(), 1000);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_missing_file_is_one_line_with_a_hint_and_the_cause_once() {
+        let Err(err) = Labels::load(Path::new("/nonexistent/labels.txt")) else { panic!("loaded a missing file") };
+        let message = format!("{:#}", anyhow::Error::from(err));
+        assert!(message.contains("/nonexistent/labels.txt") && message.contains("tandem models pull"), "{message}");
+        assert!(message.contains("--model-dir") && !message.contains('\n'), "{message}");
+
+        // Another I/O error (a directory is not readable as text) names its cause exactly once.
+        let Err(err) = Labels::load(Path::new("/")) else { panic!("read a directory as labels") };
+        let message = format!("{:#}", anyhow::Error::from(err));
+        let cause = std::fs::read_to_string("/").map(|_| ()).expect_err("a directory").to_string();
+        assert_eq!(message.matches(&cause).count(), 1, "{message}");
     }
 }

@@ -59,6 +59,67 @@ fn a_missing_model_is_one_clear_line() {
 }
 
 #[test]
+fn a_missing_labels_file_is_one_line_with_its_cause_once_and_a_hint() {
+    let dir = std::env::temp_dir().join(format!("tandem-no-models-{}", uuid::Uuid::new_v4().simple()));
+    let (ok, _, stderr) = tandem(&["classify", "--model-dir", &dir.display().to_string(), "x.jpg"]);
+    assert!(!ok);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&format!("labels file {}/imagenet_classes.txt not found", dir.display())), "{stderr}");
+    assert!(stderr.contains("tandem models pull") && stderr.contains("TANDEM_MODEL_DIR"), "{stderr}");
+    assert!(!stderr.contains("os error"), "no raw I/O error, and never twice: {stderr}");
+}
+
+/// `--model-dir` was given and exists: the hint names the tier's flag and what is there.
+#[test]
+fn a_missing_model_in_an_existing_directory_names_the_tier_flag_and_the_models_there() {
+    let models = common::models_dir().display().to_string();
+    let photo = common::images_dir().join("sample_01.jpg").display().to_string();
+    let (ok, _, stderr) = tandem(&["classify", "--tier", "accurate", "--model-dir", &models, &photo]);
+    assert!(!ok);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&format!("accurate-tier model file {models}/resnet50.onnx not found")), "{stderr}");
+    assert!(stderr.contains("pass --accurate-model (or TANDEM_ACCURATE_MODEL)"), "{stderr}");
+    assert!(stderr.contains("efficientnet_lite2.onnx") && stderr.contains("mobilenet_v2.onnx"), "{stderr}");
+    assert!(!stderr.contains("models pull"), "the directory is not empty: {stderr}");
+}
+
+#[test]
+fn a_text_file_as_model_is_named_not_an_onnx_model_and_a_class_mismatch_names_the_labels() {
+    let dir = std::env::temp_dir().join(format!("tandem-bad-model-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let text = dir.join("notes.onnx");
+    std::fs::write(&text, "this is a text file, not a model\n").expect("write");
+    let three = dir.join("three.txt");
+    std::fs::write(&three, "a\nb\nc\n").expect("write");
+    let models = common::models_dir().display().to_string();
+    let photo = common::images_dir().join("sample_01.jpg").display().to_string();
+
+    let text_arg = text.display().to_string();
+    let (ok, _, not_onnx) = tandem(&["classify", "--model-dir", &models, "--fast-model", &text_arg, &photo]);
+    assert!(!ok);
+    let three_arg = three.display().to_string();
+    let (ok2, _, mismatch) = tandem(&["classify", "--model-dir", &models, "--labels", &three_arg, &photo]);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    assert!(!ok2);
+    assert!(not_onnx.contains(&format!("{text_arg} is not an ONNX model")), "{not_onnx}");
+    assert!(!not_onnx.contains("Protobuf"), "{not_onnx}");
+    assert!(mismatch.contains(&format!("1000 classes but the labels file {three_arg} has 3 lines")), "{mismatch}");
+}
+
+/// `--mean`/`--std` take the documented `R,G,B` form, as the environment variables do.
+#[test]
+fn mean_and_std_take_the_documented_comma_form() {
+    let models = common::models_dir().display().to_string();
+    let photo = common::images_dir().join("sample_04.jpg").display().to_string();
+    let (ok, stdout, stderr) = tandem(&["classify", "--model-dir", &models, "--mean", "0.5,0.5,0.5", "--json", &photo]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("\"top_k\""), "{stdout}");
+    let (ok, _, stderr) = tandem(&["classify", "--model-dir", &models, "--mean", "0.5", "0.5", "0.5", &photo]);
+    assert!(!ok && stderr.contains("three comma-separated numbers"), "{stderr}");
+}
+
+#[test]
 fn eval_reports_both_tiers_and_lists_unreadable_images() {
     // The shared labels plus one listed file that is not an image.
     let dir = std::env::temp_dir().join(format!("tandem-eval-{}", uuid::Uuid::new_v4()));

@@ -1,6 +1,9 @@
 //! `tandem models pull` against a small HTTP server started by each test: downloads, sha256 and
 //! size checks, atomic placement (no final or temporary file after a rejected download), HTTP
-//! errors, redirects, and skipping files already present.
+//! errors, redirects, and skipping files already present; and `serve --pull-missing`, which
+//! pulls only the missing default files that its configuration uses.
+
+mod common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -190,14 +193,16 @@ fn entry_for(url_path: &str, file_name: &str, data: &[u8]) -> ModelFile {
 }
 
 fn synsets() -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/imagenet_synsets.txt");
+    let path = common::models_dir().join("imagenet_synsets.txt");
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn tandem(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
     cmd.args(args);
-    for var in ["TANDEM_MODEL_DIR", "TANDEM_MODELS_BASE_URL", "TANDEM_MODELS_VERIFY", "TANDEM_LOG"] {
+    for var in
+        ["TANDEM_MODEL_DIR", "TANDEM_MODELS_BASE_URL", "TANDEM_MODELS_VERIFY", "TANDEM_LOG", "TANDEM_PULL_MISSING"]
+    {
         cmd.env_remove(var);
     }
     for var in ["ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
@@ -594,7 +599,24 @@ fn binary_reports_a_404_with_its_url() {
     assert!(!out.status.success());
     assert!(err.contains(&format!("GET {} returned HTTP 404 Not Found", server.url("/nowhere/synset.txt"))), "{err}");
     assert!(err.contains("3 of 3 model files failed"), "{err}");
+    // What to do instead: the base URL tried, and pointing the configuration at files on disk.
+    let last = err.lines().last().unwrap_or("");
+    assert!(last.contains(&format!("tried from {}", server.url("/nowhere/"))), "{err}");
+    assert!(last.contains("--model-dir / TANDEM_MODEL_DIR"), "{err}");
     assert!(entries(dir.path()).is_empty());
+}
+
+#[test]
+fn binary_names_the_url_and_the_alternative_when_nothing_answers() {
+    // Bind then drop a listener: nothing listens on that port any more.
+    let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let dir = TempDir::new("bin-refused");
+    let base = format!("http://127.0.0.1:{port}/");
+    let out = tandem(&["models", "pull", "--base-url", &base, "--model-dir", dir.path().to_str().expect("utf-8")], &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("GET {base}synset.txt failed")), "{err}");
+    assert!(err.contains("TANDEM_MODEL_DIR") && err.contains(&format!("tried from {base}")), "{err}");
 }
 
 #[test]
@@ -626,4 +648,130 @@ fn help_documents_the_flags() {
     }
     // Only pull's own flags: the inference options are not offered here.
     assert!(!help.contains("--fast-model"), "{help}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// `serve --pull-missing`: only the missing default files that the configuration uses.
+
+/// `tandem serve --pull-missing` on a free port with `args`, its environment cleared of the
+/// options the tests set by flag.
+fn serve_pulling(args: &[&str]) -> common::Tandem {
+    let port = common::free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
+    cmd.args(["serve", "--pull-missing", "--intra-threads", "1", "--addr", &format!("127.0.0.1:{port}")]).args(args);
+    for var in [
+        "TANDEM_MODEL_DIR",
+        "TANDEM_FAST_MODEL",
+        "TANDEM_ACCURATE_MODEL",
+        "TANDEM_LABELS",
+        "TANDEM_MODELS_BASE_URL",
+        "TANDEM_REDIS_URL",
+    ] {
+        cmd.env_remove(var);
+    }
+    let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("spawn");
+    common::Tandem { child, base: format!("http://127.0.0.1:{port}") }
+}
+
+/// A model directory holding only the shared MobileNet (as `mobilenet_v2.onnx`, the default name).
+fn dir_with_the_fast_model(tag: &str) -> TempDir {
+    let dir = TempDir::new(tag);
+    std::os::unix::fs::symlink(common::models_dir().join("mobilenet_v2.onnx"), dir.path().join("mobilenet_v2.onnx"))
+        .expect("symlink the fast model");
+    dir
+}
+
+fn shared_model(name: &str) -> String {
+    common::models_dir().join(name).display().to_string()
+}
+
+#[test]
+fn serve_pull_missing_pulls_nothing_when_the_configured_files_are_present() {
+    // The default accurate model (resnet50.onnx) is not in the shared directory: it must not
+    // be pulled, as --accurate-model names another file that is there.
+    let server = Server::start(vec![]);
+    let models = common::models_dir().display().to_string();
+    let base = server.base_url();
+    let mut serve = serve_pulling(&[
+        "--model-dir",
+        &models,
+        "--accurate-model",
+        "efficientnet_lite2.onnx",
+        "--models-base-url",
+        &base,
+    ]);
+    serve.wait_ready(Duration::from_secs(90));
+    assert_eq!(server.total_hits(), 0, "nothing is downloaded");
+}
+
+#[test]
+fn serve_pull_missing_pulls_the_missing_default_files_it_uses() {
+    let synsets = synsets();
+    let server = Server::start(vec![("/synset.txt", Route::Body(synsets.clone()))]);
+    let dir = dir_with_the_fast_model("serve-pull");
+    let model_dir = dir.path().display().to_string();
+    let accurate = shared_model("efficientnet_lite2.onnx");
+    let base = server.base_url();
+    let mut serve =
+        serve_pulling(&["--model-dir", &model_dir, "--accurate-model", &accurate, "--models-base-url", &base]);
+    serve.wait_ready(Duration::from_secs(90));
+    assert_eq!(std::fs::read(dir.path().join("imagenet_classes.txt")).expect("labels pulled"), synsets);
+    assert_eq!(server.hits("/synset.txt"), 1);
+    assert_eq!(server.total_hits(), 1, "only the missing labels: not the models");
+    assert_eq!(entries(dir.path()), ["imagenet_classes.txt", "mobilenet_v2.onnx"]);
+}
+
+#[test]
+fn serve_pull_missing_refuses_a_missing_file_it_cannot_pull_before_downloading() {
+    let server = Server::start(vec![("/synset.txt", Route::Body(synsets()))]);
+    let dir = dir_with_the_fast_model("serve-other");
+    let model_dir = dir.path().to_str().expect("utf-8 temp path");
+    let out = tandem(
+        &[
+            "serve",
+            "--pull-missing",
+            "--model-dir",
+            model_dir,
+            "--accurate-model",
+            "mine.onnx",
+            "--models-base-url",
+            &server.base_url(),
+        ],
+        &[],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("accurate-tier model file {model_dir}/mine.onnx not found")), "{err}");
+    assert!(
+        err.contains("pass --accurate-model (or TANDEM_ACCURATE_MODEL)") && err.contains(": mobilenet_v2.onnx)"),
+        "{err}"
+    );
+    assert_eq!(server.total_hits(), 0, "the labels are not pulled either");
+    assert_eq!(entries(dir.path()), ["mobilenet_v2.onnx"]);
+}
+
+#[test]
+fn serve_pull_missing_names_the_url_and_the_alternative_when_a_download_fails() {
+    let server = Server::start(vec![]);
+    let dir = dir_with_the_fast_model("serve-404");
+    let model_dir = dir.path().to_str().expect("utf-8 temp path");
+    let accurate = shared_model("efficientnet_lite2.onnx");
+    let out = tandem(
+        &[
+            "serve",
+            "--pull-missing",
+            "--model-dir",
+            model_dir,
+            "--accurate-model",
+            &accurate,
+            "--models-base-url",
+            &server.base_url(),
+        ],
+        &[],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("GET {} returned HTTP 404", server.url("/synset.txt"))), "{err}");
+    assert!(err.contains("--model-dir / TANDEM_MODEL_DIR"), "{err}");
+    assert_eq!(entries(dir.path()), ["mobilenet_v2.onnx"]);
 }

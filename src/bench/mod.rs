@@ -85,11 +85,11 @@ pub struct BenchArgs {
     pub timeout: f64,
 
     /// Print one JSON object instead of a table.
-    #[arg(long)]
+    #[arg(long, env = "TANDEM_BENCH_JSON")]
     pub json: bool,
 
     /// Time ONNX Runtime alone, in this process, on the same image (no HTTP).
-    #[arg(long, help_heading = "Raw mode (--raw)")]
+    #[arg(long, env = "TANDEM_BENCH_RAW", help_heading = "Raw mode (--raw)")]
     pub raw: bool,
 
     /// Which tier's model --raw times.

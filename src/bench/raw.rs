@@ -47,6 +47,7 @@ pub fn run(args: &BenchArgs, image: &[u8]) -> anyhow::Result<bool> {
         }
     }
 
+    crate::models::pull::pull_missing(models, &[tier])?;
     let labels = Arc::new(Labels::load(&models.labels_path())?);
     let spin = args.spinning.unwrap_or_else(|| models.spin(tier));
     let mut config = ModelConfig {

@@ -17,15 +17,15 @@ pub struct ClassifyArgs {
     pub models: ModelArgs,
 
     /// Which tier's model to run.
-    #[arg(long, value_enum, default_value_t = Tier::Fast)]
+    #[arg(long, env = "TANDEM_CLASSIFY_TIER", value_enum, default_value_t = Tier::Fast)]
     pub tier: Tier,
 
     /// How many classes to print per image.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "TANDEM_CLASSIFY_TOP_K", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
     pub top_k: u16,
 
     /// One JSON object per line: `{"file", "model", "top_k": [...]}` or `{"file", "error"}`.
-    #[arg(long)]
+    #[arg(long, env = "TANDEM_CLASSIFY_JSON")]
     pub json: bool,
 
     /// Image files (JPEG, PNG, WebP, BMP, GIF).
@@ -35,6 +35,7 @@ pub struct ClassifyArgs {
 
 /// Returns `Ok(false)` when at least one image failed (the others are still classified).
 pub fn run(args: &ClassifyArgs) -> anyhow::Result<bool> {
+    crate::models::pull::pull_missing(&args.models, &[args.tier])?;
     let labels = Arc::new(Labels::load(&args.models.labels_path())?);
     let classifier = load_tier(&args.models, &labels, args.tier, usize::from(args.top_k))?;
     let mut out = std::io::stdout().lock();

@@ -27,11 +27,11 @@ pub struct EvalArgs {
     pub dir: PathBuf,
 
     /// Ground truth: CSV with a header and columns `file,class_index,...` (file relative to DIR).
-    #[arg(long = "labels", id = "truth", value_name = "LABELS.CSV")]
+    #[arg(long = "labels", id = "truth", env = "TANDEM_EVAL_LABELS", value_name = "LABELS.CSV")]
     pub labels_csv: PathBuf,
 
     /// Print one JSON object instead of a table.
-    #[arg(long)]
+    #[arg(long, env = "TANDEM_EVAL_JSON")]
     pub json: bool,
 }
 
@@ -104,6 +104,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let csv = std::fs::read_to_string(&args.labels_csv)
         .with_context(|| format!("cannot read {}", args.labels_csv.display()))?;
     let rows = parse_labels_csv(&csv)?;
+    crate::models::pull::prepare(&args.models, &[Tier::Fast, Tier::Accurate], "--class-labels")?;
     let labels = Arc::new(Labels::load(&args.models.labels_path())?);
     let fast = load_tier(&args.models, &labels, Tier::Fast, 5)?;
     let accurate = load_tier(&args.models, &labels, Tier::Accurate, 5)?;

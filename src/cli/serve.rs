@@ -42,6 +42,8 @@ async fn serve_async(args: &ServeArgs) -> anyhow::Result<()> {
         check_redis_url(url)?;
     }
     let listener = bind(&args.addr).await?;
+    // Then the model files: missing ones are named (and pulled, with --pull-missing).
+    crate::models::pull::pull_missing(&args.models, args.tiers())?;
     crate::metrics::install();
     crate::metrics::register_serve_series();
 
@@ -107,6 +109,7 @@ async fn worker_async(args: &WorkerArgs) -> anyhow::Result<()> {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
+    crate::models::pull::pull_missing(&args.models, &[Tier::Accurate])?;
     let labels = Arc::new(Labels::load(&args.models.labels_path())?);
     let accurate = start_accurate(&args.models, &labels, &args.workers)?;
     let queue = connect_redis(url, &args.queue).await?;

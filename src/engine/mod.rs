@@ -41,8 +41,12 @@ use crate::pipeline::{self, ImageError, PreprocessConfig};
 pub enum EngineError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    #[error("model file {file} not found (run `tandem models pull` or pass --model-dir)")]
+    /// The command line checks model files first, with a hint naming the flag (see
+    /// `models::files`); this is what a library caller gets.
+    #[error("model file {file} not found")]
     ModelMissing { file: String },
+    #[error("{file} is not an ONNX model (ONNX Runtime cannot parse it as one)")]
+    NotOnnx { file: String },
     #[error("model {file} refused: {reason}")]
     InvalidModel { file: String, reason: String },
     #[error("inference failed: {0}")]

@@ -112,8 +112,9 @@ fn build_session(
     spinning: bool,
     stop_spinning_after_run: bool,
     prepacked: &PrepackedWeights,
-) -> Result<Session, String> {
-    let env = runtime::environment().map_err(|e| e.to_string())?;
+) -> Result<Session, EngineError> {
+    let file = config.path.display().to_string();
+    let env = runtime::environment()?;
     Session::builder(env)
         .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
         .and_then(|b| b.with_intra_threads(threads).map_err(Into::into))
@@ -124,7 +125,11 @@ fn build_session(
         })
         .and_then(|b| b.with_prepacked_weights(prepacked).map_err(Into::into))
         .and_then(|mut b| b.commit_from_file(&config.path))
-        .map_err(|e| e.to_string())
+        .map_err(|e| match e.code() {
+            // ORT's own "Protobuf parsing failed" does not tell a user that this is the wrong file.
+            ort::ErrorCode::InvalidProtobuf => EngineError::NotOnnx { file },
+            _ => EngineError::InvalidModel { file, reason: e.to_string() },
+        })
 }
 
 impl Model {
@@ -139,10 +144,10 @@ impl Model {
         }
         let plan = SessionPlan::new(config);
         let prepacked = PrepackedWeights::new();
-        let session = build_session(config, plan.lane_threads, plan.lane_spins, false, &prepacked).map_err(invalid)?;
+        let session = build_session(config, plan.lane_threads, plan.lane_spins, false, &prepacked)?;
         let alone_session = match plan.alone {
             Some((threads, spinning, stop)) => {
-                Some(Arc::new(Mutex::new(build_session(config, threads, spinning, stop, &prepacked).map_err(invalid)?)))
+                Some(Arc::new(Mutex::new(build_session(config, threads, spinning, stop, &prepacked)?)))
             }
             None => None,
         };
@@ -188,8 +193,9 @@ impl Model {
             _ => return Err(invalid(format!("output `{}` must be [N, classes], found {shape:?}", model.output_name))),
         };
         if num_classes != config.labels.len() {
+            let labels_file = config.labels.path().map(|p| format!(" {}", p.display())).unwrap_or_default();
             return Err(invalid(format!(
-                "the model has {num_classes} classes but the labels file has {} lines",
+                "the model has {num_classes} classes but the labels file{labels_file} has {} lines",
                 config.labels.len()
             )));
         }
@@ -203,8 +209,7 @@ impl Model {
         let plan = SessionPlan::new(config);
         let mut lanes = Vec::with_capacity(plan.lanes.saturating_sub(1));
         for _ in 1..plan.lanes {
-            let session = build_session(config, plan.lane_threads, plan.lane_spins, false, &self.prepacked)
-                .map_err(|reason| EngineError::InvalidModel { file: config.path.display().to_string(), reason })?;
+            let session = build_session(config, plan.lane_threads, plan.lane_spins, false, &self.prepacked)?;
             let mut lane = Self {
                 session,
                 alone_session: self.alone_session.clone(),

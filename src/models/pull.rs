@@ -8,6 +8,9 @@
 //! A file whose final name already exists with the expected size is skipped without being read
 //! again; `--verify` re-hashes such files. A present file with the wrong size (or, under
 //! `--verify`, the wrong sha256) is downloaded again and atomically replaced.
+//!
+//! [`pull_missing`] is `--pull-missing` of the commands that load models: it downloads only the
+//! default files that the configuration uses and lacks, so `scripts/run.sh` need not guess.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -20,6 +23,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 use ureq::ResponseExt;
 use ureq::http::Uri;
+
+use super::files::{self, MissingFile, NeededFile};
+use crate::config::{ModelArgs, Tier};
 
 /// Where the default model set is downloaded from; each [`ModelFile::url_path`] is appended to it.
 pub const DEFAULT_BASE_URL: &str = "https://github.com/onnx/models/raw/main/validated/vision/classification/";
@@ -489,6 +495,50 @@ impl Drop for TempFile {
     }
 }
 
+/// What to do when a download fails: the network may be out of reach from here, while the files
+/// may well be on disk already.
+const OFFLINE_HINT: &str = "check the network, or HTTPS_PROXY behind a proxy; to use model files you already \
+have instead, point --model-dir / TANDEM_MODEL_DIR at their directory, with --fast-model, --accurate-model and \
+--labels naming the files in it";
+
+/// `--pull-missing` of `serve` and `worker`, called before anything loads. Checks the files the
+/// configuration uses for `tiers` (labels included); with `--pull-missing`, first downloads those
+/// of them that are missing and named as in the default set, into the directory they are
+/// expected in. A missing file that pulling cannot provide fails with its hint before anything
+/// is downloaded (see [`files::MissingFile`]).
+pub fn pull_missing(models: &ModelArgs, tiers: &[Tier]) -> anyhow::Result<()> {
+    prepare(models, tiers, "--labels")
+}
+
+/// [`pull_missing`], for a command whose class-names flag is not `--labels` (`tandem eval`).
+pub fn prepare(models: &ModelArgs, tiers: &[Tier], labels_flag: &'static str) -> anyhow::Result<()> {
+    let needed = files::needed(models, tiers, labels_flag);
+    if !models.pull_missing {
+        return Ok(files::check(&needed)?);
+    }
+    let missing: Vec<&NeededFile> = needed.iter().filter(|file| !file.is_present()).collect();
+    if let Some(other) = missing.iter().find(|file| !file.is_default()) {
+        return Err(MissingFile::new(other).into());
+    }
+    for file in missing {
+        let Some(name) = file.path.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(entry) = DEFAULT_MODEL_FILES.iter().find(|f| f.file_name == name) else { continue };
+        let puller = Puller::new(&models.models_base_url, file.dir())?.with_progress(true);
+        // Two tiers may name the same file: the second pull finds it present.
+        match puller.pull_file(entry) {
+            Ok(outcome) => tracing::info!(file = %file.path.display(), "--pull-missing: {}", outcome.describe()),
+            Err(err) => {
+                anyhow::bail!(
+                    "--pull-missing: {}: {:#} ({OFFLINE_HINT})",
+                    file.path.display(),
+                    anyhow::Error::from(err)
+                )
+            }
+        }
+    }
+    Ok(files::check(&needed)?)
+}
+
 /// `tandem models pull`: pulls [`DEFAULT_MODEL_FILES`], one status line per file on stderr.
 pub fn run(args: &PullArgs) -> anyhow::Result<()> {
     let puller = Puller::new(&args.base_url, &args.model_dir)?.with_verify(args.verify).with_progress(true);
@@ -506,6 +556,12 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
     if failed.is_empty() {
         Ok(())
     } else {
-        anyhow::bail!("{} of {} model files failed: {}", failed.len(), DEFAULT_MODEL_FILES.len(), failed.join(", "))
+        anyhow::bail!(
+            "{} of {} model files failed: {} (tried from {}; {OFFLINE_HINT})",
+            failed.len(),
+            DEFAULT_MODEL_FILES.len(),
+            failed.join(", "),
+            puller.base_url,
+        )
     }
 }

@@ -39,8 +39,12 @@ fn denorm(out: &[f32], config: &PreprocessConfig, c: usize, x: usize, y: usize) 
     (out[c * crop * crop + y * crop + x] * config.std[c] + config.mean[c]) * 255.0
 }
 
+/// `TANDEM_SHARED_DIR`/images, else `../shared/images` beside the repository (as the integration tests).
 fn shared_images() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/images")
+    std::env::var_os("TANDEM_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+        .join("images")
 }
 
 // ---- values and geometry ----

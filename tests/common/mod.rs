@@ -3,9 +3,12 @@
 
 use std::path::PathBuf;
 
-/// `../shared` beside the repository root.
+/// The shared test models and photos: `TANDEM_SHARED_DIR`, else `../shared` beside the
+/// repository root (as `scripts/test.sh` checks).
 pub fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
+    std::env::var_os("TANDEM_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"))
 }
 
 pub fn models_dir() -> PathBuf {
@@ -26,7 +29,8 @@ pub struct Golden {
 }
 
 pub fn golden() -> Vec<Golden> {
-    let text = std::fs::read_to_string(images_dir().join("golden.csv")).expect("../shared/images/golden.csv");
+    let text = std::fs::read_to_string(images_dir().join("golden.csv"))
+        .expect("golden.csv in the shared images (TANDEM_SHARED_DIR)");
     text.lines()
         .skip(1)
         .filter(|l| !l.trim().is_empty())
