@@ -268,6 +268,17 @@ fn e2e_script_checks_a_running_deployment() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "e2e.sh failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("fast:    ambulance") && stdout.contains("accurate: ambulance"), "{stdout}");
+
+    // A refused image: the server's own JSON error is shown, not just curl's status line.
+    let output = std::process::Command::new("bash")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/e2e.sh"))
+        .arg(&server.base)
+        .arg(images_dir().join("bad_inputs/not_an_image.png"))
+        .output()
+        .expect("run scripts/e2e.sh");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a refused image fails the check");
+    assert!(stderr.contains("HTTP 400") && stderr.contains(r#""code":"#), "{stderr}");
 }
 
 #[test]
