@@ -3,7 +3,8 @@
 //! Used by `tandem worker` (Redis) and inside `tandem serve` (embedded queue). Up to
 //! `concurrency` jobs run at once; the classifier batches whatever of them is waiting. A job
 //! is acknowledged only after its result is stored; a failed or panicking job costs one attempt.
-//! On shutdown it stops taking jobs and finishes the ones in flight.
+//! On shutdown it stops taking jobs and finishes the ones in flight. While it takes jobs it
+//! counts as a live worker of its queue (`JobQueue::live_workers`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,7 @@ pub async fn run(queue: JobQueue, classifier: Classifier, config: WorkerConfig, 
     let concurrency = config.concurrency.max(1);
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut backoff = Backoff::default();
+    let presence = queue.register_worker();
     while !*shutdown.borrow() {
         // Wait for a free slot first, so jobs are only taken when they can start at once.
         let Ok(first) = Arc::clone(&slots).acquire_owned().await else { break };
@@ -73,6 +75,8 @@ pub async fn run(queue: JobQueue, classifier: Classifier, config: WorkerConfig, 
             });
         }
     }
+    // No more jobs taken from here on: no longer a live worker, though the last ones finish.
+    presence.leave().await;
     // Every slot back means every job in flight has finished.
     let _ = slots.acquire_many(concurrency as u32).await;
     tracing::info!("worker stopped");
@@ -160,8 +164,9 @@ struct Backoff {
 
 impl Backoff {
     fn failed(&mut self, err: &QueueError) -> Duration {
+        // Debug only: the Redis queue logs each outage itself, once, for every caller.
         if self.failures == 0 {
-            tracing::warn!(error = %err, "queue unavailable; retrying with backoff");
+            tracing::debug!(error = %err, "queue unavailable; retrying with backoff");
         }
         self.failures = self.failures.saturating_add(1);
         let exponent = self.failures.min(6);
@@ -170,7 +175,7 @@ impl Backoff {
 
     fn succeeded(&mut self) {
         if self.failures > 0 {
-            tracing::info!(after = self.failures, "queue reachable again");
+            tracing::debug!(after = self.failures, "queue reachable again");
         }
         self.failures = 0;
     }

@@ -83,6 +83,12 @@ fn embedded_mode_answers_now_and_refines_every_job() {
     let server = Tandem::serve(&[]);
     let (status, ready) = get_json(&server.url("/health/ready"));
     assert_eq!((status, ready["queue"].as_str()), (200, Some("embedded")));
+    // The embedded worker is the one live worker.
+    assert_eq!((ready["workers"]["live"].as_u64(), ready.get("warning")), (Some(1), None), "{ready}");
+    // The gauge agrees.
+    let metrics = common::agent().get(&server.url("/metrics")).call().expect("GET /metrics");
+    let text = metrics.into_body().read_to_string().expect("body");
+    assert!(text.contains("tandem_workers_live 1"), "{text}");
     check_both_tiers(&server);
 }
 

@@ -157,6 +157,10 @@ async fn connect_redis(url: &str, args: &QueueArgs) -> anyhow::Result<JobQueue> 
         policy: args.policy(),
     };
     let queue = RedisQueue::connect(config).await.context("cannot set up the Redis queue")?;
+    // One call now, so a Redis that does not answer is logged at start-up (the queue logs
+    // each outage once) rather than only noticed in the replies; it is not fatal: Redis may
+    // come up later, and everything resumes when it does.
+    let _ = queue.check_ready().await;
     Ok(JobQueue::Redis(queue))
 }
 
