@@ -85,10 +85,16 @@ fn embedded_mode_answers_now_and_refines_every_job() {
     assert_eq!((status, ready["queue"].as_str()), (200, Some("embedded")));
     // The embedded worker is the one live worker.
     assert_eq!((ready["workers"]["live"].as_u64(), ready.get("warning")), (Some(1), None), "{ready}");
-    // The gauge agrees.
+    // Wait metrics exist (at 0) before the first job.
     let metrics = common::agent().get(&server.url("/metrics")).call().expect("GET /metrics");
     let text = metrics.into_body().read_to_string().expect("body");
-    assert!(text.contains("tandem_workers_live 1"), "{text}");
+    for needle in [
+        "tandem_job_queue_wait_seconds_count 0",
+        r#"tandem_inference_wait_seconds_count{tier="accurate"} 0"#,
+        "tandem_workers_live 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
     check_both_tiers(&server);
 }
 
@@ -308,6 +314,8 @@ fn metrics_follow_prometheus_conventions_and_count_what_happened() {
         "tandem_jobs_enqueued_total 1",
         r#"tandem_jobs_finished_total{status="completed"} 1"#,
         "tandem_job_attempts_total 1",
+        "tandem_job_queue_wait_seconds_count 1",
+        r#"tandem_inference_wait_seconds_count{tier="accurate"} 1"#,
         r#"tandem_tier_agreement_total{agree="true"} 1"#,
         "# TYPE tandem_job_duration_seconds histogram",
     ] {

@@ -145,7 +145,7 @@ fn start_accurate(models: &ModelArgs, labels: &Arc<Labels>, pool: &WorkerPoolArg
 }
 
 fn worker_config(pool: &WorkerPoolArgs) -> WorkerConfig {
-    WorkerConfig { concurrency: pool.concurrency.max(1), ..WorkerConfig::default() }
+    WorkerConfig { concurrency: pool.concurrency.max(1), priority: pool.accurate_priority, ..WorkerConfig::default() }
 }
 
 async fn connect_redis(url: &str, args: &QueueArgs) -> anyhow::Result<JobQueue> {
