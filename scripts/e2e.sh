@@ -14,14 +14,30 @@ timeout="${3:-60}"
 
 json() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {}, {"d": d}))' "$1"; }
 
+# `call WHAT URL [CURL ARGS...]` prints the response body. On an error status it prints the
+# status and the server's own JSON error (which `curl -f` would throw away) and exits 1.
+call() {
+  local what="$1" url="$2" out status body
+  shift 2
+  out="$(curl -sS -w '\n%{http_code}' "$@" "$url")" || { echo "$what: no answer from $url" >&2; exit 1; }
+  status="${out##*$'\n'}"
+  body="${out%$'\n'*}"
+  if [ "$status" -ge 400 ] 2>/dev/null || [ "$status" = 000 ]; then
+    echo "$what failed: HTTP $status from $url" >&2
+    echo "$body" >&2
+    exit 1
+  fi
+  printf '%s\n' "$body"
+}
+
 echo "== $base"
-health="$(curl -fsS "$base/health")"
+health="$(call health "$base/health")"
 echo "health:  $health"
 ready="$(curl -sS -w '\n%{http_code}' "$base/health/ready")"
 echo "ready:   $(echo "$ready" | head -1) (HTTP $(echo "$ready" | tail -1))"
 [ "$(echo "$ready" | tail -1)" = 200 ] || { echo "not ready" >&2; exit 1; }
 
-answer="$(curl -fsS -X POST -H 'content-type: image/jpeg' --data-binary @"$image" "$base/predict")"
+answer="$(call predict "$base/predict" -X POST -H 'content-type: image/jpeg' --data-binary @"$image")"
 job_id="$(echo "$answer" | json 'd["job_id"] or ""')"
 echo "fast:    $(echo "$answer" | json '"%s (%.3f, %s, %.1f ms)" % (d["sync"]["label"], d["sync"]["score"], d["sync"]["model"], d["sync"]["inference_ms"])')"
 if [ -z "$job_id" ]; then
@@ -32,7 +48,7 @@ echo "job:     $job_id"
 
 deadline=$((SECONDS + timeout))
 while :; do
-  job="$(curl -fsS "$base/job/$job_id")"
+  job="$(call job "$base/job/$job_id")"
   status="$(echo "$job" | json 'd["status"]')"
   case "$status" in
     completed)

@@ -21,6 +21,9 @@ pub const JOBS_FINISHED: &str = "tandem_jobs_finished_total";
 pub const JOB_ATTEMPTS: &str = "tandem_job_attempts_total";
 pub const JOB_DURATION: &str = "tandem_job_duration_seconds";
 pub const TIER_AGREEMENT: &str = "tandem_tier_agreement_total";
+pub const JOB_QUEUE_WAIT: &str = "tandem_job_queue_wait_seconds";
+pub const INFERENCE_WAIT: &str = "tandem_inference_wait_seconds";
+pub const WORKERS_LIVE: &str = "tandem_workers_live";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -87,4 +90,11 @@ fn describe() {
     describe_counter!(JOB_ATTEMPTS, "job attempts started by workers in this process");
     describe_histogram!(JOB_DURATION, Unit::Seconds, "job creation to result, for completed jobs");
     describe_counter!(TIER_AGREEMENT, "completed jobs by whether both tiers gave the same top-1");
+    describe_histogram!(JOB_QUEUE_WAIT, Unit::Seconds, "job creation to the start of each attempt, as queue_ms");
+    describe_histogram!(
+        INFERENCE_WAIT,
+        Unit::Seconds,
+        "an image handed to a tier until its batch starts: earlier batches, decoding, waiting for a CPU"
+    );
+    describe_gauge!(WORKERS_LIVE, "workers taking jobs from the queue now (read at scrape time)");
 }

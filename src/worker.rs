@@ -3,16 +3,20 @@
 //! Used by `tandem worker` (Redis) and inside `tandem serve` (embedded queue). Up to
 //! `concurrency` jobs run at once; the classifier batches whatever of them is waiting. A job
 //! is acknowledged only after its result is stored; a failed or panicking job costs one attempt.
-//! On shutdown it stops taking jobs and finishes the ones in flight.
+//! On shutdown it stops taking jobs and finishes the ones in flight. While it takes jobs it
+//! counts as a live worker of its queue (`JobQueue::live_workers`).
+
+mod starvation;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 
-use crate::engine::{Classifier, ClassifyError};
-use crate::jobs::{Delivery, FailOutcome};
+use crate::engine::{Classifier, ClassifyError, Priority};
+use crate::jobs::{Delivery, FailOutcome, now_ms};
 use crate::queue::{JobQueue, QueueError};
+use starvation::StarvationWatch;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -20,11 +24,13 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Longest a `take` blocks, which bounds how fast shutdown is noticed.
     pub poll: Duration,
+    /// The accurate tier's CPU priority, for the advice when jobs wait far longer than they run.
+    pub priority: Priority,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { concurrency: 4, poll: Duration::from_secs(1) }
+        Self { concurrency: 4, poll: Duration::from_secs(1), priority: Priority::Idle }
     }
 }
 
@@ -33,6 +39,10 @@ pub async fn run(queue: JobQueue, classifier: Classifier, config: WorkerConfig, 
     let concurrency = config.concurrency.max(1);
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut backoff = Backoff::default();
+    let starvation = Arc::new(StarvationWatch::new(config.priority));
+    // Registered so the series is in /metrics (at 0) before the first job.
+    let _ = metrics::histogram!(crate::metrics::JOB_QUEUE_WAIT);
+    let presence = queue.register_worker();
     while !*shutdown.borrow() {
         // Wait for a free slot first, so jobs are only taken when they can start at once.
         let Ok(first) = Arc::clone(&slots).acquire_owned().await else { break };
@@ -67,12 +77,15 @@ pub async fn run(queue: JobQueue, classifier: Classifier, config: WorkerConfig, 
             };
             let queue = queue.clone();
             let classifier = classifier.clone();
+            let starvation = Arc::clone(&starvation);
             tokio::spawn(async move {
-                process(&queue, &classifier, delivery).await;
+                process(&queue, &classifier, &starvation, delivery).await;
                 drop(permit);
             });
         }
     }
+    // No more jobs taken from here on: no longer a live worker, though the last ones finish.
+    presence.leave().await;
     // Every slot back means every job in flight has finished.
     let _ = slots.acquire_many(concurrency as u32).await;
     tracing::info!("worker stopped");
@@ -80,8 +93,11 @@ pub async fn run(queue: JobQueue, classifier: Classifier, config: WorkerConfig, 
 
 /// Runs one job. The model runs in its own task so that a panic is caught and recorded as a
 /// failed attempt instead of ending the worker.
-async fn process(queue: &JobQueue, classifier: &Classifier, delivery: Delivery) {
+async fn process(queue: &JobQueue, classifier: &Classifier, starvation: &StarvationWatch, delivery: Delivery) {
     metrics::counter!(crate::metrics::JOB_ATTEMPTS).increment(1);
+    // Creation to this attempt's start, as the job record's `queue_ms`.
+    let queue_wait_ms = now_ms().saturating_sub(delivery.created_at_ms);
+    metrics::histogram!(crate::metrics::JOB_QUEUE_WAIT).record(queue_wait_ms as f64 / 1e3);
     let image = delivery.image.clone();
     let runner = classifier.clone();
     let outcome = tokio::spawn(async move { runner.classify(image).await }).await;
@@ -96,7 +112,7 @@ async fn process(queue: &JobQueue, classifier: &Classifier, delivery: Delivery) 
             // If the result cannot be stored (queue down), the job stays unacknowledged and is
             // taken over after the reclaim timeout: done again rather than lost.
             match retry_briefly(|| queue.complete(&delivery, &prediction)).await {
-                Ok(sync_class) => record_completion(&delivery, &prediction, sync_class),
+                Ok(sync_class) => record_completion(&delivery, &prediction, sync_class, starvation),
                 Err(err) => {
                     tracing::warn!(job = %delivery.id, error = %err, "result not stored; the job will be retried")
                 }
@@ -115,10 +131,18 @@ async fn process(queue: &JobQueue, classifier: &Classifier, delivery: Delivery) 
     }
 }
 
-fn record_completion(delivery: &Delivery, result: &crate::engine::Prediction, sync_class: Option<usize>) {
+fn record_completion(
+    delivery: &Delivery,
+    result: &crate::engine::Prediction,
+    sync_class: Option<usize>,
+    starvation: &StarvationWatch,
+) {
     metrics::counter!(crate::metrics::JOBS_FINISHED, "status" => "completed").increment(1);
-    let waited = crate::jobs::now_ms().saturating_sub(delivery.created_at_ms);
-    metrics::histogram!(crate::metrics::JOB_DURATION).record(waited as f64 / 1e3);
+    let total = Duration::from_millis(now_ms().saturating_sub(delivery.created_at_ms));
+    metrics::histogram!(crate::metrics::JOB_DURATION).record(total.as_secs_f64());
+    // Everything but the model run: the queue, the engine's own queue, decoding, a starved CPU.
+    let ran = Duration::try_from_secs_f64(result.inference_ms / 1e3).unwrap_or_default();
+    starvation.job_finished(total.saturating_sub(ran), ran);
     if let Some(sync_class) = sync_class {
         let agree = if sync_class == result.class_index { "true" } else { "false" };
         metrics::counter!(crate::metrics::TIER_AGREEMENT, "agree" => agree).increment(1);
@@ -160,8 +184,9 @@ struct Backoff {
 
 impl Backoff {
     fn failed(&mut self, err: &QueueError) -> Duration {
+        // Debug only: the Redis queue logs each outage itself, once, for every caller.
         if self.failures == 0 {
-            tracing::warn!(error = %err, "queue unavailable; retrying with backoff");
+            tracing::debug!(error = %err, "queue unavailable; retrying with backoff");
         }
         self.failures = self.failures.saturating_add(1);
         let exponent = self.failures.min(6);
@@ -170,7 +195,7 @@ impl Backoff {
 
     fn succeeded(&mut self) {
         if self.failures > 0 {
-            tracing::info!(after = self.failures, "queue reachable again");
+            tracing::debug!(after = self.failures, "queue reachable again");
         }
         self.failures = 0;
     }

@@ -653,3 +653,22 @@ async fn a_job_whose_image_vanished_fails_instead_of_running_on_nothing() {
     assert_eq!(dead.len(), 1);
     assert_eq!(field(&dead[0], "id"), Some(lost_id.to_string().as_str()));
 }
+
+#[tokio::test]
+async fn live_workers_are_those_whose_heartbeat_has_not_run_out() {
+    let keys = Keys::new();
+    let p = policy(100, 3, Duration::from_secs(60));
+    let a = keys.queue("worker-a", Duration::from_secs(30), p.clone()).await;
+    let b = keys.queue("worker-b", Duration::from_secs(30), p).await;
+    assert_eq!(a.heartbeat_ttl(), Duration::from_secs(6), "reclaim_after 30 s, capped at 6 s");
+    assert_eq!(a.live_workers().await.expect("count"), 0);
+    a.heartbeat(Duration::from_secs(30)).await.expect("beat a");
+    b.heartbeat(Duration::from_millis(300)).await.expect("beat b");
+    b.heartbeat(Duration::from_millis(300)).await.expect("a second beat counts once");
+    assert_eq!(a.live_workers().await.expect("count"), 2);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(b.live_workers().await.expect("count"), 1, "b's heartbeat ran out");
+    a.leave().await.expect("leave");
+    assert_eq!(b.live_workers().await.expect("count"), 0, "a left at once");
+    assert!(keys.pttl(&format!("{}:workers", keys.prefix)).await > 0, "the set expires by itself");
+}

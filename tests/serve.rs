@@ -83,6 +83,18 @@ fn embedded_mode_answers_now_and_refines_every_job() {
     let server = Tandem::serve(&[]);
     let (status, ready) = get_json(&server.url("/health/ready"));
     assert_eq!((status, ready["queue"].as_str()), (200, Some("embedded")));
+    // The embedded worker is the one live worker.
+    assert_eq!((ready["workers"]["live"].as_u64(), ready.get("warning")), (Some(1), None), "{ready}");
+    // Wait metrics exist (at 0) before the first job.
+    let metrics = common::agent().get(&server.url("/metrics")).call().expect("GET /metrics");
+    let text = metrics.into_body().read_to_string().expect("body");
+    for needle in [
+        "tandem_job_queue_wait_seconds_count 0",
+        r#"tandem_inference_wait_seconds_count{tier="accurate"} 0"#,
+        "tandem_workers_live 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
     check_both_tiers(&server);
 }
 
@@ -268,6 +280,17 @@ fn e2e_script_checks_a_running_deployment() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "e2e.sh failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("fast:    ambulance") && stdout.contains("accurate: ambulance"), "{stdout}");
+
+    // A refused image: the server's own JSON error is shown, not just curl's status line.
+    let output = std::process::Command::new("bash")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/e2e.sh"))
+        .arg(&server.base)
+        .arg(images_dir().join("bad_inputs/not_an_image.png"))
+        .output()
+        .expect("run scripts/e2e.sh");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a refused image fails the check");
+    assert!(stderr.contains("HTTP 400") && stderr.contains(r#""code":"#), "{stderr}");
 }
 
 #[test]
@@ -291,6 +314,8 @@ fn metrics_follow_prometheus_conventions_and_count_what_happened() {
         "tandem_jobs_enqueued_total 1",
         r#"tandem_jobs_finished_total{status="completed"} 1"#,
         "tandem_job_attempts_total 1",
+        "tandem_job_queue_wait_seconds_count 1",
+        r#"tandem_inference_wait_seconds_count{tier="accurate"} 1"#,
         r#"tandem_tier_agreement_total{agree="true"} 1"#,
         "# TYPE tandem_job_duration_seconds histogram",
     ] {

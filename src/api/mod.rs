@@ -6,6 +6,7 @@
 //! What wraps every route (request ids, logs, metrics, auth, CORS) is in [`middleware`].
 
 pub mod error;
+pub mod health;
 pub mod input;
 pub mod middleware;
 pub mod server;
@@ -128,8 +129,14 @@ pub fn check_cors_origin(origin: &str) -> Result<(), String> {
     if valid { Ok(()) } else { Err(format!("--cors-origin {origin:?} must be `*` or like https://app.example.com")) }
 }
 
-/// The worker's small HTTP surface: liveness and metrics (it serves no predictions).
+/// The worker's small HTTP surface: liveness, readiness (its Redis answers; its model is
+/// loaded before this listener opens) and metrics. It serves no predictions.
 pub fn worker_router(queue: JobQueue) -> Router {
+    let ready_queue = queue.clone();
+    let ready = move || {
+        let queue = ready_queue.clone();
+        async move { health::ready(&queue, health::Role::Worker).await }
+    };
     let metrics = move || {
         let queue = queue.clone();
         async move {
@@ -137,7 +144,11 @@ pub fn worker_router(queue: JobQueue) -> Router {
             render_metrics()
         }
     };
-    let routes = Router::new().route("/health/live", get(live)).route("/metrics", get(metrics)).fallback(not_found);
+    let routes = Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(not_found);
     with_common_layers(routes, &Arc::new(Access::default()))
 }
 
@@ -149,18 +160,9 @@ async fn live() -> Json<Value> {
     Json(json!({"status": "alive"}))
 }
 
-/// Ready when the models are loaded (they are before the listener opens) and the queue answers.
+/// Ready when the models are loaded and the queue answers; the body counts live workers.
 async fn ready(State(state): State<AppState>) -> Response {
-    let queue = state.inner.queue.backend();
-    match state.inner.queue.check_ready().await {
-        Ok(()) => Json(json!({"status": "ready", "queue": queue})).into_response(),
-        Err(err) => {
-            let mut body = error_body("queue_unavailable", &err.to_string());
-            body["status"] = json!("not_ready");
-            body["queue"] = json!(queue);
-            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-        }
-    }
+    health::ready(&state.inner.queue, health::Role::Serve).await
 }
 
 /// `POST /predict`'s query: everything else is refused, so a typo is not silently ignored.
@@ -316,6 +318,7 @@ async fn publish_queue_depth(queue: &JobQueue) {
         metrics::gauge!(crate::metrics::QUEUE_DEPTH, "state" => "waiting").set(depth.waiting as f64);
         metrics::gauge!(crate::metrics::QUEUE_DEPTH, "state" => "pending").set(depth.pending as f64);
     }
+    health::publish_workers_live(queue).await;
 }
 
 /// The process's metrics, or 503 if the recorder could not be installed.

@@ -207,7 +207,7 @@ fn start_accurate(models: &ModelArgs, labels: &Arc<Labels>, pool: &WorkerPoolArg
 }
 
 fn worker_config(pool: &WorkerPoolArgs) -> WorkerConfig {
-    WorkerConfig { concurrency: pool.concurrency.max(1), ..WorkerConfig::default() }
+    WorkerConfig { concurrency: pool.concurrency.max(1), priority: pool.accurate_priority, ..WorkerConfig::default() }
 }
 
 async fn connect_redis(url: &str, args: &QueueArgs) -> anyhow::Result<JobQueue> {
@@ -219,6 +219,10 @@ async fn connect_redis(url: &str, args: &QueueArgs) -> anyhow::Result<JobQueue> 
         policy: args.policy(),
     };
     let queue = RedisQueue::connect(config).await.context("cannot set up the Redis queue")?;
+    // One call now, so a Redis that does not answer is logged at start-up (the queue logs
+    // each outage once) rather than only noticed in the replies; it is not fatal: Redis may
+    // come up later, and everything resumes when it does.
+    let _ = queue.check_ready().await;
     Ok(JobQueue::Redis(queue))
 }
 

@@ -161,6 +161,8 @@ impl Default for BatchConfig {
 struct Request {
     input: Input,
     reply: oneshot::Sender<Result<Prediction, ClassifyError>>,
+    /// When it was handed to the tier: the start of `tandem_inference_wait_seconds`.
+    queued_at: Instant,
 }
 
 enum Input {
@@ -236,6 +238,8 @@ impl Classifier {
         // Multi-consumer: every lane waits on it, and each request wakes only one of them.
         let (requests, queue) = crossbeam_channel::bounded(batching.queue_capacity.max(1));
         let tier = batching.tier;
+        // Registered so the series is in /metrics (at 0) before the first image.
+        let _ = metrics::histogram!(crate::metrics::INFERENCE_WAIT, "tier" => tier);
         let decode_on = batching.decode_on;
         let in_flight = Arc::new(AtomicUsize::new(0));
         let thread_in_flight = Arc::clone(&in_flight);
@@ -368,7 +372,8 @@ impl Classifier {
         let tensor = pipeline::preprocess(image, &self.inner.preprocess)?;
         let (reply, answer) = oneshot::channel();
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
-        if self.inner.requests.send(Request { input: Input::Tensor(tensor), reply }).is_err() {
+        let request = Request { input: Input::Tensor(tensor), reply, queued_at: Instant::now() };
+        if self.inner.requests.send(request).is_err() {
             self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(ClassifyError::Stopped);
         }
@@ -380,7 +385,7 @@ impl Classifier {
         let (reply, answer) = oneshot::channel();
         // Counted before it is visible to the thread, which uncounts it once answered.
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
-        match self.inner.requests.try_send(Request { input, reply }) {
+        match self.inner.requests.try_send(Request { input, reply, queued_at: Instant::now() }) {
             Ok(()) => Ok(PendingPrediction(answer)),
             Err(err) => {
                 self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -408,6 +413,8 @@ fn inference_loop(
     let mut batch: Vec<Request> = Vec::with_capacity(max_batch);
     let mut replies: Vec<oneshot::Sender<Result<Prediction, ClassifyError>>> = Vec::with_capacity(max_batch);
     let mut buffer: Vec<f32> = Vec::with_capacity(max_batch * tensor_len);
+    let mut queued_at: Vec<Instant> = Vec::with_capacity(max_batch);
+    let waits = metrics::histogram!(crate::metrics::INFERENCE_WAIT, "tier" => batching.tier);
     while let Ok(first) = queue.recv() {
         batch.push(first);
         collect_batch(queue, &mut batch, max_batch, batching.max_delay);
@@ -442,12 +449,17 @@ fn inference_loop(
                 }
             }
             replies.push(request.reply);
+            queued_at.push(request.queued_at);
         }
         if replies.is_empty() {
             continue;
         }
         let input: &[f32] = single.as_deref().unwrap_or(&buffer);
         let started = Instant::now();
+        // How long each image waited for this run: a starved tier shows here first.
+        for at in queued_at.drain(..) {
+            waits.record(started.saturating_duration_since(at).as_secs_f64());
+        }
         // A panic inside one batch fails that batch's requests, not the thread that serves
         // every later one.
         let result =

@@ -5,6 +5,7 @@
 //! Nothing survives a restart of the process — use Redis for that.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,8 @@ struct Inner {
     /// Wakes a waiting `take` when a job arrives.
     arrived: Notify,
     policy: QueuePolicy,
+    /// Workers taking from this queue now (the one inside `serve`, while it runs).
+    workers: AtomicU64,
 }
 
 #[derive(Default)]
@@ -42,7 +45,24 @@ struct Entry {
 
 impl EmbeddedQueue {
     pub fn new(policy: QueuePolicy) -> Self {
-        Self { inner: Arc::new(Inner { state: Mutex::default(), arrived: Notify::new(), policy }) }
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::default(),
+                arrived: Notify::new(),
+                policy,
+                workers: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Counts a worker as live until the returned guard is dropped.
+    pub fn register_worker(&self) -> EmbeddedWorker {
+        self.inner.workers.fetch_add(1, Ordering::Relaxed);
+        EmbeddedWorker { inner: Arc::clone(&self.inner) }
+    }
+
+    pub fn live_workers(&self) -> u64 {
+        self.inner.workers.load(Ordering::Relaxed)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -158,6 +178,17 @@ impl EmbeddedQueue {
         drop(state);
         self.inner.arrived.notify_one();
         Ok(FailOutcome::Retrying)
+    }
+}
+
+/// A worker counted in [`EmbeddedQueue::live_workers`]; uncounted when dropped.
+pub struct EmbeddedWorker {
+    inner: Arc<Inner>,
+}
+
+impl Drop for EmbeddedWorker {
+    fn drop(&mut self) {
+        self.inner.workers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -282,6 +313,16 @@ mod tests {
         producer.enqueue(job()).expect("enqueue");
         let taken = waiter.await.expect("join").expect("take");
         assert_eq!(taken.len(), 1);
+    }
+
+    #[test]
+    fn a_worker_counts_as_live_while_registered() {
+        let q = queue(10, 3);
+        assert_eq!(q.live_workers(), 0);
+        let worker = q.register_worker();
+        assert_eq!(q.live_workers(), 1);
+        drop(worker);
+        assert_eq!(q.live_workers(), 0);
     }
 
     #[tokio::test]

@@ -7,6 +7,8 @@
 //! Dispatch is a plain enum: two backends do not need trait objects.
 
 pub mod embedded;
+mod outage;
+pub mod presence;
 pub mod redis;
 
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 pub use embedded::EmbeddedQueue;
+pub use presence::WorkerPresence;
 pub use redis::{RedisQueue, RedisQueueConfig};
 
 use crate::engine::Prediction;
@@ -137,6 +140,21 @@ impl JobQueue {
         match self {
             JobQueue::Embedded(q) => q.check_ready(),
             JobQueue::Redis(q) => q.check_ready().await,
+        }
+    }
+
+    /// Counts the calling worker as live (in [`Self::live_workers`]) until the returned
+    /// presence is left or dropped. With Redis it beats from its own task meanwhile.
+    pub fn register_worker(&self) -> WorkerPresence {
+        WorkerPresence::register(self)
+    }
+
+    /// Workers taking jobs from this queue now: the embedded worker of this process, or every
+    /// worker process on this Redis whose heartbeat has not run out.
+    pub async fn live_workers(&self) -> Result<u64, QueueError> {
+        match self {
+            JobQueue::Embedded(q) => Ok(q.live_workers()),
+            JobQueue::Redis(q) => q.live_workers().await,
         }
     }
 

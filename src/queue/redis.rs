@@ -13,6 +13,9 @@
 //!   `error`, `attempts`, `created_at_ms`, `started_at_ms`, `completed_at_ms`. It expires
 //!   `result_ttl` after the job finishes (while unfinished, after at least an hour; see
 //!   `UNFINISHED_MIN_TTL`).
+//! - `{prefix}:workers` — a sorted set of live workers: member the worker's consumer name,
+//!   score the time (ms, Redis' clock) until which its latest heartbeat counts (see "Live
+//!   workers"). The set expires by itself a minute after the last heartbeat.
 //! - `{prefix}:dead` — the dead-letter stream (capped near `DEAD_LETTER_MAXLEN`): one entry
 //!   (`id`, `error`, `attempts`, `failed_at_ms`) per job that used up its attempts.
 //!
@@ -43,7 +46,23 @@
 //! (connect ~1 s, answer ~1.5 s, whole call `OP_TIMEOUT`) so a Redis outage turns into a
 //! prompt [`QueueError::Unavailable`] rather than a hang. A Redis restarted empty is picked up
 //! again by itself: the consumer group is recreated on `NOGROUP` (from id `0`, so entries added
-//! before the group existed are still delivered) and the call is retried once.
+//! before the group existed are still delivered) and the call is retried once. Every call
+//! reports how it ended to one `Outage` per queue, which logs a warning when Redis stops
+//! answering and a line when it is back, once per outage whichever calls notice (`outage.rs`).
+//!
+//! # Live workers
+//!
+//! Each worker process beats from its own task (`queue::presence`), every third of
+//! [`RedisQueue::heartbeat_ttl`]: one script sets its score to Redis' `TIME` plus the TTL and
+//! drops members whose time has run out; `live_workers` counts the members not yet run out,
+//! on the same clock; a worker that stops cleanly removes itself. The TTL is `reclaim_after`
+//! clamped to 1-6 s: a worker silent for `reclaim_after` loses its jobs to the others anyway,
+//! so it must not count as live for longer, and 6 s lets a `kill -9`'d worker drop out of
+//! `/health/ready` within seconds at the default `reclaim_after` (30 s).
+//! Why not the consumer group's own bookkeeping (`XINFO CONSUMERS` idle times): a worker whose
+//! slots are all busy does not read the stream until a job finishes (many seconds on a starved
+//! machine), so it would look gone; and consumers stay in the group forever, so that list grows
+//! with every worker process that ever ran.
 //!
 //! # Taking over jobs
 //!
@@ -60,9 +79,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, RedisResult, Script, Value};
+use redis::{Client, ErrorKind, RedisError, RedisResult, Script, ServerErrorKind, Value};
 use tokio::time::Instant;
 
+use super::outage::{Outage, Transition};
 use super::{QueueDepth, QueueError, QueuePolicy};
 use crate::engine::Prediction;
 use crate::jobs::{Delivery, FailOutcome, JobId, JobRecord, JobStatus, NewJob, now_ms};
@@ -81,6 +101,12 @@ pub struct RedisQueueConfig {
 
 /// The consumer group every worker reads through.
 const GROUP: &str = "workers";
+/// The longest a worker's heartbeat counts (see "Live workers").
+const HEARTBEAT_TTL_MAX: Duration = Duration::from_secs(6);
+/// The shortest: a beat every third of it must still be cheap.
+const HEARTBEAT_TTL_MIN: Duration = Duration::from_secs(1);
+/// Expiry of the whole live-workers set, longer than any heartbeat counts.
+const WORKERS_SET_TTL: Duration = Duration::from_secs(60);
 /// How long one attempt to open a TCP connection (and say hello) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long Redis may take to answer one ordinary command.
@@ -258,11 +284,16 @@ struct Inner {
     group_ready: AtomicBool,
     reclaim: Mutex<ReclaimState>,
     scripts: Scripts,
+    /// Whether Redis is answering, so an outage is logged once (see `outage.rs`).
+    outage: Outage,
+    /// `host:port` of the Redis, for log lines (never the URL: it may hold a password).
+    addr: String,
 }
 
 struct Keys {
     stream: String,
     dead: String,
+    workers: String,
     job_prefix: String,
     image_prefix: String,
 }
@@ -272,6 +303,7 @@ impl Keys {
         Self {
             stream: format!("{prefix}:jobs"),
             dead: format!("{prefix}:dead"),
+            workers: format!("{prefix}:workers"),
             job_prefix: format!("{prefix}:job:"),
             image_prefix: format!("{prefix}:image:"),
         }
@@ -291,6 +323,8 @@ struct Scripts {
     start: Script,
     complete: Script,
     fail: Script,
+    heartbeat: Script,
+    live_workers: Script,
 }
 
 struct ReclaimState {
@@ -395,6 +429,7 @@ impl RedisQueue {
     pub async fn connect(config: RedisQueueConfig) -> Result<Self, QueueError> {
         let client = Client::open(config.url.as_str())
             .map_err(|err| QueueError::Unavailable(format!("invalid Redis URL: {err}")))?;
+        let addr = client.get_connection_info().addr().to_string();
         let main = Conn::new(client.clone(), RESPONSE_TIMEOUT).map_err(|err| unavailable("connect", &err))?;
         let blocking = Conn::new(client, BLOCK_CHUNK + RESPONSE_TIMEOUT).map_err(|err| unavailable("connect", &err))?;
         let keys = Keys::new(&config.prefix);
@@ -403,6 +438,8 @@ impl RedisQueue {
             start: Script::new(START_LUA),
             complete: Script::new(COMPLETE_LUA),
             fail: Script::new(FAIL_LUA),
+            heartbeat: Script::new(include_str!("heartbeat.lua")),
+            live_workers: Script::new(include_str!("live_workers.lua")),
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -414,6 +451,8 @@ impl RedisQueue {
                 group_ready: AtomicBool::new(false),
                 reclaim: Mutex::new(ReclaimState { next_at: None, cursor: "0-0".into() }),
                 scripts,
+                outage: Outage::default(),
+                addr,
             }),
         })
     }
@@ -528,6 +567,48 @@ impl RedisQueue {
             _ => 0,
         };
         Ok(QueueDepth { waiting: length.saturating_sub(pending), pending })
+    }
+
+    /// How long one heartbeat keeps this worker counted as live (see "Live workers").
+    pub fn heartbeat_ttl(&self) -> Duration {
+        self.inner.config.reclaim_after.clamp(HEARTBEAT_TTL_MIN, HEARTBEAT_TTL_MAX)
+    }
+
+    /// Counts this process's consumer as a live worker for `ttl` from now (Redis' clock).
+    pub async fn heartbeat(&self, ttl: Duration) -> Result<(), QueueError> {
+        let inner = &self.inner;
+        let mut invocation = inner.scripts.heartbeat.prepare_invoke();
+        invocation
+            .key(&inner.keys.workers)
+            .arg(&inner.config.consumer)
+            .arg(ttl_ms(ttl))
+            .arg(ttl_ms(WORKERS_SET_TTL.max(ttl)));
+        let invocation = &invocation;
+        self.call(&inner.main, "heartbeat", OP_TIMEOUT, |mut conn| async move {
+            invocation.invoke_async::<()>(&mut conn).await
+        })
+        .await
+    }
+
+    /// Stops counting this process's consumer as a live worker (a clean stop).
+    pub async fn leave(&self) -> Result<(), QueueError> {
+        let (key, consumer) = (&self.inner.keys.workers, &self.inner.config.consumer);
+        self.call(&self.inner.main, "leave the live workers", OP_TIMEOUT, |mut conn| async move {
+            redis::cmd("ZREM").arg(key).arg(consumer).query_async::<()>(&mut conn).await
+        })
+        .await
+    }
+
+    /// Workers (of every process on this Redis and prefix) whose heartbeat has not run out.
+    pub async fn live_workers(&self) -> Result<u64, QueueError> {
+        let inner = &self.inner;
+        let mut invocation = inner.scripts.live_workers.prepare_invoke();
+        invocation.key(&inner.keys.workers);
+        let invocation = &invocation;
+        self.call(&inner.main, "count live workers", OP_TIMEOUT, |mut conn| async move {
+            invocation.invoke_async::<u64>(&mut conn).await
+        })
+        .await
     }
 
     /// Up to `max` jobs, waiting at most `wait` for the first. Jobs abandoned by a worker that
@@ -886,22 +967,23 @@ impl RedisQueue {
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        let started = std::time::Instant::now();
         let mut retried = false;
-        loop {
+        let outcome = loop {
             let err = match tokio::time::timeout(limit, op(conn.manager())).await {
                 Ok(Ok(value)) => {
                     conn.succeeded();
-                    return Ok(value);
+                    break Ok(value);
                 }
                 Ok(Err(err)) => err,
                 Err(_) => {
                     conn.failed(true);
-                    return Err(CallError::TimedOut(limit));
+                    break Err(CallError::TimedOut(limit));
                 }
             };
             if has_code(&err, "NOGROUP") {
                 conn.succeeded();
-                return Err(CallError::NoGroup);
+                break Err(CallError::NoGroup);
             }
             conn.failed(err.is_timeout());
             if err.is_connection_refusal() && !retried {
@@ -909,7 +991,34 @@ impl RedisQueue {
                 continue;
             }
             tracing::debug!(what, error = %err, "Redis call failed");
-            return Err(CallError::Redis(err));
+            break Err(CallError::Redis(err));
+        };
+        self.note_outcome(started, &outcome);
+        outcome
+    }
+
+    /// Logs the start and the end of an outage, once each (see `outage.rs`).
+    fn note_outcome<T>(&self, started: std::time::Instant, outcome: &Result<T, CallError>) {
+        let inner = &self.inner;
+        let now = std::time::Instant::now();
+        let transition = match outcome {
+            Err(err) if err.is_outage() => inner.outage.unreachable(started, now),
+            _ => inner.outage.answered(started, now),
+        };
+        match (transition, outcome) {
+            (Some(Transition::WentDown), Err(err)) => tracing::warn!(
+                redis = %inner.addr,
+                error = %err,
+                "Redis does not answer: until it does, new jobs are not queued (POST /predict answers \
+                 with \"job_id\": null) and workers wait; retrying"
+            ),
+            (Some(Transition::CameBack { down_for, failed_calls }), _) => tracing::info!(
+                redis = %inner.addr,
+                down_for_s = down_for.as_secs_f64(),
+                failed_calls,
+                "Redis reachable again"
+            ),
+            _ => {}
         }
     }
 }
@@ -921,6 +1030,25 @@ enum CallError {
 }
 
 impl CallError {
+    /// Whether Redis could not be reached (or cannot serve at all), as opposed to Redis
+    /// answering this call with an error.
+    fn is_outage(&self) -> bool {
+        match self {
+            CallError::NoGroup => false,
+            CallError::TimedOut(_) => true,
+            CallError::Redis(err) => {
+                err.is_io_error()
+                    || err.is_connection_dropped()
+                    || err.is_timeout()
+                    || matches!(
+                        err.kind(),
+                        ErrorKind::AuthenticationFailed
+                            | ErrorKind::Server(ServerErrorKind::BusyLoading | ServerErrorKind::MasterDown)
+                    )
+            }
+        }
+    }
+
     fn into_queue_error(self, what: &str) -> QueueError {
         match self {
             CallError::NoGroup => QueueError::Unavailable(format!("{what}: the Redis consumer group is missing")),
@@ -928,6 +1056,16 @@ impl CallError {
                 QueueError::Unavailable(format!("{what}: Redis did not answer within {} ms", limit.as_millis()))
             }
             CallError::Redis(err) => unavailable(what, &err),
+        }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::NoGroup => f.write_str("the Redis consumer group is missing"),
+            CallError::TimedOut(limit) => write!(f, "no answer within {} ms", limit.as_millis()),
+            CallError::Redis(err) => write!(f, "{err}"),
         }
     }
 }

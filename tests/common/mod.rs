@@ -52,6 +52,7 @@ pub fn golden() -> Vec<Golden> {
 // Real `tandem` processes and a real Redis, for the serving tests.
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,19 @@ impl Tandem {
         tandem
     }
 
+    /// `tandem serve` as [`Self::serve`], its log (stderr) written to `log`; returns once
+    /// `/health/live` answers, so it also suits a serve whose queue is down (not ready).
+    pub fn serve_with_log(extra: &[&str], log: &Path) -> Self {
+        let port = free_port();
+        let mut args: Vec<String> = vec!["serve".into(), "--addr".into(), format!("127.0.0.1:{port}")];
+        args.extend(model_args());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let file = std::fs::File::create(log).expect("create the log file");
+        let mut tandem = Self { child: spawn(&args, Stdio::from(file)), base: format!("http://127.0.0.1:{port}") };
+        tandem.wait_for("/health/live", Duration::from_secs(60));
+        tandem
+    }
+
     /// `tandem worker` with `extra` arguments (no HTTP).
     pub fn worker(extra: &[&str]) -> Self {
         let mut args: Vec<String> = vec!["worker".into()];
@@ -109,9 +123,26 @@ impl Tandem {
         Self { child: spawn_tandem(&args), base: String::new() }
     }
 
+    /// `tandem worker` with its HTTP port (`--metrics-addr`) on a free port; returns once its
+    /// `/health/ready` is 200.
+    pub fn worker_http(extra: &[&str]) -> Self {
+        let port = free_port();
+        let mut args: Vec<String> = vec!["worker".into(), "--metrics-addr".into(), format!("127.0.0.1:{port}")];
+        args.extend(model_args());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut tandem = Self { child: spawn_tandem(&args), base: format!("http://127.0.0.1:{port}") };
+        tandem.wait_ready(Duration::from_secs(60));
+        tandem
+    }
+
     pub fn wait_ready(&mut self, timeout: Duration) {
+        self.wait_for("/health/ready", timeout);
+    }
+
+    /// Waits until `path` answers 200.
+    pub fn wait_for(&mut self, path: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        let url = format!("{}/health/ready", self.base);
+        let url = format!("{}{path}", self.base);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("tandem exited before it was ready: {status}");
@@ -154,6 +185,10 @@ impl Drop for Tandem {
 
 fn spawn_tandem(args: &[String]) -> Child {
     let log = if std::env::var_os("TANDEM_TEST_LOGS").is_some() { Stdio::inherit() } else { Stdio::null() };
+    spawn(args, log)
+}
+
+fn spawn(args: &[String], log: Stdio) -> Child {
     Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args(args)
         .env("TANDEM_LOG", "info,ort=warn")
@@ -221,9 +256,14 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start(append_only: bool) -> Self {
+        Self::start_on(free_port(), append_only)
+    }
+
+    /// On a given port (one a test pointed a `tandem` at before any Redis listened there).
+    pub fn start_on(port: u16, append_only: bool) -> Self {
         let dir = std::env::temp_dir().join(format!("tandem-redis-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut server = Self { child: None, port: free_port(), dir, append_only };
+        let mut server = Self { child: None, port, dir, append_only };
         server.restart();
         server
     }
