@@ -149,6 +149,12 @@ pub struct ModelArgs {
     #[arg(long, env = "TANDEM_MAX_PIXELS", default_value_t = 64_000_000)]
     pub max_pixels: u64,
 
+    /// Memory all image decodes in this process may hold at once, e.g. `2GiB` (unset: an
+    /// eighth of the machine's memory, 1 to 4 GiB). An image that needs more is refused (413);
+    /// one that would pass it while others decode gets 503 (the accurate tier waits instead).
+    #[arg(long, env = "TANDEM_DECODE_MEMORY", value_name = "BYTES")]
+    pub decode_memory: Option<bytesize::ByteSize>,
+
     /// ONNX Runtime intra-op threads per model (0: one per CPU core).
     #[arg(long, env = "TANDEM_INTRA_THREADS", default_value_t = 0)]
     pub intra_threads: usize,
@@ -200,6 +206,13 @@ impl ModelArgs {
         }
     }
 
+    /// Sets the process's decode-memory ceiling ([`crate::pipeline::budget`]) from `--decode-memory`.
+    pub fn configure_decode_memory(&self) {
+        let limit = self.decode_memory.map_or_else(crate::pipeline::budget::default_limit, |b| b.as_u64());
+        crate::pipeline::budget::configure(limit);
+        tracing::debug!(bytes = limit, "decode memory limit");
+    }
+
     pub fn labels_path(&self) -> PathBuf {
         self.resolve(&self.labels)
     }
@@ -209,7 +222,13 @@ impl ModelArgs {
             Tier::Fast => (self.fast_resize, self.fast_crop),
             Tier::Accurate => (self.accurate_resize, self.accurate_crop),
         };
-        PreprocessConfig { resize, crop, mean: self.mean, std: self.std, max_pixels: self.max_pixels }
+        // The fast tier answers a client: it never waits for decode memory. The accurate tier
+        // works in the background and waits its turn rather than lose an attempt.
+        let budget_wait = match tier {
+            Tier::Fast => Duration::ZERO,
+            Tier::Accurate => Duration::from_secs(60),
+        };
+        PreprocessConfig { resize, crop, mean: self.mean, std: self.std, max_pixels: self.max_pixels, budget_wait }
     }
 
     pub fn intra_threads(&self) -> usize {
@@ -264,7 +283,7 @@ pub const SERVE_HEADINGS: &[(&str, &[&str])] = &[
         ],
     ),
     ("Queue", &["redis_prefix", "max_queue", "result_ttl", "max_attempts", "reclaim_after"]),
-    ("Limits", &["max_inflight", "max_body", "request_timeout", "header_timeout", "max_pixels"]),
+    ("Limits", &["max_inflight", "max_body", "request_timeout", "header_timeout", "max_pixels", "decode_memory"]),
     ("Access", &["api_keys", "protect_health", "protect_metrics", "cors_origins"]),
     (
         "Tuning",

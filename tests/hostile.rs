@@ -47,3 +47,124 @@ fn scan_bombs_and_oversized_gif_frames_are_refused_fast() {
     assert!(text.expect("metrics").contains("tandem_jobs_enqueued_total 0"));
     assert_eq!(get_json(&server.url("/health")).0, 200);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Memory: small files that decode to hundreds of MB.
+
+/// One PNG chunk: length, type, data, CRC over type and data.
+fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    let mut crc = flate2::Crc::new();
+    crc.update(kind);
+    crc.update(data);
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    out.extend_from_slice(&crc.sum().to_be_bytes());
+}
+
+/// zlib of `len` zero bytes, streamed (nothing of that size is held).
+fn zlib_zeros(len: usize, row: usize) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; row];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(row);
+        encoder.write_all(&zeros[..n]).expect("compress");
+        left -= n;
+    }
+    encoder.finish().expect("compress")
+}
+
+/// A PNG of zeros: `depth` 8 or 16, `color` 2 (RGB) or 6 (RGBA); `extra` chunks before IDAT.
+fn zero_png(width: u32, height: u32, depth: u8, color: u8, extra: &[(&[u8; 4], Vec<u8>)]) -> Vec<u8> {
+    let channels = if color == 6 { 4 } else { 3 };
+    let row = 1 + width as usize * channels * usize::from(depth / 8);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[depth, color, 0, 0, 0]);
+    png_chunk(&mut png, b"IHDR", &ihdr);
+    for (kind, data) in extra {
+        png_chunk(&mut png, kind, data);
+    }
+    png_chunk(&mut png, b"IDAT", &zlib_zeros(row * height as usize, row));
+    png_chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+/// The server's resident memory and its peak so far, in bytes, from /proc.
+fn rss(server: &Tandem) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).expect("/proc status");
+    let field = |name: &str| {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing"));
+        line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).expect("kB") * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Posts `body` from `n` clients at once; returns each (status, error code).
+fn post_concurrently(url: &str, body: &[u8], n: usize) -> Vec<(u16, String)> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                scope.spawn(|| {
+                    let (status, answer) = post_bytes(url, "image/png", body);
+                    (status, answer["error"]["code"].as_str().unwrap_or("").to_owned())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("client thread")).collect()
+    })
+}
+
+const MIB: u64 = 1 << 20;
+
+/// 8000x8000 PNGs of zeros are ~200 KB and decode to 192 MB (RGB8) or 512 MB (RGBA16). With
+/// `--decode-memory 800MiB` one RGBA16 image needs more than the whole budget (413), and of
+/// four RGB8 ones at once only what fits is decoded, the rest refused for now (503): the peak
+/// stays within the budget, where four at once took 2.6 GB before.
+#[test]
+fn concurrent_decodes_stay_within_the_decode_memory_budget() {
+    let server = Tandem::serve(&["--decode-memory", "800MiB"]);
+    let url = server.url("/predict");
+    let rgba16 = zero_png(8000, 8000, 16, 6, &[]);
+    let rgb8 = zero_png(8000, 8000, 8, 2, &[]);
+    assert!(rgba16.len() < 2_000_000 && rgb8.len() < 1_000_000);
+    let (before, _) = rss(&server);
+
+    let (status, body) = post_bytes(&url, "image/png", &rgba16);
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("image_too_large")), "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("--decode-memory")), "{body}");
+
+    for _ in 0..2 {
+        let outcomes = post_concurrently(&url, &rgb8, 4);
+        let ok = outcomes.iter().filter(|(status, _)| *status == 200).count();
+        assert!(ok >= 1, "{outcomes:?}");
+        for (status, code) in &outcomes {
+            assert!(*status == 200 || (*status == 503 && code == "decode_busy"), "{outcomes:?}");
+        }
+    }
+    let (_, peak) = rss(&server);
+    // The budget plus what the rest of a request holds (bodies, tensors, allocator slack).
+    assert!(peak < before + 800 * MIB + 150 * MIB, "peak RSS {} MiB from {} MiB", peak / MIB, before / MIB);
+    assert_eq!(get_json(&server.url("/health")).0, 200);
+}
+
+/// A 64x64 PNG whose ICC profile inflates to 400 MB: the profile is never inflated.
+#[test]
+fn png_chunks_that_classification_does_not_use_are_not_inflated() {
+    let server = Tandem::serve(&[]);
+    let mut iccp = b"bomb\0\0".to_vec();
+    iccp.extend_from_slice(&zlib_zeros(400 << 20, 1 << 20));
+    let mut ztxt = b"Comment\0\0".to_vec();
+    ztxt.extend_from_slice(&zlib_zeros(200 << 20, 1 << 20));
+    let png = zero_png(64, 64, 8, 2, &[(b"iCCP", iccp), (b"zTXt", ztxt)]);
+    assert!(png.len() < 1_000_000, "{}", png.len());
+    let (before, _) = rss(&server);
+    let outcomes = post_concurrently(&server.url("/predict"), &png, 2);
+    assert!(outcomes.iter().all(|(status, _)| *status == 200), "{outcomes:?}");
+    let (_, peak) = rss(&server);
+    assert!(peak < before + 64 * MIB, "peak RSS {} MiB from {} MiB", peak / MIB, before / MIB);
+}

@@ -67,7 +67,10 @@ impl ApiError {
         use ApiError::*;
         match self {
             Image(ImageError::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
-            BodyTooLarge { .. } | Image(ImageError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTooLarge { .. } | Image(ImageError::TooLarge { .. } | ImageError::OverMemory { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Image(ImageError::DecodeBusy { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             MissingField(_) | InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             BodyRead(_) | InvalidJson(_) | InvalidBase64(_) | InvalidMultipart(_) | Image(_) | InvalidJobId(_)
@@ -99,6 +102,8 @@ impl ApiError {
             Image(ImageError::Unsupported(_)) => "unsupported_format",
             Image(ImageError::TooLarge { .. }) => "image_too_large",
             Image(ImageError::TooComplex(_)) => "image_too_complex",
+            Image(ImageError::OverMemory { .. }) => "image_too_large",
+            Image(ImageError::DecodeBusy { .. }) => "decode_busy",
             Image(ImageError::Internal(_)) => "internal",
             InvalidJobId(_) => "invalid_job_id",
             JobNotFound(_) => "job_not_found",

@@ -44,6 +44,7 @@ async fn serve_async(args: &ServeArgs) -> anyhow::Result<()> {
     let listener = bind(&args.addr).await?;
     // Then the model files: missing ones are named (and pulled, with --pull-missing).
     crate::models::pull::pull_missing(&args.models, args.tiers())?;
+    args.models.configure_decode_memory();
     crate::metrics::install();
     crate::metrics::register_serve_series();
 
@@ -110,6 +111,7 @@ async fn worker_async(args: &WorkerArgs) -> anyhow::Result<()> {
         None => None,
     };
     crate::models::pull::pull_missing(&args.models, &[Tier::Accurate])?;
+    args.models.configure_decode_memory();
     let labels = Arc::new(Labels::load(&args.models.labels_path())?);
     let accurate = start_accurate(&args.models, &labels, &args.workers)?;
     let queue = connect_redis(url, &args.queue).await?;

@@ -9,6 +9,7 @@ use std::io::Cursor;
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
+use super::budget::{self, Reservation};
 use super::jpeg;
 use super::{ImageError, PreprocessConfig};
 
@@ -26,6 +27,8 @@ pub(super) struct Bitmap {
     pub full_height: u32,
     /// Decoded pixels per full-resolution pixel: 1, 1/2, 1/4 or 1/8.
     pub scale: f64,
+    /// The decode-memory bytes these pixels hold, given back when they are dropped.
+    pub _reservation: Option<Reservation>,
 }
 
 /// Sniffs the format from the bytes (never the file name), checks the size, decodes.
@@ -40,17 +43,27 @@ pub(super) fn decode(bytes: &[u8], config: &PreprocessConfig) -> Result<Bitmap, 
             // Decoders render truncated files (grey fill) without complaint; Pillow refuses them.
             jpeg::ensure_complete(bytes, header.scan_start)?;
             let divisor = jpeg::dct_divisor(header.width, header.height, config.resize);
+            // libjpeg's RGB scanlines, and as much again for a rotated copy (EXIF orientation).
+            let (w, h) = (u64::from(header.width.div_ceil(divisor)), u64::from(header.height.div_ceil(divisor)));
+            let reservation = budget::reserve(w * h * 3 * 2, config.budget_wait)?;
             match jpeg::decode(bytes, &header, divisor)? {
-                Some(bitmap) => Ok(bitmap),
+                Some(bitmap) => Ok(Bitmap { _reservation: Some(reservation), ..bitmap }),
                 // CMYK/YCCK (Adobe) files: `image` knows their conventions.
-                None => decode_with_image(bytes, format, config),
+                None => {
+                    drop(reservation);
+                    decode_with_image(bytes, format, config)
+                }
             }
         }
         ImageFormat::Png | ImageFormat::WebP | ImageFormat::Bmp | ImageFormat::Gif => {
             if let Some((width, height)) = peek_size(format, bytes) {
                 check_pixels(width, height, config)?;
             }
-            decode_with_image(bytes, format, config)
+            if format == ImageFormat::Png {
+                decode_with_image(&without_unused_png_chunks(bytes), format, config)
+            } else {
+                decode_with_image(bytes, format, config)
+            }
         }
         other => Err(ImageError::Unsupported(format!("{other:?} (supported: JPEG, PNG, WebP, BMP, GIF)"))),
     }
@@ -139,6 +152,11 @@ pub(super) fn decode_with_image(
     let mut decoder = reader.into_decoder().map_err(map_image_error)?;
     let (width, height) = decoder.dimensions();
     check_pixels(width, height, config)?;
+    // The decoder's own buffer (bit depth × channels × pixels), the 8-bit copy when it is not
+    // 8-bit gray or RGB already, and a rotated copy (EXIF orientation).
+    let rgb = u64::from(width) * u64::from(height) * 3;
+    let converted = if matches!(decoder.color_type(), image::ColorType::L8 | image::ColorType::Rgb8) { 0 } else { rgb };
+    let reservation = budget::reserve(decoder.total_bytes() + converted + rgb, config.budget_wait)?;
     // Broken metadata is no reason to refuse the pixels (Pillow ignores it too).
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let image = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
@@ -149,7 +167,37 @@ pub(super) fn decode_with_image(
         other => DynamicImage::ImageLuma8(other.to_luma8()),
     };
     image.apply_orientation(orientation);
-    Ok(bitmap_from(image, 1.0))
+    Ok(Bitmap { _reservation: Some(reservation), ..bitmap_from(image, 1.0) })
+}
+
+/// The PNG without its text and ICC profile chunks (`tEXt`, `zTXt`, `iTXt`, `iCCP`), which
+/// classification does not use: the decoder would inflate the compressed ones, and a 400 KB
+/// chunk can inflate to hundreds of MB. Borrowed as is when there are none; chunks are copied
+/// whole (CRCs included), and anything malformed is left for the decoder to report.
+fn without_unused_png_chunks(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    const UNUSED: [&[u8; 4]; 4] = [b"tEXt", b"zTXt", b"iTXt", b"iCCP"];
+    let mut chunks = Vec::new();
+    let mut pos = 8;
+    while let Some(header) = bytes.get(pos..pos + 8) {
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let Some(end) = pos.checked_add(12).and_then(|p| p.checked_add(len)).filter(|&end| end <= bytes.len()) else {
+            break;
+        };
+        chunks.push((pos, end, UNUSED.iter().any(|kind| &header[4..8] == kind.as_slice())));
+        pos = end;
+    }
+    if !chunks.iter().any(|&(_, _, unused)| unused) {
+        return std::borrow::Cow::Borrowed(bytes);
+    }
+    let mut kept = bytes[..8].to_vec();
+    for &(start, end, unused) in &chunks {
+        if !unused {
+            kept.extend_from_slice(&bytes[start..end]);
+        }
+    }
+    // Whatever follows the last whole chunk (a cut-off one) stays, for the decoder to judge.
+    kept.extend_from_slice(&bytes[pos..]);
+    std::borrow::Cow::Owned(kept)
 }
 
 /// Rotates/flips `pixels` (`channels` = 1 or 3) upright and wraps them as a [`Bitmap`].
@@ -179,7 +227,7 @@ fn bitmap_from(image: DynamicImage, scale: f64) -> Bitmap {
     };
     // Recover the full-resolution size from the decoded one: exact at scale 1; for DCT-scaled
     // JPEGs the caller overwrites it with the header's (upright) size.
-    Bitmap { width, height, channels, pixels, full_width: width, full_height: height, scale }
+    Bitmap { width, height, channels, pixels, full_width: width, full_height: height, scale, _reservation: None }
 }
 
 fn map_image_error(error: image::ImageError) -> ImageError {

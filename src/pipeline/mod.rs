@@ -14,6 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod budget;
 mod decode;
 mod jpeg;
 mod resize;
@@ -34,11 +35,23 @@ pub struct PreprocessConfig {
     pub std: [f32; 3],
     /// Images with more pixels than this are refused from their header, before decoding.
     pub max_pixels: u64,
+    /// How long a decode may wait for the decode-memory budget ([`budget`]) when other decodes
+    /// hold it: zero for a tier that answers clients (it refuses at once), longer for a
+    /// background tier. Not part of what the output depends on.
+    #[serde(skip)]
+    pub budget_wait: std::time::Duration,
 }
 
 impl Default for PreprocessConfig {
     fn default() -> Self {
-        Self { resize: 256, crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], max_pixels: 64_000_000 }
+        Self {
+            resize: 256,
+            crop: 224,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+            max_pixels: 64_000_000,
+            budget_wait: std::time::Duration::ZERO,
+        }
     }
 }
 
@@ -62,6 +75,19 @@ pub enum ImageError {
     Unsupported(String),
     #[error("the image is {width}x{height} = {pixels} pixels, over the limit of {limit} pixels")]
     TooLarge { width: u32, height: u32, pixels: u64, limit: u64 },
+    #[error(
+        "decoding the image needs {} MiB, more than the decode memory limit of {} MiB (--decode-memory)",
+        needed >> 20,
+        limit >> 20
+    )]
+    OverMemory { needed: u64, limit: u64 },
+    #[error(
+        "other images are being decoded: this one needs {} MiB and {} MiB of the decode memory limit ({} MiB) are free; retry shortly",
+        needed >> 20,
+        free >> 20,
+        limit >> 20
+    )]
+    DecodeBusy { needed: u64, free: u64, limit: u64 },
     /// Structurally valid but built to cost far more to decode than any real image.
     #[error("the image is refused as too costly to decode: {0}")]
     TooComplex(String),
