@@ -283,7 +283,20 @@ pub const SERVE_HEADINGS: &[(&str, &[&str])] = &[
         ],
     ),
     ("Queue", &["redis_prefix", "max_queue", "result_ttl", "max_attempts", "reclaim_after"]),
-    ("Limits", &["max_inflight", "max_body", "request_timeout", "header_timeout", "max_pixels", "decode_memory"]),
+    (
+        "Limits",
+        &[
+            "max_inflight",
+            "max_body",
+            "request_timeout",
+            "body_timeout",
+            "header_timeout",
+            "max_uploads",
+            "upload_memory",
+            "max_pixels",
+            "decode_memory",
+        ],
+    ),
     ("Access", &["api_keys", "protect_health", "protect_metrics", "cors_origins"]),
     (
         "Tuning",
@@ -555,6 +568,21 @@ pub struct ServeArgs {
     /// Seconds a `POST /predict` may take before it is answered 503.
     #[arg(long, env = "TANDEM_REQUEST_TIMEOUT", default_value_t = 30.0)]
     pub request_timeout: f64,
+
+    /// Seconds a client has to send its whole request body; past it: 408. The in-flight permit
+    /// (--max-inflight) is taken only once the body is in.
+    #[arg(long, env = "TANDEM_BODY_TIMEOUT", default_value_t = 10.0)]
+    pub body_timeout: f64,
+
+    /// Request bodies being received at once; more get 429 (after their body is read and
+    /// thrown away, so the client sees the answer).
+    #[arg(long, env = "TANDEM_MAX_UPLOADS", default_value_t = 256)]
+    pub max_uploads: usize,
+
+    /// Memory the bodies being received may hold at once, e.g. `512MiB` (a body of undeclared
+    /// length counts as --max-body); past it: 429.
+    #[arg(long, env = "TANDEM_UPLOAD_MEMORY", default_value = "512MiB", value_name = "BYTES")]
+    pub upload_memory: bytesize::ByteSize,
 
     /// Seconds a client has to send its request headers (against slow clients).
     #[arg(long, env = "TANDEM_HEADER_TIMEOUT", default_value_t = 10.0)]

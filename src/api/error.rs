@@ -46,6 +46,9 @@ pub enum ApiError {
     /// The configured `--request-timeout`, shown as the operator gave it.
     #[error("the request took longer than {0} s")]
     Timeout(f64),
+    /// `--body-timeout`, as configured.
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(f64),
     #[error("missing or wrong API key: send `Authorization: Bearer <key>`")]
     Unauthorized,
     #[error("invalid query: {0}")]
@@ -76,6 +79,7 @@ impl ApiError {
             BodyRead(_) | InvalidJson(_) | InvalidBase64(_) | InvalidMultipart(_) | Image(_) | InvalidJobId(_)
             | InvalidQuery(_) => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
+            BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             JobNotFound(_) => StatusCode::NOT_FOUND,
             Overloaded => StatusCode::TOO_MANY_REQUESTS,
@@ -110,6 +114,7 @@ impl ApiError {
             Overloaded => "overloaded",
             Timeout(_) => "timeout",
             Unauthorized => "unauthorized",
+            BodyTimeout(_) => "body_timeout",
             InvalidQuery(_) => "invalid_query",
             HeadersTooLarge(_) => "headers_too_large",
             Queue(_) => "queue_unavailable",

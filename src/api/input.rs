@@ -16,29 +16,82 @@ use http_body_util::BodyExt as _;
 
 use super::error::ApiError;
 
+/// A request body read whole, and which of the three forms it is. Parsing is a step of its
+/// own ([`Received::into_image`]), so that a large JSON body can be parsed off the runtime.
+pub enum Received {
+    Json(Bytes),
+    Raw(Bytes),
+    /// The request head stays: the multipart parser needs its boundary (boxed: it is large).
+    Multipart {
+        parts: Box<axum::http::request::Parts>,
+        body: Bytes,
+    },
+}
+
+impl Received {
+    /// Bytes of the body as received.
+    pub fn len(&self) -> usize {
+        match self {
+            Received::Json(body) | Received::Raw(body) | Received::Multipart { body, .. } => body.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The encoded image the body carries.
+    pub async fn into_image(self) -> Result<Bytes, ApiError> {
+        match self {
+            Received::Json(body) => image_from_json(&body),
+            Received::Raw(body) => Ok(body),
+            Received::Multipart { parts, body } => image_from_multipart(*parts, body).await,
+        }
+    }
+}
+
 /// Extracts the encoded image from the request, enforcing `max_body`.
 pub async fn read_image(request: Request<Body>, max_body: usize) -> Result<Bytes, ApiError> {
+    receive(request, max_body).await?.into_image().await
+}
+
+/// The length the client declared for its body, if it did.
+pub fn declared_length(request: &Request<Body>) -> Option<u64> {
+    request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+}
+
+/// Reads the body whole, enforcing `max_body`, after checking its content type.
+pub async fn receive(request: Request<Body>, max_body: usize) -> Result<Received, ApiError> {
     let content_type =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     // A client waiting for `100 Continue` before it sends an over-long body is answered at once:
     // the body is never asked for, so there is nothing to drain.
-    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = declared_length(&request);
     let expects_continue =
         request.headers().get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if expects_continue && declared.is_some_and(|len| len > max_body as u64) {
         return Err(ApiError::BodyTooLarge { limit: max_body });
     }
     if mime == "application/json" || mime.ends_with("+json") {
-        let body = read_body(request.into_body(), max_body).await?;
-        image_from_json(&body)
+        Ok(Received::Json(read_body(request.into_body(), max_body).await?))
     } else if mime.starts_with("image/") || mime == "application/octet-stream" {
-        read_body(request.into_body(), max_body).await
+        Ok(Received::Raw(read_body(request.into_body(), max_body).await?))
     } else if mime == "multipart/form-data" {
-        image_from_multipart(request, max_body).await
+        // Read whole first, under the same limit (and drain) as the other body kinds; the
+        // field would be buffered whole anyway.
+        let (parts, body) = request.into_parts();
+        let body = read_body(body, max_body).await?;
+        Ok(Received::Multipart { parts: Box::new(parts), body })
     } else {
         Err(ApiError::UnsupportedMediaType(content_type))
     }
+}
+
+/// Reads and throws away a body that will not be used (a request refused before its body was
+/// read), so that the client, still writing, gets the answer instead of a reset connection.
+pub async fn discard(request: Request<Body>) {
+    drain(request.into_body()).await;
 }
 
 /// An over-long body is still read, and thrown away, for up to this long and this much before
@@ -75,7 +128,7 @@ async fn drain(mut body: Body) {
     let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
-fn image_from_json(body: &[u8]) -> Result<Bytes, ApiError> {
+pub fn image_from_json(body: &[u8]) -> Result<Bytes, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let field = value.get("image_data").ok_or(ApiError::MissingField("image_data"))?;
     let text = field
@@ -103,11 +156,8 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, ApiError> {
     engine.decode(compact.as_bytes()).map_err(|e| ApiError::InvalidBase64(e.to_string()))
 }
 
-async fn image_from_multipart(request: Request<Body>, max_body: usize) -> Result<Bytes, ApiError> {
-    // Read whole first, under the same limit (and drain) as the other body kinds; the field
-    // would be buffered whole anyway.
-    let (parts, body) = request.into_parts();
-    let body = read_body(body, max_body).await?;
+async fn image_from_multipart(parts: axum::http::request::Parts, body: Bytes) -> Result<Bytes, ApiError> {
+    let max_body = body.len();
     let request = Request::from_parts(parts, Body::from(body));
     let mut multipart =
         Multipart::from_request(request, &()).await.map_err(|e| ApiError::InvalidMultipart(e.body_text()))?;

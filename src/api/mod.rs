@@ -27,7 +27,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use uuid::Uuid;
 
-use crate::engine::{Classifier, Prediction};
+use crate::engine::{Classifier, Prediction, WorkPool};
 use crate::jobs::{JobRecord, JobStatus, format_ms, now_ms};
 use crate::queue::JobQueue;
 use error::{ApiError, error_body};
@@ -37,8 +37,17 @@ pub use middleware::Access;
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_body: usize,
+    /// Requests past their body, being decoded, inferred and queued.
     pub max_inflight: usize,
+    /// From the end of the body to the answer.
     pub request_timeout: Duration,
+    /// Bodies being received at once, and the bytes they may hold (a body whose length is not
+    /// declared counts as `max_body`): bounded apart from `max_inflight`, so clients that
+    /// trickle their bodies cannot take the permits that requests ready to run need.
+    pub max_uploads: usize,
+    pub upload_memory: usize,
+    /// The whole body must arrive within this.
+    pub body_timeout: Duration,
     /// Classes in an answer's `top_k` (what the models compute); `?top_k=` may ask for fewer.
     pub top_k: usize,
 }
@@ -54,13 +63,25 @@ struct Inner {
     limits: Limits,
     access: Arc<Access>,
     inflight: Arc<Semaphore>,
+    uploads: Arc<Semaphore>,
+    /// Permits are KiB of body.
+    upload_kib: Arc<Semaphore>,
+    /// Where large JSON bodies are parsed, off the runtime's threads.
+    pool: WorkPool,
 }
 
 impl AppState {
-    pub fn new(fast: Classifier, queue: JobQueue, limits: Limits, access: Access) -> Self {
+    pub fn new(fast: Classifier, queue: JobQueue, limits: Limits, access: Access, pool: WorkPool) -> Self {
         let inflight = Arc::new(Semaphore::new(limits.max_inflight.max(1)));
-        Self { inner: Arc::new(Inner { fast, queue, limits, access: Arc::new(access), inflight }) }
+        let uploads = Arc::new(Semaphore::new(limits.max_uploads.max(1)));
+        let upload_kib = Arc::new(Semaphore::new(kib(limits.upload_memory.max(limits.max_body))));
+        let access = Arc::new(access);
+        Self { inner: Arc::new(Inner { fast, queue, limits, access, inflight, uploads, upload_kib, pool }) }
     }
+}
+
+fn kib(bytes: usize) -> usize {
+    bytes.div_ceil(1024)
 }
 
 pub fn router(state: AppState) -> Router {
@@ -199,22 +220,57 @@ fn parse_query<T: serde::de::DeserializeOwned + Default>(uri: &Uri) -> Result<T,
 async fn predict(State(state): State<AppState>, request: Request<Body>) -> Result<Json<Value>, ApiError> {
     let query: PredictQuery = parse_query(request.uri())?;
     let top_k = wanted_top_k(query.top_k, state.inner.limits.top_k)?;
-    // Past the in-flight bound, refuse at once rather than queue without limit.
-    let Ok(_permit) = Arc::clone(&state.inner.inflight).try_acquire_owned() else {
+    let received = receive(&state, request).await?;
+    // Only a request whose body is in takes an in-flight permit; past the bound, refuse at
+    // once rather than queue without limit. The permit is shared with the decode, which keeps
+    // it until it ends even if the request times out first.
+    let Ok(permit) = Arc::clone(&state.inner.inflight).try_acquire_owned() else {
         return Err(ApiError::Overloaded);
     };
+    let permit = Arc::new(permit);
     let timeout = state.inner.limits.request_timeout;
-    tokio::time::timeout(timeout, predict_now(&state, request, top_k))
+    tokio::time::timeout(timeout, predict_now(&state, received, top_k, permit))
         .await
         .map_err(|_| ApiError::Timeout(timeout.as_secs_f64()))?
 }
 
-async fn predict_now(state: &AppState, request: Request<Body>, top_k: usize) -> Result<Json<Value>, ApiError> {
-    let image = input::read_image(request, state.inner.limits.max_body).await?;
+/// Receives the body within the upload bounds and `--body-timeout`. A request refused here
+/// has its body read and thrown away (bounded) first, so the client sees the 429.
+async fn receive(state: &AppState, request: Request<Body>) -> Result<input::Received, ApiError> {
+    let limits = &state.inner.limits;
+    let expected = input::declared_length(&request).map_or(limits.max_body, |len| (len as usize).min(limits.max_body));
+    let upload = Arc::clone(&state.inner.uploads).try_acquire_owned().ok().and_then(|count| {
+        let kib = u32::try_from(kib(expected)).ok()?;
+        Some((count, Arc::clone(&state.inner.upload_kib).try_acquire_many_owned(kib).ok()?))
+    });
+    let Some(_upload) = upload else {
+        input::discard(request).await;
+        return Err(ApiError::Overloaded);
+    };
+    tokio::time::timeout(limits.body_timeout, input::receive(request, limits.max_body))
+        .await
+        .map_err(|_| ApiError::BodyTimeout(limits.body_timeout.as_secs_f64()))?
+}
+
+async fn predict_now(
+    state: &AppState,
+    received: input::Received,
+    top_k: usize,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+) -> Result<Json<Value>, ApiError> {
+    let image = match received {
+        // Parsing JSON and decoding base64 is CPU work in proportion to the body: off the
+        // runtime's threads for a big one, so it cannot hold up `/health` and other requests.
+        input::Received::Json(body) if body.len() > 64 * 1024 => {
+            let parsed = state.inner.pool.run(move || input::image_from_json(&body));
+            parsed.await.map_err(|e| ApiError::Internal(e.to_string()))??
+        }
+        other => other.into_image().await?,
+    };
     let fast = &state.inner.fast;
     // Decoded and queued for the fast model first: a bad image or a full inference queue is
     // refused before anything is stored.
-    let answer = fast.admit(image.clone()).await?;
+    let answer = fast.admit_holding(image.clone(), Box::new(permit)).await?;
 
     // The job is enqueued before answering, so a job id the client sees always resolves; with
     // Redis, the image is written while the fast model runs. If the queue cannot take the job,

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, Access, Limits};
 use crate::config::{AccessArgs, ModelArgs, QueueArgs, ServeArgs, Tier, WorkerArgs, WorkerPoolArgs};
-use crate::engine::{BatchConfig, Classifier, DecodeOn, ModelConfig, ThreadPriority};
+use crate::engine::{BatchConfig, Classifier, DecodeOn, ModelConfig, ThreadPriority, WorkPool};
 use crate::labels::Labels;
 use crate::queue::{EmbeddedQueue, JobQueue, RedisQueue, RedisQueueConfig};
 use crate::worker::{self, WorkerConfig};
@@ -49,6 +49,11 @@ async fn serve_async(args: &ServeArgs) -> anyhow::Result<()> {
     crate::metrics::register_serve_series();
 
     let labels = Arc::new(Labels::load(&args.models.labels_path())?);
+    // Decoding and large-body parsing, off the runtime, one thread per core, at the fast
+    // tier's priority: below the threads that accept requests and answer `/health`.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pool = WorkPool::start("decode", cores, ThreadPriority::Nice(args.fast_nice))
+        .context("cannot start the decode threads")?;
     let fast_batching = BatchConfig {
         max_batch: args.max_batch.max(1),
         max_delay: Duration::from_millis(args.max_batch_delay_ms),
@@ -57,6 +62,7 @@ async fn serve_async(args: &ServeArgs) -> anyhow::Result<()> {
         tier: Tier::Fast.as_str(),
         priority: ThreadPriority::Nice(args.fast_nice),
         decode_on: DecodeOn::InferenceThreadWhenIdle,
+        pool: Some(pool.clone()),
     };
     let fast = Classifier::start(model_config(&args.models, &labels, Tier::Fast), fast_batching)?;
     tracing::info!(model = fast.model_name(), "fast tier loaded");
@@ -77,9 +83,12 @@ async fn serve_async(args: &ServeArgs) -> anyhow::Result<()> {
         max_body: args.max_body,
         max_inflight: args.max_inflight,
         request_timeout: Duration::from_secs_f64(args.request_timeout.max(0.001)),
+        max_uploads: args.max_uploads.max(1),
+        upload_memory: usize::try_from(args.upload_memory.as_u64()).unwrap_or(usize::MAX),
+        body_timeout: Duration::from_secs_f64(args.body_timeout.max(0.001)),
         top_k: TOP_K,
     };
-    let router = api::router(api::AppState::new(fast, queue.clone(), limits, access));
+    let router = api::router(api::AppState::new(fast, queue.clone(), limits, access, pool));
     let local = listener.local_addr().map_or_else(|_| args.addr.clone(), |a| a.to_string());
     tracing::info!(addr = %local, queue = queue.backend(), "tandem serving");
     api::server::serve(
@@ -202,6 +211,7 @@ fn start_accurate(models: &ModelArgs, labels: &Arc<Labels>, pool: &WorkerPoolArg
         tier: Tier::Accurate.as_str(),
         priority: pool.accurate_priority.into(),
         decode_on: DecodeOn::InferenceThread,
+        pool: None,
     };
     let accurate = Classifier::start(model_config(models, labels, Tier::Accurate), batching)?;
     tracing::info!(model = accurate.model_name(), "accurate tier loaded");

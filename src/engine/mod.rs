@@ -14,6 +14,7 @@
 //! most `max_delay` for more (0 by default: never hold a request back to fill a batch).
 
 mod model;
+pub mod pool;
 pub mod priority;
 pub mod runtime;
 
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 pub use model::{Model, ModelConfig, Spin};
+pub use pool::WorkPool;
 pub use priority::{Priority, ThreadPriority};
 pub use runtime::RuntimeError;
 
@@ -128,7 +130,15 @@ pub struct BatchConfig {
     pub priority: ThreadPriority,
     /// Where images are decoded.
     pub decode_on: DecodeOn,
+    /// Threads that decode off the inference thread ([`DecodeOn::BlockingPool`], and
+    /// [`DecodeOn::InferenceThreadWhenIdle`] under load); unset: tokio's blocking pool.
+    pub pool: Option<WorkPool>,
 }
+
+/// Something the caller wants kept until its image's decode has ended, whatever becomes of
+/// the caller: e.g. a request's in-flight permit, so that a request that timed out still
+/// counts against the limit while its decode runs on.
+pub type Hold = Box<dyn std::any::Any + Send>;
 
 /// Where a [`Classifier`] decodes and preprocesses its images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +164,7 @@ impl Default for BatchConfig {
             tier: "model",
             priority: ThreadPriority::Nice(0),
             decode_on: DecodeOn::BlockingPool,
+            pool: None,
         }
     }
 }
@@ -169,8 +180,9 @@ enum Input {
     /// Already preprocessed.
     Tensor(Vec<f32>),
     /// Encoded image, decoded by the inference thread itself. `decoded` hears the decoding's
-    /// outcome before the model runs; on failure the reply is dropped.
-    Encoded { image: Bytes, decoded: oneshot::Sender<Result<(), ImageError>> },
+    /// outcome before the model runs; on failure the reply is dropped. `hold` is dropped once
+    /// the decode has ended; if `decoded` is closed before it starts, it never starts.
+    Encoded { image: Bytes, decoded: oneshot::Sender<Result<(), ImageError>>, hold: Hold },
 }
 
 /// A request queued for the model: resolves to its prediction.
@@ -201,6 +213,7 @@ struct Inner {
     tensors: Arc<TensorPool>,
     /// Inference threads running, one per lane of the model.
     lanes: usize,
+    pool: Option<WorkPool>,
 }
 
 /// Reused input tensors. An image's tensor is 600 KB: allocating and zeroing one per request,
@@ -241,6 +254,7 @@ impl Classifier {
         // Registered so the series is in /metrics (at 0) before the first image.
         let _ = metrics::histogram!(crate::metrics::INFERENCE_WAIT, "tier" => tier);
         let decode_on = batching.decode_on;
+        let pool = batching.pool.clone();
         let in_flight = Arc::new(AtomicUsize::new(0));
         let thread_in_flight = Arc::clone(&in_flight);
         // Enough for a steady load's requests in flight; past that (an overload burst) tensors
@@ -289,7 +303,9 @@ impl Classifier {
         let lanes = ready_rx
             .recv()
             .map_err(|_| EngineError::Inference("the inference thread died while loading the model".into()))??;
-        Ok(Self { inner: Arc::new(Inner { requests, preprocess, name, tier, decode_on, in_flight, tensors, lanes }) })
+        Ok(Self {
+            inner: Arc::new(Inner { requests, preprocess, name, tier, decode_on, in_flight, tensors, lanes, pool }),
+        })
     }
 
     /// The model's file name.
@@ -321,30 +337,46 @@ impl Classifier {
     /// good and is queued (a bad image or a full queue is refused here), to the prediction
     /// still to await: the caller can start other work while the model runs.
     pub async fn admit(&self, image: Bytes) -> Result<PendingPrediction, ClassifyError> {
+        self.admit_holding(image, Box::new(())).await
+    }
+
+    /// [`Classifier::admit`], keeping `hold` until the decode has ended even if this future is
+    /// dropped first. A decode that has not started when the future is dropped never starts.
+    pub async fn admit_holding(&self, image: Bytes, hold: Hold) -> Result<PendingPrediction, ClassifyError> {
         let on_inference_thread = match self.inner.decode_on {
             DecodeOn::BlockingPool => false,
             DecodeOn::InferenceThread => true,
             DecodeOn::InferenceThreadWhenIdle => self.inner.in_flight.load(Ordering::Acquire) == 0,
         };
         if !on_inference_thread {
-            let tensor = self.preprocess(image).await?;
+            let tensor = self.preprocess_holding(image, hold).await?;
             return self.infer(tensor);
         }
         let (decoded_tx, decoded) = oneshot::channel();
-        let pending = self.submit(Input::Encoded { image, decoded: decoded_tx })?;
+        let pending = self.submit(Input::Encoded { image, decoded: decoded_tx, hold })?;
         decoded.await.map_err(|_| ClassifyError::Stopped)??;
         Ok(pending)
     }
 
-    /// Decodes and preprocesses an image for this model, on tokio's blocking pool.
+    /// Decodes and preprocesses an image for this model, off the async runtime: on the
+    /// classifier's [`WorkPool`], or tokio's blocking pool without one.
     pub async fn preprocess(&self, image: impl AsRef<[u8]> + Send + 'static) -> Result<Vec<f32>, ClassifyError> {
+        self.preprocess_holding(image, Box::new(())).await
+    }
+
+    async fn preprocess_holding(
+        &self,
+        image: impl AsRef<[u8]> + Send + 'static,
+        hold: Hold,
+    ) -> Result<Vec<f32>, ClassifyError> {
         let config = self.inner.preprocess.clone();
         let tier = self.inner.tier;
         let tensors = Arc::clone(&self.inner.tensors);
-        let tensor = tokio::task::spawn_blocking(move || {
+        let work = move || {
             let started = Instant::now();
             let mut tensor = tensors.take();
             let outcome = pipeline::preprocess_into(image.as_ref(), &config, &mut tensor);
+            drop(hold);
             metrics::histogram!(crate::metrics::PREPROCESS_DURATION, "tier" => tier)
                 .record(started.elapsed().as_secs_f64());
             match outcome {
@@ -354,9 +386,11 @@ impl Classifier {
                     Err(err)
                 }
             }
-        })
-        .await
-        .map_err(|_| ClassifyError::Stopped)??;
+        };
+        let tensor = match &self.inner.pool {
+            Some(pool) => pool.run(work).await.map_err(|_| ClassifyError::Stopped)??,
+            None => tokio::task::spawn_blocking(work).await.map_err(|_| ClassifyError::Stopped)??,
+        };
         Ok(tensor)
     }
 
@@ -432,11 +466,17 @@ fn inference_loop(
                     buffer.extend_from_slice(&tensor);
                     tensors.give(tensor);
                 }
-                Input::Encoded { image, decoded } => {
+                Input::Encoded { image, decoded, hold } => {
+                    // Its caller gave up (a timed-out request) before the decode began.
+                    if decoded.is_closed() {
+                        in_flight.fetch_sub(1, Ordering::AcqRel);
+                        continue;
+                    }
                     let at = buffer.len();
                     buffer.resize(at + tensor_len, 0.0);
                     let decode_started = Instant::now();
                     let outcome = pipeline::preprocess_into(&image, &config.preprocess, &mut buffer[at..]);
+                    drop(hold);
                     metrics::histogram!(crate::metrics::PREPROCESS_DURATION, "tier" => batching.tier)
                         .record(decode_started.elapsed().as_secs_f64());
                     if let Err(err) = outcome {
