@@ -264,6 +264,18 @@ fn parse_positive_rgb(text: &str) -> Result<[f32; 3], String> {
     Ok(rgb)
 }
 
+/// A size in bytes: a plain number, or one with a unit (`512MiB`, `2GB`, `1.5 GiB`), above 0.
+fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let size = text
+        .trim()
+        .parse::<bytesize::ByteSize>()
+        .map_err(|err| format!("{text:?} is not a size (e.g. 512MiB, 2GB or a number of bytes): {err}"))?;
+    match size.as_u64() {
+        0 => Err("must be above 0".into()),
+        bytes => Ok(bytes),
+    }
+}
+
 /// The `serve` and `worker` option headings and their options, in the order `-h` shows them. An
 /// option not listed here is shown under "Options" (and fails a unit test: give it a heading).
 pub const SERVE_HEADINGS: &[(&str, &[&str])] = &[
@@ -282,7 +294,7 @@ pub const SERVE_HEADINGS: &[(&str, &[&str])] = &[
             "std",
         ],
     ),
-    ("Queue", &["redis_prefix", "max_queue", "result_ttl", "max_attempts", "reclaim_after"]),
+    ("Queue", &["redis_prefix", "max_queue", "max_queue_bytes", "result_ttl", "max_attempts", "reclaim_after"]),
     (
         "Limits",
         &[
@@ -392,6 +404,20 @@ mod tests {
         assert!(help.contains("[default: 0.485,0.456,0.406]"), "{help}");
     }
 
+    /// --max-queue-bytes takes plain bytes or a size with a binary or decimal unit; 1 GiB if unset.
+    #[test]
+    fn max_queue_bytes_takes_human_sizes() {
+        let bytes = |args: &[&str]| serve_args(args).queue.policy().max_queue_bytes;
+        assert_eq!(bytes(&[]), 1 << 30);
+        assert_eq!(bytes(&["--max-queue-bytes", "512MiB"]), 512 << 20);
+        assert_eq!(bytes(&["--max-queue-bytes", "2GB"]), 2_000_000_000);
+        assert_eq!(bytes(&["--max-queue-bytes", "1.5 KiB"]), 1536);
+        assert_eq!(bytes(&["--max-queue-bytes", "8388608"]), 8 << 20);
+        for bad in ["0", "0MiB", "lots", "12 parsecs", "-1", ""] {
+            assert!(Cli::try_parse_from(["tandem", "serve", "--max-queue-bytes", bad]).is_err(), "{bad:?}");
+        }
+    }
+
     /// The README says every option has an environment variable: every non-positional
     /// argument of every subcommand (clap's own help and version aside).
     #[test]
@@ -472,6 +498,15 @@ pub struct QueueArgs {
     #[arg(long, env = "TANDEM_MAX_QUEUE", default_value_t = 1000)]
     pub max_queue: usize,
 
+    /// Bytes of images the queued jobs (waiting or running) may hold in all, e.g. `512MiB`, `2GB`
+    /// or a number of bytes; past it new jobs are refused like a full queue.
+    ///
+    /// Every queued job keeps its whole upload, in this process's memory (embedded queue) or in
+    /// Redis, so `--max-queue` alone does not bound memory: it is counted in jobs, whatever
+    /// their size.
+    #[arg(long, env = "TANDEM_MAX_QUEUE_BYTES", value_name = "BYTES", default_value = "1GiB", value_parser = parse_byte_size)]
+    pub max_queue_bytes: u64,
+
     /// Seconds a job's record (and result) stays readable.
     #[arg(long, env = "TANDEM_RESULT_TTL", default_value_t = 3600)]
     pub result_ttl: u64,
@@ -489,6 +524,7 @@ impl QueueArgs {
     pub fn policy(&self) -> crate::queue::QueuePolicy {
         crate::queue::QueuePolicy {
             max_queue: self.max_queue.max(1),
+            max_queue_bytes: self.max_queue_bytes,
             result_ttl: Duration::from_secs(self.result_ttl.max(1)),
             max_attempts: self.max_attempts.max(1),
         }

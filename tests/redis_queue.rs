@@ -41,7 +41,7 @@ fn job() -> NewJob {
 }
 
 fn policy(max_queue: usize, max_attempts: u32, result_ttl: Duration) -> QueuePolicy {
-    QueuePolicy { max_queue, result_ttl, max_attempts }
+    QueuePolicy { max_queue, result_ttl, max_attempts, ..QueuePolicy::default() }
 }
 
 fn config(url: &str, prefix: &str, consumer: &str, reclaim_after: Duration, policy: QueuePolicy) -> RedisQueueConfig {
@@ -121,6 +121,15 @@ impl Keys {
             .await
             .expect("XRANGE");
         entries.into_iter().map(|(_, fields)| fields).collect()
+    }
+
+    /// The queued-bytes counter; `None` when the key is missing (which means 0).
+    async fn queued_bytes(&self) -> Option<u64> {
+        redis::cmd("GET")
+            .arg(format!("{}:queued_bytes", self.prefix))
+            .query_async(&mut self.raw().await)
+            .await
+            .expect("GET")
     }
 
     async fn pending(&self) -> u64 {
@@ -251,6 +260,123 @@ async fn the_queue_is_bounded() {
     q.complete(&taken[0], &prediction("a")).await.expect("complete");
     q.enqueue(job()).await.expect("room again");
     assert_eq!(keys.xlen().await, 2);
+}
+
+fn job_of(size: usize) -> NewJob {
+    NewJob { image: Bytes::from(vec![0xA5; size]), ..job() }
+}
+
+fn byte_policy(max_queue_bytes: u64, max_attempts: u32) -> QueuePolicy {
+    QueuePolicy { max_queue_bytes, ..policy(100, max_attempts, Duration::from_secs(60)) }
+}
+
+/// Two handles on one prefix stand for two `serve` processes: 10 enqueues of 1,000 bytes at
+/// once, from both, against a 2,500-byte bound: exactly 2 get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_is_bounded_in_image_bytes_across_processes() {
+    let keys = Keys::new();
+    let a = keys.queue("serve-a", LONG_RECLAIM, byte_policy(2500, 3)).await;
+    let b = keys.queue("serve-b", LONG_RECLAIM, byte_policy(2500, 3)).await;
+    let attempts: Vec<_> = (0..10)
+        .map(|i| {
+            let q = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { q.enqueue(job_of(1000)).await })
+        })
+        .collect();
+    let mut queued = 0;
+    for attempt in attempts {
+        match attempt.await.expect("join") {
+            Ok(()) => queued += 1,
+            Err(QueueError::FullBytes { limit: 2500 }) => {}
+            Err(other) => panic!("unexpected: {other:?}"),
+        }
+    }
+    assert_eq!(queued, 2);
+    assert_eq!(keys.queued_bytes().await, Some(2000));
+    assert_eq!(keys.images().await, 2, "refused jobs leave no image");
+    let refused = a.enqueue(job_of(1000)).await.expect_err("full");
+    assert!(refused.to_string().contains("images would pass"), "{refused}");
+
+    // Finished jobs give their bytes back: room again, and the counter back to nothing.
+    let taken = a.take(4, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(taken.len(), 2);
+    a.complete(&taken[0], &prediction("a")).await.expect("complete");
+    assert_eq!(keys.queued_bytes().await, Some(1000));
+    b.enqueue(job_of(1500)).await.expect("room again");
+    a.complete(&taken[1], &prediction("a")).await.expect("complete");
+    let last = b.take(1, Duration::from_secs(1)).await.expect("take");
+    b.complete(&last[0], &prediction("b")).await.expect("complete");
+    assert_eq!(keys.queued_bytes().await, None, "0 is a missing key");
+}
+
+/// Completed, retried, failed for good, taken over from a dead worker, dead-lettered after
+/// crashes, and late answers from the worker thought dead: each job's bytes go back exactly once.
+#[tokio::test]
+async fn queued_bytes_are_given_back_once_whatever_way_a_job_ends() {
+    let keys = Keys::new();
+    let reclaim = Duration::from_millis(100);
+    let p = byte_policy(1 << 20, 2);
+    let first = keys.queue("w1", reclaim, p.clone()).await;
+    let (a, b, c) = (job_of(1000), job_of(2000), job_of(4000));
+    let (a_id, b_id, c_id) = (a.id, b.id, c.id);
+    for j in [a, b, c] {
+        first.enqueue(j).await.expect("enqueue");
+    }
+    assert_eq!(keys.queued_bytes().await, Some(7000));
+    let stale = first.take(3, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(stale.len(), 3);
+    let stale_of = |id| stale.iter().find(|d| d.id == id).expect("delivered");
+    assert_eq!(first.fail(stale_of(c_id), "boom").await.expect("fail"), FailOutcome::Retrying);
+    assert_eq!(keys.queued_bytes().await, Some(7000), "a retried job keeps its image");
+    // w1 now "dies" holding a and b.
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = keys.queue("w2", reclaim, p.clone()).await;
+    let mut taken: Vec<Delivery> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while taken.len() < 3 && Instant::now() < deadline {
+        taken.extend(second.take(4, Duration::from_millis(200)).await.expect("take"));
+    }
+    let taken_of = |id| taken.iter().find(|d| d.id == id).expect("taken over");
+    second.complete(taken_of(a_id), &prediction("a")).await.expect("complete");
+    assert_eq!(keys.queued_bytes().await, Some(6000));
+    first.complete(stale_of(a_id), &prediction("late")).await.expect("late complete");
+    assert_eq!(keys.queued_bytes().await, Some(6000), "a late duplicate result gives nothing back again");
+    assert_eq!(second.fail(taken_of(c_id), "boom twice").await.expect("fail"), FailOutcome::Dead);
+    assert_eq!(keys.queued_bytes().await, Some(2000));
+    // w2 "dies" holding b, on its last attempt: the next take dead-letters it.
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third = keys.queue("w3", reclaim, p).await;
+    assert!(third.take(4, Duration::from_millis(300)).await.expect("take").is_empty());
+    assert_eq!(third.get(b_id).await.expect("get").map(|r| r.status), Some(JobStatus::Failed));
+    assert_eq!(keys.queued_bytes().await, None);
+    first.fail(stale_of(b_id), "late failure").await.expect("late fail");
+    second.complete(taken_of(b_id), &prediction("late")).await.expect("late complete");
+    assert_eq!(keys.queued_bytes().await, None, "late outcomes give nothing back");
+    assert_eq!(keys.images().await, 0);
+}
+
+/// A Redis that lost its data (restarted empty) or a counter that drifted (an image deleted
+/// by hand) is taken as it is: a missing counter is 0, and an empty queue resets it.
+#[tokio::test]
+async fn the_queued_bytes_counter_recovers_from_an_empty_or_drifted_redis() {
+    let keys = Keys::new();
+    let q = keys.queue("c1", LONG_RECLAIM, byte_policy(5000, 3)).await;
+    q.enqueue(job_of(3000)).await.expect("enqueue");
+    let mut raw = keys.raw().await;
+    let all: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{}:*", keys.prefix)).query_async(&mut raw).await.expect("KEYS");
+    redis::cmd("DEL").arg(all).query_async::<()>(&mut raw).await.expect("DEL: Redis lost everything");
+    q.enqueue(job_of(4000)).await.expect("the lost job's bytes are not counted");
+    assert_eq!(keys.queued_bytes().await, Some(4000));
+
+    let taken = q.take(1, Duration::from_secs(1)).await.expect("take");
+    redis::cmd("DEL").arg(keys.image(taken[0].id)).query_async::<()>(&mut raw).await.expect("DEL by hand");
+    q.complete(&taken[0], &prediction("a")).await.expect("complete");
+    assert_eq!(keys.queued_bytes().await, Some(4000), "the deleted image's bytes drifted");
+    q.enqueue(job_of(4500)).await.expect("an empty queue resets the counter");
+    assert_eq!(keys.queued_bytes().await, Some(4500));
 }
 
 #[tokio::test]

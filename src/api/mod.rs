@@ -291,7 +291,7 @@ async fn predict_now(
         }
         Err(err) => {
             let reason = match err {
-                crate::queue::QueueError::Full { .. } => "full",
+                crate::queue::QueueError::Full { .. } | crate::queue::QueueError::FullBytes { .. } => "full",
                 _ => "unavailable",
             };
             metrics::counter!(crate::metrics::JOBS_REJECTED, "reason" => reason).increment(1);

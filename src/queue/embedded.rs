@@ -1,14 +1,26 @@
 //! The embedded queue: jobs and results in this process's memory.
 //!
 //! The zero-setup default: `tandem serve` with no Redis runs the accurate tier on in-process
-//! workers fed from here. Bounded by `max_queue`; finished records expire after `result_ttl`.
-//! Nothing survives a restart of the process — use Redis for that.
+//! workers fed from here. Bounded by `max_queue` jobs and `max_queue_bytes` of images; finished
+//! records expire after `result_ttl`. Nothing survives a restart of the process — use Redis for
+//! that.
+//!
+//! # Counting image bytes
+//!
+//! A queued job keeps its whole upload until its worker is done with it, so the bytes bound is
+//! what bounds this queue's memory. Each queued image is wrapped (`Bytes::from_owner`) with a
+//! `HeldBytes` guard that gives its bytes back when the last copy of the image is dropped:
+//! the count follows the memory itself, whichever way a job ends (completed, dead, or a worker
+//! task dropped mid-job), and a retried job, whose image is the same buffer, is not counted
+//! twice. The count is an atomic beside the lock, not under it: a guard may drop anywhere,
+//! possibly while this queue's lock is held, so it must never take it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::{QueueDepth, QueueError, QueuePolicy};
@@ -36,6 +48,8 @@ struct State {
     records: HashMap<JobId, Entry>,
     /// Finished jobs in completion order, so expiry never scans the whole map.
     expiries: VecDeque<(Instant, JobId)>,
+    /// Bytes of the images of queued jobs (see "Counting image bytes").
+    image_bytes: Arc<AtomicU64>,
 }
 
 struct Entry {
@@ -77,11 +91,15 @@ impl EmbeddedQueue {
         if state.waiting.len() + state.running >= limit {
             return Err(QueueError::Full { limit });
         }
+        let byte_limit = self.inner.policy.max_queue_bytes;
+        let held = HeldBytes::take(&state.image_bytes, job.image.len() as u64, byte_limit)
+            .ok_or(QueueError::FullBytes { limit: byte_limit })?;
+        let image = Bytes::from_owner(QueuedImage { image: job.image, _held: held });
         let record = JobRecord::new(job.id, job.sync, job.created_at_ms);
         state.records.insert(job.id, Entry { record, expires_at: None });
         state.waiting.push_back(Delivery {
             id: job.id,
-            image: job.image,
+            image,
             attempt: 0,
             created_at_ms: job.created_at_ms,
             tag: String::new(),
@@ -102,6 +120,11 @@ impl EmbeddedQueue {
 
     pub fn check_ready(&self) -> Result<(), QueueError> {
         Ok(())
+    }
+
+    /// Bytes of images the queued jobs hold now (see "Counting image bytes").
+    pub fn held_bytes(&self) -> u64 {
+        self.state().image_bytes.load(Ordering::Acquire)
     }
 
     pub fn depth(&self) -> QueueDepth {
@@ -192,6 +215,43 @@ impl Drop for EmbeddedWorker {
     }
 }
 
+/// `bytes` of a queued image, counted in a queue's `image_bytes` until dropped.
+struct HeldBytes {
+    count: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl HeldBytes {
+    /// Counts `bytes` more, unless that would pass `limit`.
+    fn take(count: &Arc<AtomicU64>, bytes: u64, limit: u64) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|&total| total <= limit)
+            })
+            .ok()?;
+        Some(Self { count: Arc::clone(count), bytes })
+    }
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.count.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// A queued job's image, the owner of the `Bytes` its deliveries carry: its bytes stay counted
+/// for as long as any copy of it is alive.
+struct QueuedImage {
+    image: Bytes,
+    _held: HeldBytes,
+}
+
+impl AsRef<[u8]> for QueuedImage {
+    fn as_ref(&self) -> &[u8] {
+        &self.image
+    }
+}
+
 impl State {
     fn finish(&mut self, id: JobId, ttl: Duration, update: impl FnOnce(&mut JobRecord)) {
         let now = Instant::now();
@@ -242,7 +302,12 @@ mod tests {
     }
 
     fn queue(max_queue: usize, max_attempts: u32) -> EmbeddedQueue {
-        EmbeddedQueue::new(QueuePolicy { max_queue, result_ttl: Duration::from_secs(60), max_attempts })
+        EmbeddedQueue::new(QueuePolicy {
+            max_queue,
+            result_ttl: Duration::from_secs(60),
+            max_attempts,
+            ..QueuePolicy::default()
+        })
     }
 
     #[tokio::test]
@@ -274,6 +339,49 @@ mod tests {
         assert!(q.enqueue(job()).is_err());
         q.complete(&taken[0], &prediction("a")).expect("complete");
         q.enqueue(job()).expect("room again");
+    }
+
+    fn job_of(size: usize) -> NewJob {
+        NewJob { image: Bytes::from(vec![7; size]), ..job() }
+    }
+
+    /// Images of 4 bytes against a 10-byte bound: two fit; a third fits only once a job's image
+    /// is gone (not merely its job finished: the worker may still hold the image).
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_image_bytes_and_gives_them_back_exactly() {
+        let q = EmbeddedQueue::new(QueuePolicy { max_queue_bytes: 10, max_attempts: 2, ..QueuePolicy::default() });
+        q.enqueue(job_of(4)).expect("first");
+        q.enqueue(job_of(4)).expect("second");
+        assert_eq!(q.held_bytes(), 8);
+        let refused = q.enqueue(job_of(4));
+        assert!(matches!(refused, Err(QueueError::FullBytes { limit: 10 })), "{refused:?}");
+        assert!(refused.is_err_and(|err| err.to_string().contains("10 B")));
+        q.enqueue(job_of(2)).expect("a smaller one still fits");
+        assert_eq!(q.held_bytes(), 10);
+
+        // Completed: counted until the worker drops the image.
+        let taken = q.take(1, Duration::ZERO).await.expect("take");
+        q.complete(&taken[0], &prediction("a")).expect("complete");
+        assert_eq!(q.held_bytes(), 10);
+        drop(taken);
+        assert_eq!(q.held_bytes(), 6);
+
+        // Retried: the same buffer goes back in the queue, counted once.
+        let taken = q.take(1, Duration::ZERO).await.expect("take");
+        assert_eq!(q.fail(&taken[0], "boom").expect("fail"), FailOutcome::Retrying);
+        drop(taken);
+        assert_eq!(q.held_bytes(), 6);
+
+        // Dead after its attempts, and a delivery dropped without an outcome: both give back.
+        let rest = q.take(4, Duration::ZERO).await.expect("take");
+        let retried = rest.iter().find(|d| d.attempt == 2).expect("the retried job");
+        assert_eq!(q.fail(retried, "boom twice").expect("fail"), FailOutcome::Dead);
+        drop(rest);
+        assert_eq!(q.held_bytes(), 0);
+
+        // An image larger than the whole bound is refused, and takes nothing.
+        assert!(matches!(q.enqueue(job_of(11)), Err(QueueError::FullBytes { .. })));
+        assert_eq!(q.held_bytes(), 0);
     }
 
     #[tokio::test]
@@ -327,7 +435,12 @@ mod tests {
 
     #[tokio::test]
     async fn finished_records_expire() {
-        let q = EmbeddedQueue::new(QueuePolicy { max_queue: 10, result_ttl: Duration::ZERO, max_attempts: 1 });
+        let q = EmbeddedQueue::new(QueuePolicy {
+            max_queue: 10,
+            result_ttl: Duration::ZERO,
+            max_attempts: 1,
+            ..QueuePolicy::default()
+        });
         let j = job();
         let id = j.id;
         q.enqueue(j).expect("enqueue");

@@ -35,6 +35,9 @@ async fn timed<T>(step: impl Future<Output = T>) -> T {
 pub enum QueueError {
     #[error("the job queue is full ({limit} jobs waiting)")]
     Full { limit: usize },
+    /// The images of the queued jobs would pass `max_queue_bytes`: full all the same.
+    #[error("the job queue is full (its images would pass {} in all)", bytesize::ByteSize(*.limit))]
+    FullBytes { limit: u64 },
     #[error("the job queue is unavailable: {0}")]
     Unavailable(String),
     #[error("the job queue is shutting down")]
@@ -55,6 +58,9 @@ pub struct QueueDepth {
 pub struct QueuePolicy {
     /// Jobs waiting or running before `enqueue` answers [`QueueError::Full`].
     pub max_queue: usize,
+    /// Bytes of images that jobs waiting or running may hold in all, before `enqueue` answers
+    /// [`QueueError::FullBytes`]: a queue bounded only in jobs holds as much memory as clients send.
+    pub max_queue_bytes: u64,
     /// How long a finished job's record stays readable.
     pub result_ttl: Duration,
     /// Attempts before a job is declared failed.
@@ -63,7 +69,7 @@ pub struct QueuePolicy {
 
 impl Default for QueuePolicy {
     fn default() -> Self {
-        Self { max_queue: 10_000, result_ttl: Duration::from_secs(3600), max_attempts: 3 }
+        Self { max_queue: 10_000, max_queue_bytes: 1 << 30, result_ttl: Duration::from_secs(3600), max_attempts: 3 }
     }
 }
 

@@ -18,6 +18,15 @@
 //!   workers"). The set expires by itself a minute after the last heartbeat.
 //! - `{prefix}:dead` — the dead-letter stream (capped near `DEAD_LETTER_MAXLEN`): one entry
 //!   (`id`, `error`, `attempts`, `failed_at_ms`) per job that used up its attempts.
+//! - `{prefix}:queued_bytes` — an integer: the bytes of the images of all queued (waiting or
+//!   running) jobs, the count `max_queue_bytes` bounds. Checked and added to (`INCRBY`, the
+//!   image's `STRLEN`) by the script that queues a job, so the bound holds across any number of
+//!   `serve` processes; given back (`DECRBY`) by each script that deletes a queued job's image,
+//!   sized from the image itself so that deleting it twice gives back once (`drop_image.lua`).
+//!   A missing key is 0: a Redis that came back empty has lost the images with the counter.
+//!   With no job queued it is reset, so drift (an image deleted by hand or evicted) lasts only
+//!   until the queue drains. Staged images are not counted: there are at most `--max-inflight`
+//!   of them per `serve`, each for the length of one request.
 //!
 //! # Enqueueing
 //!
@@ -35,7 +44,10 @@
 //! (attempt counted, `running` — or ended `failed` when crashed workers used up its attempts),
 //! `complete` (result + TTL + `XACK` + `XDEL`) and `fail` (retry as a new entry at the back of
 //! the stream, or dead-letter; plus `XACK` + `XDEL`). Scripts are sent as `EVALSHA` and reloaded
-//! by the client after a Redis restart (`NOSCRIPT`).
+//! by the client after a Redis restart (`NOSCRIPT`). `{prefix}:queued_bytes` moves in the same
+//! scripts as the images it counts, so no crash leaks or double-counts it: a job taken over from
+//! a dead worker keeps its image, and its count, until the script that finishes it or
+//! dead-letters it deletes both.
 //!
 //! # Connections and outages
 //!
@@ -127,144 +139,40 @@ const REBUILD_AFTER_FAILURES: u32 = 3;
 /// The most often one process looks for jobs whose worker died.
 const MAX_RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Image check, bound check, record and stream entry in one step; the staged image is kept
-/// (expiry removed) if the job is queued, deleted if the queue is full.
-/// KEYS: stream, job hash, image. ARGV: max_queue, unfinished ttl ms, job id, sync json,
-/// created_at_ms. Returns 1 if queued, 0 if the queue is full, -1 if the image is not staged.
-const ENQUEUE_LUA: &str = r"
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  return -1
-end
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
-  redis.call('UNLINK', KEYS[3])
-  return 0
-end
-redis.call('PERSIST', KEYS[3])
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'status', 'queued', 'sync', ARGV[4], 'attempts', 0, 'created_at_ms', ARGV[5])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-redis.call('XADD', KEYS[1], '*', 'id', ARGV[3])
-return 1
-";
+/// Image check, bound checks, record and stream entry in one step; the staged image is kept
+/// (expiry removed) and its bytes counted if the job is queued, deleted if the queue is full.
+/// KEYS: stream, job hash, image, queued bytes. ARGV: max_queue, unfinished ttl ms, job id, sync
+/// json, created_at_ms, max_queue_bytes. Returns 1 if queued, 0 if the queue is full (jobs), 2 if
+/// it is full (bytes), -1 if the image is not staged.
+const ENQUEUE_LUA: &str = include_str!("enqueue.lua");
 
 /// Starts a batch of delivered entries.
-/// KEYS: stream, dead-letter stream, then (job hash, image) per entry.
+/// KEYS: stream, dead-letter stream, queued bytes, then (job hash, image) per entry.
 /// ARGV: group, max_attempts, now ms, unfinished ttl ms, final ttl ms, dead-letter maxlen, then
 /// (entry id, job id) per entry. Returns two integers per entry: (attempt, created_at_ms) for a started job,
 /// (-1, 0) for one whose record is gone or already finished (its entry is dropped), (-2, 0) for
 /// one that used up its attempts on workers that died, or whose image is missing (ended
 /// `failed`, dead-lettered).
-const START_LUA: &str = r"
-local group = ARGV[1]
-local max_attempts = tonumber(ARGV[2])
-local now = ARGV[3]
-local out = {}
-local count = (#ARGV - 6) / 2
-for i = 1, count do
-  local entry = ARGV[5 + 2 * i]
-  local job = ARGV[6 + 2 * i]
-  local hash = KEYS[1 + 2 * i]
-  local image = KEYS[2 + 2 * i]
-  local status = redis.call('HGET', hash, 'status')
-  if (not status) or status == 'completed' or status == 'failed' then
-    redis.call('XACK', KEYS[1], group, entry)
-    redis.call('XDEL', KEYS[1], entry)
-    redis.call('UNLINK', image)
-    out[#out + 1] = -1
-    out[#out + 1] = 0
-  else
-    local attempt = redis.call('HINCRBY', hash, 'attempts', 1)
-    local err = nil
-    if attempt > max_attempts then
-      err = 'gave up after ' .. max_attempts .. ' attempts: the worker stopped during each'
-    elseif redis.call('EXISTS', image) == 0 then
-      err = 'the image of this job is missing from Redis'
-    end
-    if err then
-      redis.call('HSET', hash, 'status', 'failed', 'error', err, 'attempts', math.min(attempt, max_attempts), 'completed_at_ms', now)
-      redis.call('PEXPIRE', hash, ARGV[5])
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*',
-        'id', job, 'error', err, 'attempts', max_attempts, 'failed_at_ms', now)
-      redis.call('XACK', KEYS[1], group, entry)
-      redis.call('XDEL', KEYS[1], entry)
-      redis.call('UNLINK', image)
-      out[#out + 1] = -2
-      out[#out + 1] = 0
-    else
-      redis.call('HSET', hash, 'status', 'running', 'started_at_ms', now)
-      redis.call('PEXPIRE', hash, ARGV[4])
-      out[#out + 1] = attempt
-      out[#out + 1] = tonumber(redis.call('HGET', hash, 'created_at_ms') or '0') or 0
-    end
-  end
-end
-return out
-";
+const START_LUA: &str = concat!(include_str!("drop_image.lua"), include_str!("start.lua"));
 
 /// Stores the result and removes the entry, in one step. A job already finished (by a worker
 /// that was thought dead but was only slow) keeps its first outcome.
-/// KEYS: stream, job hash, image. ARGV: group, entry id, result json, now ms, final ttl ms.
+/// KEYS: stream, job hash, image, queued bytes. ARGV: group, entry id, result json, now ms,
+/// final ttl ms.
 /// Returns {1 if the result was stored (0 if the job was already finished or gone), the job's
 /// `sync` JSON or ''}: the fast answer comes back in the same round trip, for tier agreement.
 /// `results_reported` counts every result a worker hands in, stored or not: above 1 means the
 /// job was computed more than once (a duplicate), which operators and the fault suite watch.
-const COMPLETE_LUA: &str = r"
-local status = redis.call('HGET', KEYS[2], 'status')
-local stored = 0
-if status then
-  redis.call('HINCRBY', KEYS[2], 'results_reported', 1)
-end
-if status and status ~= 'completed' and status ~= 'failed' then
-  redis.call('HSET', KEYS[2], 'status', 'completed', 'result', ARGV[3], 'completed_at_ms', ARGV[4])
-  redis.call('HDEL', KEYS[2], 'error')
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
-  stored = 1
-end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-redis.call('UNLINK', KEYS[3])
-return {stored, redis.call('HGET', KEYS[2], 'sync') or ''}
-";
+const COMPLETE_LUA: &str = concat!(include_str!("drop_image.lua"), include_str!("complete.lua"));
 
 /// Records a failed attempt: back of the queue as a new entry (the image stays where it is),
 /// or `failed` + dead letter (image deleted); the old entry is acknowledged and deleted either way.
-/// KEYS: stream, job hash, dead-letter stream, image.
+/// KEYS: stream, job hash, dead-letter stream, image, queued bytes.
 /// ARGV: group, entry id, attempt, max_attempts, error, now ms, final ttl ms, unfinished ttl ms,
 /// job id, dead-letter maxlen.
 /// Returns 1 retrying, 2 dead, 0 when this delivery no longer held the job (nothing changed),
 /// 3 when it no longer held it and the job had already failed.
-const FAIL_LUA: &str = r"
-local status = redis.call('HGET', KEYS[2], 'status')
-local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-if acked == 0 then
-  if status == 'failed' then return 3 end
-  return 0
-end
-if (not status) or status == 'completed' or status == 'failed' then
-  redis.call('XDEL', KEYS[1], ARGV[2])
-  redis.call('UNLINK', KEYS[4])
-  if status == 'failed' then return 3 end
-  return 0
-end
-if tonumber(ARGV[3]) < tonumber(ARGV[4]) then
-  local found = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
-  if #found > 0 then
-    redis.call('XADD', KEYS[1], '*', unpack(found[1][2]))
-    redis.call('XDEL', KEYS[1], ARGV[2])
-    redis.call('HSET', KEYS[2], 'status', 'queued', 'error', ARGV[5])
-    redis.call('PEXPIRE', KEYS[2], ARGV[8])
-    return 1
-  end
-end
-local attempts = redis.call('HGET', KEYS[2], 'attempts') or ARGV[3]
-redis.call('HSET', KEYS[2], 'status', 'failed', 'error', ARGV[5], 'completed_at_ms', ARGV[6])
-redis.call('PEXPIRE', KEYS[2], ARGV[7])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[10], '*',
-  'id', ARGV[9], 'error', ARGV[5], 'attempts', attempts, 'failed_at_ms', ARGV[6])
-redis.call('XDEL', KEYS[1], ARGV[2])
-redis.call('UNLINK', KEYS[4])
-return 2
-";
+const FAIL_LUA: &str = concat!(include_str!("drop_image.lua"), include_str!("fail.lua"));
 
 #[derive(Clone)]
 pub struct RedisQueue {
@@ -296,6 +204,7 @@ struct Keys {
     workers: String,
     job_prefix: String,
     image_prefix: String,
+    queued_bytes: String,
 }
 
 impl Keys {
@@ -306,6 +215,7 @@ impl Keys {
             workers: format!("{prefix}:workers"),
             job_prefix: format!("{prefix}:job:"),
             image_prefix: format!("{prefix}:image:"),
+            queued_bytes: format!("{prefix}:queued_bytes"),
         }
     }
 
@@ -479,16 +389,19 @@ impl RedisQueue {
     pub async fn enqueue_staged(&self, id: JobId, sync: &Prediction, created_at_ms: u64) -> Result<(), QueueError> {
         let inner = &self.inner;
         let limit = inner.config.policy.max_queue;
+        let byte_limit = inner.config.policy.max_queue_bytes;
         let mut invocation = inner.scripts.enqueue.prepare_invoke();
         invocation
             .key(&inner.keys.stream)
             .key(inner.keys.job(id))
             .key(inner.keys.image(id))
+            .key(&inner.keys.queued_bytes)
             .arg(limit)
             .arg(ttl_ms(self.unfinished_ttl()))
             .arg(id.to_string())
             .arg(to_json(sync)?)
-            .arg(created_at_ms);
+            .arg(created_at_ms)
+            .arg(byte_limit);
         let invocation = &invocation;
         let queued: i64 =
             self.call(&inner.main, "enqueue", OP_TIMEOUT, |mut conn| async move {
@@ -498,6 +411,7 @@ impl RedisQueue {
         match queued {
             1 => Ok(()),
             0 => Err(QueueError::Full { limit }),
+            2 => Err(QueueError::FullBytes { limit: byte_limit }),
             _ => Err(QueueError::Unavailable(
                 "enqueue: the job's image was not in Redis (staging failed or expired)".into(),
             )),
@@ -657,6 +571,7 @@ impl RedisQueue {
             .key(&inner.keys.stream)
             .key(inner.keys.job(delivery.id))
             .key(inner.keys.image(delivery.id))
+            .key(&inner.keys.queued_bytes)
             .arg(GROUP)
             .arg(&delivery.tag)
             .arg(to_json(result)?)
@@ -682,6 +597,7 @@ impl RedisQueue {
             .key(inner.keys.job(delivery.id))
             .key(&inner.keys.dead)
             .key(inner.keys.image(delivery.id))
+            .key(&inner.keys.queued_bytes)
             .arg(GROUP)
             .arg(&delivery.tag)
             .arg(delivery.attempt)
@@ -851,7 +767,7 @@ impl RedisQueue {
             return Ok(Vec::new());
         }
         let mut invocation = inner.scripts.start.prepare_invoke();
-        invocation.key(&inner.keys.stream).key(&inner.keys.dead);
+        invocation.key(&inner.keys.stream).key(&inner.keys.dead).key(&inner.keys.queued_bytes);
         for (_, id) in &jobs {
             invocation.key(inner.keys.job(*id)).key(inner.keys.image(*id));
         }

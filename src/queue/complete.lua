@@ -1,0 +1,15 @@
+local status = redis.call('HGET', KEYS[2], 'status')
+local stored = 0
+if status then
+  redis.call('HINCRBY', KEYS[2], 'results_reported', 1)
+end
+if status and status ~= 'completed' and status ~= 'failed' then
+  redis.call('HSET', KEYS[2], 'status', 'completed', 'result', ARGV[3], 'completed_at_ms', ARGV[4])
+  redis.call('HDEL', KEYS[2], 'error')
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  stored = 1
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+drop_image(KEYS[3], KEYS[4])
+return {stored, redis.call('HGET', KEYS[2], 'sync') or ''}

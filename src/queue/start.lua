@@ -1,0 +1,44 @@
+local group = ARGV[1]
+local max_attempts = tonumber(ARGV[2])
+local now = ARGV[3]
+local out = {}
+local count = (#ARGV - 6) / 2
+for i = 1, count do
+  local entry = ARGV[5 + 2 * i]
+  local job = ARGV[6 + 2 * i]
+  local hash = KEYS[2 + 2 * i]
+  local image = KEYS[3 + 2 * i]
+  local status = redis.call('HGET', hash, 'status')
+  if (not status) or status == 'completed' or status == 'failed' then
+    redis.call('XACK', KEYS[1], group, entry)
+    redis.call('XDEL', KEYS[1], entry)
+    drop_image(image, KEYS[3])
+    out[#out + 1] = -1
+    out[#out + 1] = 0
+  else
+    local attempt = redis.call('HINCRBY', hash, 'attempts', 1)
+    local err = nil
+    if attempt > max_attempts then
+      err = 'gave up after ' .. max_attempts .. ' attempts: the worker stopped during each'
+    elseif redis.call('EXISTS', image) == 0 then
+      err = 'the image of this job is missing from Redis'
+    end
+    if err then
+      redis.call('HSET', hash, 'status', 'failed', 'error', err, 'attempts', math.min(attempt, max_attempts), 'completed_at_ms', now)
+      redis.call('PEXPIRE', hash, ARGV[5])
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*',
+        'id', job, 'error', err, 'attempts', max_attempts, 'failed_at_ms', now)
+      redis.call('XACK', KEYS[1], group, entry)
+      redis.call('XDEL', KEYS[1], entry)
+      drop_image(image, KEYS[3])
+      out[#out + 1] = -2
+      out[#out + 1] = 0
+    else
+      redis.call('HSET', hash, 'status', 'running', 'started_at_ms', now)
+      redis.call('PEXPIRE', hash, ARGV[4])
+      out[#out + 1] = attempt
+      out[#out + 1] = tonumber(redis.call('HGET', hash, 'created_at_ms') or '0') or 0
+    end
+  end
+end
+return out
