@@ -224,11 +224,11 @@ impl ModelArgs {
         };
         // The fast tier answers a client: it never waits for decode memory. The accurate tier
         // works in the background and waits its turn rather than lose an attempt.
-        let budget_wait = match tier {
-            Tier::Fast => Duration::ZERO,
-            Tier::Accurate => Duration::from_secs(60),
+        let decode_priority = match tier {
+            Tier::Fast => crate::pipeline::budget::Priority::Foreground,
+            Tier::Accurate => crate::pipeline::budget::Priority::Background,
         };
-        PreprocessConfig { resize, crop, mean: self.mean, std: self.std, max_pixels: self.max_pixels, budget_wait }
+        PreprocessConfig { resize, crop, mean: self.mean, std: self.std, max_pixels: self.max_pixels, decode_priority }
     }
 
     pub fn intra_threads(&self) -> usize {
@@ -253,6 +253,14 @@ fn parse_rgb(text: &str) -> Result<[f32; 3], String> {
     <[f32; 3]>::try_from(values).map_err(|values| {
         format!("expected three comma-separated numbers R,G,B (e.g. 0.5,0.5,0.5), got {}", values.len())
     })
+}
+
+/// Seconds: a finite number above zero (a Duration cannot hold infinity).
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 && seconds < 1e9 => Ok(seconds),
+        _ => Err(format!("{text:?} is not a number of seconds above 0")),
+    }
 }
 
 /// `--std`: as [`parse_rgb`], and each above zero (it is divided by).
@@ -516,7 +524,7 @@ pub struct QueueArgs {
     pub max_attempts: u32,
 
     /// Seconds after which a job taken by a worker that went silent is taken over (Redis).
-    #[arg(long, env = "TANDEM_RECLAIM_AFTER", default_value_t = 30.0)]
+    #[arg(long, env = "TANDEM_RECLAIM_AFTER", default_value_t = 30.0, value_parser = parse_seconds)]
     pub reclaim_after: f64,
 }
 
@@ -601,13 +609,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TANDEM_MAX_BODY", default_value_t = 10 * 1024 * 1024)]
     pub max_body: usize,
 
-    /// Seconds a `POST /predict` may take before it is answered 503.
-    #[arg(long, env = "TANDEM_REQUEST_TIMEOUT", default_value_t = 30.0)]
+    /// Seconds a `POST /predict` may take, from the end of its body, before it is answered 503.
+    #[arg(long, env = "TANDEM_REQUEST_TIMEOUT", default_value_t = 30.0, value_parser = parse_seconds)]
     pub request_timeout: f64,
 
     /// Seconds a client has to send its whole request body; past it: 408. The in-flight permit
     /// (--max-inflight) is taken only once the body is in.
-    #[arg(long, env = "TANDEM_BODY_TIMEOUT", default_value_t = 10.0)]
+    #[arg(long, env = "TANDEM_BODY_TIMEOUT", default_value_t = 10.0, value_parser = parse_seconds)]
     pub body_timeout: f64,
 
     /// Request bodies being received at once; more get 429 (after their body is read and
@@ -615,13 +623,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TANDEM_MAX_UPLOADS", default_value_t = 256)]
     pub max_uploads: usize,
 
-    /// Memory the bodies being received may hold at once, e.g. `512MiB` (a body of undeclared
-    /// length counts as --max-body); past it: 429.
+    /// Memory the bodies being received may hold at once, e.g. `512MiB`, charged as the bytes
+    /// arrive; past it: 429.
     #[arg(long, env = "TANDEM_UPLOAD_MEMORY", default_value = "512MiB", value_name = "BYTES")]
     pub upload_memory: bytesize::ByteSize,
 
     /// Seconds a client has to send its request headers (against slow clients).
-    #[arg(long, env = "TANDEM_HEADER_TIMEOUT", default_value_t = 10.0)]
+    #[arg(long, env = "TANDEM_HEADER_TIMEOUT", default_value_t = 10.0, value_parser = parse_seconds)]
     pub header_timeout: f64,
 
     #[command(flatten)]
@@ -660,7 +668,7 @@ impl ServeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
-    /// `HOST:PORT` for the worker's own `GET /metrics` and `GET /health/live` (unset: none).
+    /// `HOST:PORT` for the worker's own `GET /metrics`, `/health/live` and `/health/ready` (unset: none).
     #[arg(long, env = "TANDEM_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
 

@@ -10,6 +10,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const HTTP_REQUESTS: &str = "tandem_http_requests_total";
 pub const HTTP_DURATION: &str = "tandem_http_request_duration_seconds";
+pub const UPLOADS_IN_PROGRESS: &str = "tandem_uploads_in_progress";
 pub const INFERENCE_DURATION: &str = "tandem_inference_duration_seconds";
 pub const PREPROCESS_DURATION: &str = "tandem_preprocess_duration_seconds";
 pub const ENQUEUE_DURATION: &str = "tandem_enqueue_duration_seconds";
@@ -53,6 +54,7 @@ pub fn install() -> Option<PrometheusHandle> {
 /// Series a `serve` can produce, at 0 from the start: dashboards and alerts (`rate()`,
 /// `absent()`) expect every known series to exist before its first event.
 pub fn register_serve_series() {
+    metrics::gauge!(UPLOADS_IN_PROGRESS).set(0.0);
     metrics::counter!(JOBS_ENQUEUED).absolute(0);
     for reason in ["full", "unavailable"] {
         metrics::counter!(JOBS_REJECTED, "reason" => reason).absolute(0);
@@ -75,6 +77,7 @@ fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route, method and status");
     describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request latency by route and status");
+    describe_gauge!(UPLOADS_IN_PROGRESS, "POST /predict bodies being received now");
     describe_histogram!(INFERENCE_DURATION, Unit::Seconds, "model run time per batch, by tier and model");
     describe_histogram!(PREPROCESS_DURATION, Unit::Seconds, "image decode + resize + normalize time, by tier");
     describe_histogram!(

@@ -214,6 +214,14 @@ fn api_keys_cors_and_the_timeout_as_configured() {
         assert_error_shape(status, &body, 503, "timeout");
         assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("0.001 s")), "{body}");
     }
+    // Refused before its body is used, a large upload is still answered, not reset: without
+    // a key (401), and with a bad query parameter (400).
+    let photo = std::fs::read(images_dir().join("large/photo_4000x3000.jpg")).expect("12 MP photo");
+    let response = agent().post(&predict).header("content-type", "image/jpeg").send(&photo[..]);
+    assert_eq!(response.expect("a 401, not a broken pipe").status(), 401);
+    let with_key = agent().post(&server.url("/predict?nope=1")).header("authorization", "Bearer k1");
+    let response = with_key.header("content-type", "image/jpeg").send(&photo[..]);
+    assert_eq!(response.expect("a 400, not a broken pipe").status(), 400);
     // Health and metrics stay open by default.
     assert_eq!(get_json(&server.url("/health")).0, 200);
     assert_eq!(agent().get(&server.url("/metrics")).call().expect("metrics").status(), 200);
@@ -286,4 +294,11 @@ fn start_up_checks_come_before_the_models_load() {
 
     let (ok, stderr) = run(&["serve", "--model-dir", "/nonexistent", "--cors-origin", "not an origin"]);
     assert!(!ok && stderr.contains("--cors-origin"), "{stderr}");
+
+    // A blank key would silently mean "no authentication": refused.
+    let (ok, stderr) = run(&["serve", "--model-dir", "/nonexistent", "--api-key", " "]);
+    assert!(!ok && stderr.contains("empty key"), "{stderr}");
+    // Durations are finite.
+    let (ok, stderr) = run(&["serve", "--model-dir", "/nonexistent", "--body-timeout", "inf"]);
+    assert!(!ok && stderr.contains("--body-timeout"), "{stderr}");
 }

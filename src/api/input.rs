@@ -52,7 +52,13 @@ impl Received {
 
 /// Extracts the encoded image from the request, enforcing `max_body`.
 pub async fn read_image(request: Request<Body>, max_body: usize) -> Result<Bytes, ApiError> {
-    receive(request, max_body).await?.into_image().await
+    receive(request, max_body, &mut |_| true).await?.into_image().await
+}
+
+/// Whether the client waits for `100 Continue` before sending its body: a request refused
+/// before its body is read can then be answered without reading it.
+pub fn expects_continue(request: &Request<Body>) -> bool {
+    request.headers().get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// The length the client declared for its body, if it did.
@@ -60,28 +66,32 @@ pub fn declared_length(request: &Request<Body>) -> Option<u64> {
     request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
 }
 
-/// Reads the body whole, enforcing `max_body`, after checking its content type.
-pub async fn receive(request: Request<Body>, max_body: usize) -> Result<Received, ApiError> {
+/// Reads the body whole, enforcing `max_body`, after checking its content type. `admit` is
+/// told the size of each piece of body as it arrives; if it says no (the memory for bodies
+/// being received is spent), the rest is drained and the request refused as overloaded.
+pub async fn receive(
+    request: Request<Body>,
+    max_body: usize,
+    admit: &mut impl FnMut(usize) -> bool,
+) -> Result<Received, ApiError> {
     let content_type =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     // A client waiting for `100 Continue` before it sends an over-long body is answered at once:
     // the body is never asked for, so there is nothing to drain.
     let declared = declared_length(&request);
-    let expects_continue =
-        request.headers().get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue && declared.is_some_and(|len| len > max_body as u64) {
+    if expects_continue(&request) && declared.is_some_and(|len| len > max_body as u64) {
         return Err(ApiError::BodyTooLarge { limit: max_body });
     }
     if mime == "application/json" || mime.ends_with("+json") {
-        Ok(Received::Json(read_body(request.into_body(), max_body).await?))
+        Ok(Received::Json(read_body(request.into_body(), max_body, admit).await?))
     } else if mime.starts_with("image/") || mime == "application/octet-stream" {
-        Ok(Received::Raw(read_body(request.into_body(), max_body).await?))
+        Ok(Received::Raw(read_body(request.into_body(), max_body, admit).await?))
     } else if mime == "multipart/form-data" {
         // Read whole first, under the same limit (and drain) as the other body kinds; the
         // field would be buffered whole anyway.
         let (parts, body) = request.into_parts();
-        let body = read_body(body, max_body).await?;
+        let body = read_body(body, max_body, admit).await?;
         Ok(Received::Multipart { parts: Box::new(parts), body })
     } else {
         Err(ApiError::UnsupportedMediaType(content_type))
@@ -89,9 +99,12 @@ pub async fn receive(request: Request<Body>, max_body: usize) -> Result<Received
 }
 
 /// Reads and throws away a body that will not be used (a request refused before its body was
-/// read), so that the client, still writing, gets the answer instead of a reset connection.
+/// read), so that the client, still writing, gets the answer instead of a reset connection. A
+/// client waiting for `100 Continue` has sent nothing: its body is not asked for.
 pub async fn discard(request: Request<Body>) {
-    drain(request.into_body()).await;
+    if !expects_continue(&request) {
+        drain(request.into_body()).await;
+    }
 }
 
 /// An over-long body is still read, and thrown away, for up to this long and this much before
@@ -101,17 +114,30 @@ pub async fn discard(request: Request<Body>) {
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 const DRAIN_BYTES: usize = 64 << 20;
 
-/// Reads the whole body, at most `max_body` bytes of it.
-async fn read_body(mut body: Body, max_body: usize) -> Result<Bytes, ApiError> {
-    // Limited over a borrow, so that an over-long body can still be drained afterwards.
-    match http_body_util::Limited::new(&mut body, max_body).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+/// Reads the whole body, at most `max_body` bytes of it, each piece past `admit`.
+async fn read_body(mut body: Body, max_body: usize, admit: &mut impl FnMut(usize) -> bool) -> Result<Bytes, ApiError> {
+    // Pieces as they came: a body that arrived in one piece is returned without a copy.
+    let mut pieces: Vec<Bytes> = Vec::new();
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| ApiError::BodyRead(err.to_string()))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if len + data.len() > max_body {
             drain(body).await;
-            Err(ApiError::BodyTooLarge { limit: max_body })
+            return Err(ApiError::BodyTooLarge { limit: max_body });
         }
-        Err(err) => Err(ApiError::BodyRead(err.to_string())),
+        if !admit(data.len()) {
+            drain(body).await;
+            return Err(ApiError::Overloaded);
+        }
+        len += data.len();
+        pieces.push(data);
     }
+    Ok(match pieces.len() {
+        0 => Bytes::new(),
+        1 => pieces.swap_remove(0),
+        _ => pieces.concat().into(),
+    })
 }
 
 /// Reads and discards the rest of a body, within [`DRAIN_TIME`] and [`DRAIN_BYTES`].

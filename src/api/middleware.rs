@@ -23,7 +23,7 @@ use super::error::{ApiError, HEADER_BYTES_LIMIT, HEADER_COUNT_LIMIT, code_for_st
 pub const REQUEST_ID: &str = "x-request-id";
 
 /// Who may call what. With no keys every route is open.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Access {
     /// Accepted bearer tokens (`--api-key`); empty: no authentication.
     pub api_keys: Vec<String>,
@@ -33,6 +33,18 @@ pub struct Access {
     pub open_metrics: bool,
     /// Origins allowed to call from a browser (`--cors-origin`; `*` for any); empty: no CORS.
     pub cors_origins: Vec<String>,
+}
+
+/// Keys never reach a log line, even through `{:?}`.
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("api_keys", &format_args!("[{} redacted]", self.api_keys.len()))
+            .field("open_health", &self.open_health)
+            .field("open_metrics", &self.open_metrics)
+            .field("cors_origins", &self.cors_origins)
+            .finish()
+    }
 }
 
 /// The request id the client sent, if it is short and printable, else a fresh random one.
@@ -156,7 +168,11 @@ pub async fn require_api_key(State(access): State<Arc<Access>>, request: Request
         .map(str::trim);
     match token {
         Some(token) if key_matches(&access.api_keys, token) => next.run(request).await,
-        _ => ApiError::Unauthorized.into_response(),
+        _ => {
+            // Read (bounded) what the client is still sending, so it sees the 401.
+            super::input::discard(request).await;
+            ApiError::Unauthorized.into_response()
+        }
     }
 }
 

@@ -218,12 +218,14 @@ fn parse_query<T: serde::de::DeserializeOwned + Default>(uri: &Uri) -> Result<T,
 }
 
 async fn predict(State(state): State<AppState>, request: Request<Body>) -> Result<Json<Value>, ApiError> {
-    let query: PredictQuery = parse_query(request.uri())?;
-    let top_k = wanted_top_k(query.top_k, state.inner.limits.top_k)?;
+    let uri = request.uri().clone();
     let received = receive(&state, request).await?;
+    // Checked after the body is in, so that a client still writing gets the 400.
+    let query: PredictQuery = parse_query(&uri)?;
+    let top_k = wanted_top_k(query.top_k, state.inner.limits.top_k)?;
     // Only a request whose body is in takes an in-flight permit; past the bound, refuse at
-    // once rather than queue without limit. The permit is shared with the decode, which keeps
-    // it until it ends even if the request times out first.
+    // once rather than queue without limit. The permit is shared with the decode (and a big
+    // body's parse), which keep it until they end even if the request times out first.
     let Ok(permit) = Arc::clone(&state.inner.inflight).try_acquire_owned() else {
         return Err(ApiError::Overloaded);
     };
@@ -234,20 +236,60 @@ async fn predict(State(state): State<AppState>, request: Request<Body>) -> Resul
         .map_err(|_| ApiError::Timeout(timeout.as_secs_f64()))?
 }
 
-/// Receives the body within the upload bounds and `--body-timeout`. A request refused here
+/// One body being received: its upload slot, and the memory its bytes hold so far, counted in
+/// the uploads gauge while it lasts.
+struct Upload {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    memory: Option<tokio::sync::OwnedSemaphorePermit>,
+    charged_kib: usize,
+}
+
+impl Upload {
+    /// Charges the memory of `bytes` more of body; false when `--upload-memory` is spent.
+    fn charge(&mut self, pool: &Arc<Semaphore>, bytes: usize, received: usize) -> bool {
+        let needed = kib(received + bytes).saturating_sub(self.charged_kib);
+        if needed == 0 {
+            return true;
+        }
+        let Some(more) = u32::try_from(needed).ok().and_then(|n| Arc::clone(pool).try_acquire_many_owned(n).ok())
+        else {
+            return false;
+        };
+        self.charged_kib += needed;
+        match &mut self.memory {
+            Some(held) => held.merge(more),
+            None => self.memory = Some(more),
+        }
+        true
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::UPLOADS_IN_PROGRESS).decrement(1.0);
+    }
+}
+
+/// Receives the body within the upload bounds and `--body-timeout`: a slot among
+/// `--max-uploads`, and `--upload-memory` charged as the bytes arrive (so a client that
+/// declares a large body and trickles it holds only what it sent). A request refused here
 /// has its body read and thrown away (bounded) first, so the client sees the 429.
 async fn receive(state: &AppState, request: Request<Body>) -> Result<input::Received, ApiError> {
     let limits = &state.inner.limits;
-    let expected = input::declared_length(&request).map_or(limits.max_body, |len| (len as usize).min(limits.max_body));
-    let upload = Arc::clone(&state.inner.uploads).try_acquire_owned().ok().and_then(|count| {
-        let kib = u32::try_from(kib(expected)).ok()?;
-        Some((count, Arc::clone(&state.inner.upload_kib).try_acquire_many_owned(kib).ok()?))
-    });
-    let Some(_upload) = upload else {
+    let Ok(slot) = Arc::clone(&state.inner.uploads).try_acquire_owned() else {
         input::discard(request).await;
         return Err(ApiError::Overloaded);
     };
-    tokio::time::timeout(limits.body_timeout, input::receive(request, limits.max_body))
+    metrics::gauge!(crate::metrics::UPLOADS_IN_PROGRESS).increment(1.0);
+    let mut upload = Upload { _slot: slot, memory: None, charged_kib: 0 };
+    let pool = &state.inner.upload_kib;
+    let mut received = 0;
+    let mut admit = |bytes: usize| {
+        let ok = upload.charge(pool, bytes, received);
+        received += bytes;
+        ok
+    };
+    tokio::time::timeout(limits.body_timeout, input::receive(request, limits.max_body, &mut admit))
         .await
         .map_err(|_| ApiError::BodyTimeout(limits.body_timeout.as_secs_f64()))?
 }
@@ -262,7 +304,11 @@ async fn predict_now(
         // Parsing JSON and decoding base64 is CPU work in proportion to the body: off the
         // runtime's threads for a big one, so it cannot hold up `/health` and other requests.
         input::Received::Json(body) if body.len() > 64 * 1024 => {
-            let parsed = state.inner.pool.run(move || input::image_from_json(&body));
+            let hold = Arc::clone(&permit);
+            let parsed = state.inner.pool.run(move || {
+                let _hold = hold;
+                input::image_from_json(&body)
+            });
             parsed.await.map_err(|e| ApiError::Internal(e.to_string()))??
         }
         other => other.into_image().await?,

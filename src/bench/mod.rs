@@ -199,6 +199,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<bool> {
         anyhow::bail!("{} is empty", args.image.display());
     }
     if args.raw {
+        args.models.configure_decode_memory();
         return raw::run(args, &image);
     }
     let Some(url) = &args.url else {

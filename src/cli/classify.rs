@@ -36,6 +36,7 @@ pub struct ClassifyArgs {
 /// Returns `Ok(false)` when at least one image failed (the others are still classified).
 pub fn run(args: &ClassifyArgs) -> anyhow::Result<bool> {
     crate::models::pull::pull_missing(&args.models, &[args.tier])?;
+    args.models.configure_decode_memory();
     let labels = Arc::new(Labels::load(&args.models.labels_path())?);
     let classifier = load_tier(&args.models, &labels, args.tier, usize::from(args.top_k))?;
     let mut out = std::io::stdout().lock();

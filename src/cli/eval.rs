@@ -101,6 +101,7 @@ struct Scored {
 }
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
+    args.models.configure_decode_memory();
     let csv = std::fs::read_to_string(&args.labels_csv)
         .with_context(|| format!("cannot read {}", args.labels_csv.display()))?;
     let rows = parse_labels_csv(&csv)?;

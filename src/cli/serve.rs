@@ -176,7 +176,11 @@ fn check_redis_url(url: &str) -> anyhow::Result<()> {
 
 /// The `--api-key` / `--cors-origin` settings, checked.
 fn access(args: &AccessArgs) -> anyhow::Result<Access> {
-    let api_keys: Vec<String> = args.api_keys.iter().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()).collect();
+    let api_keys: Vec<String> = args.api_keys.iter().map(|k| k.trim().to_owned()).collect();
+    // A blank key must not quietly mean "no authentication".
+    if api_keys.iter().any(String::is_empty) {
+        anyhow::bail!("--api-key (TANDEM_API_KEY) has an empty key: give each key, or leave it unset");
+    }
     if (args.protect_health || args.protect_metrics) && api_keys.is_empty() {
         anyhow::bail!("--protect-health and --protect-metrics need --api-key");
     }

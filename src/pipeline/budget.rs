@@ -22,14 +22,34 @@ const SMALL: u64 = 4 << 20;
 
 pub struct DecodeBudget {
     limit: u64,
-    used: Mutex<u64>,
+    used: Mutex<Used>,
     returned: Condvar,
 }
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Used {
+    all: u64,
+    background: u64,
+}
+
+/// Who is decoding: a tier that answers clients, or one that works in the background.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// Never waits: refused at once (503) when the budget is held by others.
+    #[default]
+    Foreground,
+    /// Waits up to [`BACKGROUND_WAIT`] for room, within its half of the budget.
+    Background,
+}
+
+/// How long a background decode waits for room before its attempt fails.
+pub const BACKGROUND_WAIT: Duration = Duration::from_secs(300);
 
 /// Bytes held by one decode; given back when dropped.
 #[must_use]
 pub struct Reservation {
     bytes: u64,
+    background: bool,
 }
 
 static BUDGET: OnceLock<DecodeBudget> = OnceLock::new();
@@ -59,52 +79,66 @@ pub fn default_limit() -> u64 {
     total.map_or(1 << 30, |bytes| (bytes / 8).clamp(1 << 30, 4 << 30))
 }
 
-/// Reserves `bytes` from the process's budget, waiting at most `wait` for others to finish.
-pub(super) fn reserve(bytes: u64, wait: Duration) -> Result<Reservation, ImageError> {
-    global().reserve(bytes, wait)
+/// Reserves `bytes` from the process's budget for a decode of the given priority.
+pub(super) fn reserve(bytes: u64, priority: Priority) -> Result<Reservation, ImageError> {
+    let wait = match priority {
+        Priority::Foreground => Duration::ZERO,
+        Priority::Background => BACKGROUND_WAIT,
+    };
+    global().reserve(bytes, priority == Priority::Background, wait)
 }
 
 impl DecodeBudget {
     fn new(limit: u64) -> Self {
-        Self { limit: limit.max(1), used: Mutex::new(0), returned: Condvar::new() }
+        Self { limit: limit.max(1), used: Mutex::new(Used::default()), returned: Condvar::new() }
     }
 
-    fn reserve(&'static self, bytes: u64, wait: Duration) -> Result<Reservation, ImageError> {
+    fn reserve(&'static self, bytes: u64, background: bool, wait: Duration) -> Result<Reservation, ImageError> {
         if bytes < SMALL {
-            return Ok(Reservation { bytes: 0 });
+            return Ok(Reservation { bytes: 0, background });
         }
         if bytes > self.limit {
             return Err(ImageError::OverMemory { needed: bytes, limit: self.limit });
         }
+        let fits = |used: &Used| {
+            used.all + bytes <= self.limit
+                && (!background || used.background == 0 || used.background + bytes <= self.limit / 2)
+        };
         let deadline = Instant::now() + wait;
         let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
-        while *used + bytes > self.limit {
+        while !fits(&used) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(ImageError::DecodeBusy { needed: bytes, free: self.limit - *used, limit: self.limit });
+                return Err(ImageError::DecodeBusy { needed: bytes, free: self.limit - used.all, limit: self.limit });
             }
             used = self.returned.wait_timeout(used, left).unwrap_or_else(PoisonError::into_inner).0;
         }
-        *used += bytes;
-        Ok(Reservation { bytes })
+        used.all += bytes;
+        if background {
+            used.background += bytes;
+        }
+        Ok(Reservation { bytes, background })
     }
 
-    fn give_back(&self, bytes: u64) {
+    fn give_back(&self, bytes: u64, background: bool) {
         let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
-        *used = used.saturating_sub(bytes);
+        used.all = used.all.saturating_sub(bytes);
+        if background {
+            used.background = used.background.saturating_sub(bytes);
+        }
         self.returned.notify_all();
     }
 
     #[cfg(test)]
     fn used(&self) -> u64 {
-        *self.used.lock().unwrap_or_else(PoisonError::into_inner)
+        self.used.lock().unwrap_or_else(PoisonError::into_inner).all
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         if self.bytes > 0 {
-            global().give_back(self.bytes);
+            global().give_back(self.bytes, self.background);
         }
     }
 }
@@ -120,7 +154,16 @@ mod tests {
 
     /// Reservations against a private budget; given back by hand (Drop returns to the global).
     fn take(budget: &'static DecodeBudget, bytes: u64, wait: Duration) -> Result<u64, ImageError> {
-        budget.reserve(bytes, wait).map(|r| {
+        reserve_as(budget, bytes, false, wait)
+    }
+
+    fn reserve_as(
+        budget: &'static DecodeBudget,
+        bytes: u64,
+        background: bool,
+        wait: Duration,
+    ) -> Result<u64, ImageError> {
+        budget.reserve(bytes, background, wait).map(|r| {
             let bytes = r.bytes;
             std::mem::forget(r);
             bytes
@@ -133,7 +176,7 @@ mod tests {
         assert!(matches!(take(b, 101 << 20, Duration::ZERO), Err(ImageError::OverMemory { .. })));
         assert_eq!(take(b, 60 << 20, Duration::ZERO).ok(), Some(60 << 20));
         assert!(matches!(take(b, 60 << 20, Duration::ZERO), Err(ImageError::DecodeBusy { .. })));
-        b.give_back(60 << 20);
+        b.give_back(60 << 20, false);
         assert_eq!(b.used(), 0);
         assert_eq!(take(b, 60 << 20, Duration::ZERO).ok(), Some(60 << 20));
     }
@@ -153,8 +196,22 @@ mod tests {
         assert!(take(b, 80 << 20, Duration::ZERO).is_ok());
         let waiter = std::thread::spawn(move || take(b, 50 << 20, Duration::from_secs(10)));
         std::thread::sleep(Duration::from_millis(50));
-        b.give_back(80 << 20);
+        b.give_back(80 << 20, false);
         assert_eq!(waiter.join().ok().and_then(Result::ok), Some(50 << 20));
+    }
+
+    /// Background decodes together keep to half the budget (one alone may take more), so the
+    /// foreground always has room while a starved background decode holds its bytes.
+    #[test]
+    fn background_decodes_leave_the_foreground_half_the_budget() {
+        let b = budget(100 << 20);
+        assert!(reserve_as(b, 40 << 20, true, Duration::ZERO).is_ok());
+        assert!(matches!(reserve_as(b, 20 << 20, true, Duration::ZERO), Err(ImageError::DecodeBusy { .. })));
+        assert!(take(b, 60 << 20, Duration::ZERO).is_ok());
+        b.give_back(40 << 20, true);
+        b.give_back(60 << 20, false);
+        // Alone, a background decode may need more than half.
+        assert!(reserve_as(b, 80 << 20, true, Duration::ZERO).is_ok());
     }
 
     #[test]

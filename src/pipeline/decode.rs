@@ -43,26 +43,39 @@ pub(super) fn decode(bytes: &[u8], config: &PreprocessConfig) -> Result<Bitmap, 
             // Decoders render truncated files (grey fill) without complaint; Pillow refuses them.
             jpeg::ensure_complete(bytes, header.scan_start)?;
             let divisor = jpeg::dct_divisor(header.width, header.height, config.resize);
-            // libjpeg's RGB scanlines, and as much again for a rotated copy (EXIF orientation).
+            // libjpeg's RGB scanlines, and as much again for a rotated copy (EXIF orientation);
+            // for a progressive file also its whole-image coefficient buffer (2 bytes per
+            // coefficient, one per pixel and component, at full resolution).
             let (w, h) = (u64::from(header.width.div_ceil(divisor)), u64::from(header.height.div_ceil(divisor)));
-            let reservation = budget::reserve(w * h * 3 * 2, config.budget_wait)?;
+            let coefficients = if header.progressive {
+                u64::from(header.width) * u64::from(header.height) * u64::from(header.components.max(1)) * 2
+            } else {
+                0
+            };
+            let reservation = budget::reserve(w * h * 3 * 2 + coefficients, config.decode_priority)?;
             match jpeg::decode(bytes, &header, divisor)? {
                 Some(bitmap) => Ok(Bitmap { _reservation: Some(reservation), ..bitmap }),
                 // CMYK/YCCK (Adobe) files: `image` knows their conventions.
                 None => {
                     drop(reservation);
-                    decode_with_image(bytes, format, config)
+                    decode_with_image(bytes, format, config, 0)
                 }
             }
         }
         ImageFormat::Png | ImageFormat::WebP | ImageFormat::Bmp | ImageFormat::Gif => {
-            if let Some((width, height)) = peek_size(format, bytes) {
+            let peeked = peek_size(format, bytes);
+            if let Some((width, height)) = peeked {
                 check_pixels(width, height, config)?;
             }
+            // A GIF frame larger than its screen is decoded at its own size, as RGBA.
+            let at_least = match (format, peeked) {
+                (ImageFormat::Gif, Some((w, h))) => u64::from(w) * u64::from(h) * 4,
+                _ => 0,
+            };
             if format == ImageFormat::Png {
-                decode_with_image(&without_unused_png_chunks(bytes), format, config)
+                decode_with_image(&without_unused_png_chunks(bytes), format, config, at_least)
             } else {
-                decode_with_image(bytes, format, config)
+                decode_with_image(bytes, format, config, at_least)
             }
         }
         other => Err(ImageError::Unsupported(format!("{other:?} (supported: JPEG, PNG, WebP, BMP, GIF)"))),
@@ -141,10 +154,13 @@ fn limits(config: &PreprocessConfig) -> Limits {
     limits
 }
 
+/// `at_least`: bytes the decoder is known to allocate beyond what its reported size says (a
+/// GIF frame larger than its logical screen).
 pub(super) fn decode_with_image(
     bytes: &[u8],
     format: ImageFormat,
     config: &PreprocessConfig,
+    at_least: u64,
 ) -> Result<Bitmap, ImageError> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(limits(config));
@@ -156,7 +172,7 @@ pub(super) fn decode_with_image(
     // 8-bit gray or RGB already, and a rotated copy (EXIF orientation).
     let rgb = u64::from(width) * u64::from(height) * 3;
     let converted = if matches!(decoder.color_type(), image::ColorType::L8 | image::ColorType::Rgb8) { 0 } else { rgb };
-    let reservation = budget::reserve(decoder.total_bytes() + converted + rgb, config.budget_wait)?;
+    let reservation = budget::reserve(decoder.total_bytes().max(at_least) + converted + rgb, config.decode_priority)?;
     // Broken metadata is no reason to refuse the pixels (Pillow ignores it too).
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let image = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;

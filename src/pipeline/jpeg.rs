@@ -19,6 +19,11 @@ use super::{ImageError, PreprocessConfig};
 pub(super) struct Header {
     pub width: u32,
     pub height: u32,
+    /// Colour components (1 gray, 3 YCbCr, 4 CMYK).
+    pub components: u32,
+    /// Progressive (SOF2/6/10/14): libjpeg then keeps every DCT coefficient of the whole image,
+    /// at full resolution, whatever scale it decodes at.
+    pub progressive: bool,
     /// Offset of the first entropy-coded byte (just after the first SOS segment).
     pub scan_start: usize,
 }
@@ -77,6 +82,7 @@ pub(super) fn read_header(bytes: &[u8], config: &PreprocessConfig) -> Result<Hea
         return Err(ImageError::NotAnImage);
     }
     let mut size = None;
+    let mut frame = (0, false);
     let mut pos = 2;
     loop {
         let (code, after) = next_marker(bytes, pos).ok_or_else(|| truncated("the data ends before the image data"))?;
@@ -95,10 +101,13 @@ pub(super) fn read_header(bytes: &[u8], config: &PreprocessConfig) -> Result<Hea
                     }
                     check_pixels(width, height, config)?;
                     size = Some((width, height));
+                    frame =
+                        (u32::from(payload.get(5).copied().unwrap_or(3)), matches!(code, 0xC2 | 0xC6 | 0xCA | 0xCE));
                 }
                 if code == SOS {
                     let (width, height) = size.ok_or_else(|| truncated("image data before the frame header"))?;
-                    return Ok(Header { width, height, scan_start: end });
+                    let (components, progressive) = frame;
+                    return Ok(Header { width, height, components, progressive, scan_start: end });
                 }
                 pos = end;
             }

@@ -35,11 +35,11 @@ pub struct PreprocessConfig {
     pub std: [f32; 3],
     /// Images with more pixels than this are refused from their header, before decoding.
     pub max_pixels: u64,
-    /// How long a decode may wait for the decode-memory budget ([`budget`]) when other decodes
-    /// hold it: zero for a tier that answers clients (it refuses at once), longer for a
-    /// background tier. Not part of what the output depends on.
+    /// Whose decode this is, for the decode-memory budget ([`budget`]): a tier that answers
+    /// clients refuses at once when the budget is held; a background tier waits, within its
+    /// share. Not part of what the output depends on.
     #[serde(skip)]
-    pub budget_wait: std::time::Duration,
+    pub decode_priority: budget::Priority,
 }
 
 impl Default for PreprocessConfig {
@@ -50,7 +50,7 @@ impl Default for PreprocessConfig {
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],
             max_pixels: 64_000_000,
-            budget_wait: std::time::Duration::ZERO,
+            decode_priority: budget::Priority::Foreground,
         }
     }
 }

@@ -247,7 +247,7 @@ fn dct_downscaled_output_is_close_to_full_decode() {
     let cfg = config(160, 128);
     let scaled = decode::decode(&jpeg, &cfg).unwrap();
     assert_eq!((scaled.width, scaled.height), (256, 192));
-    let full = decode::decode_with_image(&jpeg, ImageFormat::Jpeg, &cfg).unwrap();
+    let full = decode::decode_with_image(&jpeg, ImageFormat::Jpeg, &cfg, 0).unwrap();
     let (mut a, mut b) = (vec![0.0; cfg.tensor_len()], vec![0.0; cfg.tensor_len()]);
     bitmap_to_tensor(&scaled, &cfg, &mut a).unwrap();
     bitmap_to_tensor(&full, &cfg, &mut b).unwrap();
