@@ -2,11 +2,11 @@
 //! `/health/ready` and `tandem_workers_live` can say when no worker is taking jobs.
 //!
 //! The embedded worker is counted by a guard on its queue. A Redis worker beats from its own
-//! task, independent of whether its job slots are busy, every third of its heartbeat TTL (the
-//! Redis side, and why a heartbeat rather than the consumer group's idle times, is "Live
-//! workers" in `redis.rs`). A failed beat is not logged here: the queue logs each outage once.
-
-use std::time::Duration;
+//! task, independent of whether its job slots are busy, every third of its heartbeat TTL (or of
+//! `reclaim_after` if shorter: each beat also renews the leases of the jobs it runs, so that a
+//! live worker keeps them; the Redis side, and why a heartbeat rather than the consumer group's
+//! idle times, is "Live workers" and "Taking over jobs" in `redis.rs`). Two beats in a row can be
+//! lost or late before the worker drops out or a job's lease runs out. A failed beat is not logged here: the queue logs each outage once.
 
 use tokio::task::JoinHandle;
 
@@ -62,7 +62,7 @@ impl Drop for WorkerPresence {
 
 async fn beat(queue: RedisQueue) {
     let ttl = queue.heartbeat_ttl();
-    let mut every = tokio::time::interval(beat_interval(ttl));
+    let mut every = tokio::time::interval(queue.beat_interval());
     // After a stall (a starved process, an outage) beat once, not a burst of missed beats.
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -71,9 +71,4 @@ async fn beat(queue: RedisQueue) {
             tracing::debug!(error = %err, "heartbeat failed");
         }
     }
-}
-
-/// A third of the TTL: two beats in a row can be lost or late before the worker drops out.
-fn beat_interval(ttl: Duration) -> Duration {
-    ttl / 3
 }
