@@ -792,10 +792,11 @@ async fn live_workers_are_those_whose_heartbeat_has_not_run_out() {
     assert_eq!(a.heartbeat_ttl(), Duration::from_secs(6), "reclaim_after 30 s, capped at 6 s");
     assert_eq!(a.live_workers().await.expect("count"), 0);
     a.heartbeat(Duration::from_secs(30)).await.expect("beat a");
-    b.heartbeat(Duration::from_millis(300)).await.expect("beat b");
-    b.heartbeat(Duration::from_millis(300)).await.expect("a second beat counts once");
+    // 2 s: long enough to outlive the next two calls on a loaded machine.
+    b.heartbeat(Duration::from_secs(2)).await.expect("beat b");
+    b.heartbeat(Duration::from_secs(2)).await.expect("a second beat counts once");
     assert_eq!(a.live_workers().await.expect("count"), 2);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(b.live_workers().await.expect("count"), 1, "b's heartbeat ran out");
     a.leave().await.expect("leave");
     assert_eq!(b.live_workers().await.expect("count"), 0, "a left at once");
@@ -823,27 +824,28 @@ async fn pending_owners(keys: &Keys) -> Vec<String> {
 async fn a_renewed_lease_keeps_a_job_with_its_worker_and_a_lapsed_one_lets_it_go() {
     let keys = Keys::new();
     let p = policy(10, 5, Duration::from_secs(60));
-    let reclaim = Duration::from_millis(200);
+    // Long enough that a beat and the next take, on a loaded machine, are well inside it.
+    let reclaim = Duration::from_secs(1);
     let a = keys.queue("worker-a", reclaim, p.clone()).await;
     let b = keys.queue("worker-b", reclaim, p).await;
-    assert_eq!(a.beat_interval(), reclaim / 3, "a third of reclaim_after, when shorter than the TTL");
+    assert_eq!(a.beat_interval(), reclaim / 3, "a third of reclaim_after (and of the TTL)");
     let j = job();
     let id = j.id;
     a.enqueue(j).await.expect("enqueue");
     let taken = a.take(1, Duration::from_secs(1)).await.expect("take");
     assert_eq!(taken.len(), 1);
 
-    // Five times reclaim_after, a renewing the lease all along: b never gets the job.
-    for _ in 0..15 {
+    // Three times reclaim_after, a renewing the lease all along: b never gets the job.
+    for _ in 0..9 {
         a.heartbeat(a.heartbeat_ttl()).await.expect("beat");
         assert!(b.take(1, Duration::ZERO).await.expect("take").is_empty(), "a live worker's job stayed with it");
-        tokio::time::sleep(Duration::from_millis(66)).await;
+        tokio::time::sleep(a.beat_interval()).await;
     }
     assert_eq!(pending_owners(&keys).await, vec!["worker-a".to_owned()]);
     assert_eq!(a.get(id).await.expect("get").map(|r| r.attempts), Some(1));
 
     // a goes silent (cut off from Redis) for longer than reclaim_after: b takes the job over.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let reclaimed = b.take(1, Duration::from_secs(1)).await.expect("take");
     assert_eq!(reclaimed.iter().map(|d| (d.id, d.attempt)).collect::<Vec<_>>(), vec![(id, 2)]);
     // a is back and still runs the job: its beats leave it with b.
@@ -856,7 +858,7 @@ async fn a_renewed_lease_keeps_a_job_with_its_worker_and_a_lapsed_one_lets_it_go
     b.release(&reclaimed[0]);
     for _ in 0..5 {
         b.heartbeat(b.heartbeat_ttl()).await.expect("beat");
-        tokio::time::sleep(Duration::from_millis(66)).await;
+        tokio::time::sleep(b.beat_interval()).await;
     }
     let again = a.take(1, Duration::from_secs(1)).await.expect("take");
     assert_eq!(again.iter().map(|d| (d.id, d.attempt)).collect::<Vec<_>>(), vec![(id, 3)]);

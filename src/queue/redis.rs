@@ -239,6 +239,10 @@ struct Inner {
     keys: Keys,
     /// Ordinary commands: short, multiplexed.
     main: Conn,
+    /// Only for heartbeats: they run on their own thread and runtime (`presence.rs`), which
+    /// opens this connection on first use and so drives its I/O, whether or not the process's
+    /// own runtime is starved.
+    beat: Conn,
     /// Only for `XREADGROUP ... BLOCK`; the lock keeps one blocking read on it at a time, so a
     /// read never waits out another's block inside its own response timeout.
     blocking: Conn,
@@ -433,6 +437,7 @@ impl RedisQueue {
             .map_err(|err| QueueError::Unavailable(format!("invalid Redis URL: {err}")))?;
         let addr = client.get_connection_info().addr().to_string();
         let main = Conn::new(client.clone(), RESPONSE_TIMEOUT).map_err(|err| unavailable("connect", &err))?;
+        let beat = Conn::new(client.clone(), RESPONSE_TIMEOUT).map_err(|err| unavailable("connect", &err))?;
         let blocking = Conn::new(client, BLOCK_CHUNK + RESPONSE_TIMEOUT).map_err(|err| unavailable("connect", &err))?;
         let keys = Keys::new(&config.prefix);
         let scripts = Scripts {
@@ -449,6 +454,7 @@ impl RedisQueue {
                 config,
                 keys,
                 main,
+                beat,
                 blocking,
                 blocking_lock: tokio::sync::Mutex::new(()),
                 group_ready: AtomicBool::new(false),
@@ -689,7 +695,8 @@ impl RedisQueue {
     }
 
     /// Counts this process's consumer as a live worker for `ttl` from now (Redis' clock), and
-    /// renews the lease of every job it is running (see "Taking over jobs").
+    /// renews the lease of every job it is running (see "Taking over jobs"). On a connection of
+    /// its own: call it from one runtime only (the heartbeat thread's, `presence.rs`).
     pub async fn heartbeat(&self, ttl: Duration) -> Result<(), QueueError> {
         let inner = &self.inner;
         let held: Vec<String> = inner.held.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
@@ -704,7 +711,7 @@ impl RedisQueue {
             .arg(&held);
         let invocation = &invocation;
         let lost: Vec<String> =
-            self.call(&inner.main, "heartbeat", OP_TIMEOUT, |mut conn| async move {
+            self.call(&inner.beat, "heartbeat", OP_TIMEOUT, |mut conn| async move {
                 invocation.invoke_async(&mut conn).await
             })
             .await?;
