@@ -3,6 +3,7 @@
 //! Used by `tandem worker` (Redis) and inside `tandem serve` (embedded queue). Up to
 //! `concurrency` jobs run at once; the classifier batches whatever of them is waiting. A job
 //! is acknowledged only after its result is stored; a failed or panicking job costs one attempt.
+//! A job stays this worker's while it runs, however long (its lease is renewed, `queue::redis`).
 //! On shutdown it stops taking jobs and finishes the ones in flight. While it takes jobs it
 //! counts as a live worker of its queue (`JobQueue::live_workers`).
 
@@ -79,7 +80,8 @@ pub async fn run(queue: JobQueue, classifier: Classifier, config: WorkerConfig, 
             let classifier = classifier.clone();
             let starvation = Arc::clone(&starvation);
             tokio::spawn(async move {
-                process(&queue, &classifier, &starvation, delivery).await;
+                process(&queue, &classifier, &starvation, &delivery).await;
+                queue.release(&delivery);
                 drop(permit);
             });
         }
@@ -93,7 +95,7 @@ pub async fn run(queue: JobQueue, classifier: Classifier, config: WorkerConfig, 
 
 /// Runs one job. The model runs in its own task so that a panic is caught and recorded as a
 /// failed attempt instead of ending the worker.
-async fn process(queue: &JobQueue, classifier: &Classifier, starvation: &StarvationWatch, delivery: Delivery) {
+async fn process(queue: &JobQueue, classifier: &Classifier, starvation: &StarvationWatch, delivery: &Delivery) {
     metrics::counter!(crate::metrics::JOB_ATTEMPTS).increment(1);
     // Creation to this attempt's start, as the job record's `queue_ms`.
     let queue_wait_ms = now_ms().saturating_sub(delivery.created_at_ms);
@@ -109,16 +111,16 @@ async fn process(queue: &JobQueue, classifier: &Classifier, starvation: &Starvat
     };
     match result {
         Ok(prediction) => {
-            // If the result cannot be stored (queue down), the job stays unacknowledged and is
-            // taken over after the reclaim timeout: done again rather than lost.
-            match retry_briefly(|| queue.complete(&delivery, &prediction)).await {
-                Ok(sync_class) => record_completion(&delivery, &prediction, sync_class, starvation),
+            // If the result cannot be stored (queue down), the job stays unacknowledged and, once
+            // released, is taken over after the reclaim timeout: done again rather than lost.
+            match retry_briefly(|| queue.complete(delivery, &prediction)).await {
+                Ok(sync_class) => record_completion(delivery, &prediction, sync_class, starvation),
                 Err(err) => {
                     tracing::warn!(job = %delivery.id, error = %err, "result not stored; the job will be retried")
                 }
             }
         }
-        Err(error) => match retry_briefly(|| queue.fail(&delivery, &error)).await {
+        Err(error) => match retry_briefly(|| queue.fail(delivery, &error)).await {
             Ok(FailOutcome::Dead) => {
                 metrics::counter!(crate::metrics::JOBS_FINISHED, "status" => "failed").increment(1);
                 tracing::warn!(job = %delivery.id, attempts = delivery.attempt, %error, "job failed for good")

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -324,4 +324,195 @@ fn faultsuite_overload_8x_gets_429_with_retry_after_and_no_5xx() {
     assert!(peak < steady * 2, "RSS stays bounded: steady {steady} KiB, peak {peak} KiB");
     let (status, _) = get_json(&server.url("/health"));
     assert_eq!(status, 200);
+}
+
+/// Keys under `prefix` matching `pattern` (e.g. `job:*`), with their `PTTL` (-1: no expiry).
+fn redis_keys(url: &str, prefix: &str, pattern: &str) -> Vec<(String, i64)> {
+    let client = redis::Client::open(url).expect("url");
+    let mut conn = client.get_connection().expect("redis");
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:{pattern}")).query(&mut conn).expect("KEYS");
+    keys.into_iter()
+        .map(|key| {
+            let ttl = redis::cmd("PTTL").arg(&key).query(&mut conn).expect("PTTL");
+            (key, ttl)
+        })
+        .collect()
+}
+
+/// Issue 13 item 11. Redis is stopped (SIGSTOP) three times under load, each time longer than
+/// the enqueue's timeout: requests whose image was staged just before a stop send their enqueue
+/// into the stalled server, time out, and are answered `"job_id": null`; Redis then runs the
+/// enqueue when it wakes. No such job may appear: the jobs in Redis are exactly the ids given out.
+#[test]
+fn faultsuite_a_stalled_redis_runs_no_job_the_client_was_told_was_not_queued() {
+    let redis = RedisServer::start(false);
+    let prefix = unique_prefix("stall");
+    let url = redis.url();
+    let args = ["--redis-url", url.as_str(), "--redis-prefix", &prefix];
+    let server = Tandem::serve(&args);
+    let _worker = Tandem::worker(&[&args[..], &["--reclaim-after", "3"]].concat());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let responses: Arc<Mutex<Vec<(u16, Value)>>> = Arc::default();
+    // A 2 MP photo: its fast answer (decode + model) takes far longer than staging its image,
+    // so at any moment some client is between "image staged" and "job queued".
+    let image = Arc::new(std::fs::read(images_dir().join("large/photo_1600x1200.jpg")).expect("photo"));
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let (stop, responses, url, image) =
+                (Arc::clone(&stop), Arc::clone(&responses), server.url("/predict"), Arc::clone(&image));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let answer = post_bytes(&url, "image/jpeg", &image);
+                    responses.lock().expect("lock").push(answer);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..3 {
+        redis.pause();
+        std::thread::sleep(Duration::from_secs(3));
+        redis.resume();
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().expect("client");
+    }
+
+    let responses = responses.lock().expect("lock").clone();
+    let non_200 = responses.iter().filter(|(status, _)| *status != 200).count();
+    let ids: HashSet<String> = responses.iter().filter_map(|(_, b)| b["job_id"].as_str().map(str::to_owned)).collect();
+    let without_id = responses.len() - ids.len();
+    for id in &ids {
+        assert_eq!(wait_for_job(&server.base, id, Duration::from_secs(120))["status"], "completed", "job {id}");
+    }
+    // Late enqueues have long run by now (Redis answered every GET above); give the worker a
+    // moment for any job it would still pick up.
+    std::thread::sleep(Duration::from_secs(2));
+    let records = redis_keys(&url, &prefix, "job:*");
+    let strays: Vec<&String> =
+        records.iter().map(|(key, _)| key).filter(|key| !ids.iter().any(|id| key.ends_with(id.as_str()))).collect();
+    let kept_images: Vec<String> =
+        redis_keys(&url, &prefix, "image:*").into_iter().filter(|(_, ttl)| *ttl == -1).map(|(key, _)| key).collect();
+    eprintln!(
+        "fault suite | Redis SIGSTOP 3 x 3 s under load: {} requests, {non_200} not 200, {} with a job id, \
+         {without_id} answered without one; {} job records in Redis, {} not given to any client; \
+         {} images kept without expiry",
+        responses.len(),
+        ids.len(),
+        records.len(),
+        strays.len(),
+        kept_images.len()
+    );
+    assert_eq!(non_200, 0, "serve kept answering POST /predict");
+    assert!(without_id > 0, "the stalls were seen (else this test proves nothing)");
+    assert!(strays.is_empty(), "jobs exist that the client was told were not queued: {strays:?}");
+    assert_eq!(records.len(), ids.len(), "every job id given out has its record");
+    assert!(kept_images.is_empty(), "images of jobs that were not queued are not kept: {kept_images:?}");
+    // Every job done, undone ones included: each gave its bytes back once, so the counter is 0
+    // (a missing key).
+    let mut conn = redis::Client::open(url.as_str()).expect("url").get_connection().expect("connect");
+    let (queued, bytes): (u64, Option<i64>) = redis::pipe()
+        .cmd("XLEN")
+        .arg(format!("{prefix}:jobs"))
+        .cmd("GET")
+        .arg(format!("{prefix}:queued_bytes"))
+        .query(&mut conn)
+        .expect("XLEN, GET");
+    assert_eq!((queued, bytes), (0, None), "an empty queue holds no bytes");
+}
+
+/// The pid of whichever of `pids` holds a job of the stream (its consumer name holds the pid).
+fn holder(url: &str, prefix: &str, pids: &[u32], timeout: Duration) -> u32 {
+    let client = redis::Client::open(url).expect("url");
+    let mut conn = client.get_connection().expect("redis");
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let summary: redis::RedisResult<PendingSummary> =
+            redis::cmd("XPENDING").arg(format!("{prefix}:jobs")).arg("workers").query(&mut conn);
+        if let Ok((_, _, _, Some(consumers))) = summary
+            && let Some(pid) =
+                pids.iter().find(|pid| consumers.iter().any(|(name, _)| name.contains(&format!("-{pid}-"))))
+        {
+            return *pid;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no worker took the job");
+}
+
+/// Issue 13 item 12. A job that runs three times longer than `--reclaim-after` stays with its
+/// live worker: one attempt, one result, no takeover. The job is slow for real: the accurate
+/// tier holds a lone job back for `--accurate-max-batch-delay` to fill a batch. A worker
+/// killed (-9) while holding such a job loses it to the other.
+#[test]
+fn faultsuite_a_live_workers_slow_job_stays_with_it_and_a_killed_workers_is_taken_over() {
+    let prefix = unique_prefix("lease");
+    let url = redis_url();
+    let redis = ["--redis-url", url.as_str(), "--redis-prefix", &prefix];
+    let slow = ["--reclaim-after", "1", "--accurate-max-batch", "8", "--accurate-max-batch-delay", "3000"];
+    let worker_args = [&redis[..], &slow[..]].concat();
+    let server = Tandem::serve(&redis);
+    let dir = std::env::temp_dir().join(&prefix);
+    std::fs::create_dir_all(&dir).expect("log dir");
+    let logs = [dir.join("a.log"), dir.join("b.log")];
+    let mut workers =
+        [Tandem::worker_with_log(&worker_args, &logs[0]), Tandem::worker_with_log(&worker_args, &logs[1])];
+    let pids = [workers[0].child.id(), workers[1].child.id()];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get_json(&server.url("/health/ready")).1["workers"]["live"].as_u64() != Some(2) {
+        assert!(Instant::now() < deadline, "both workers live: {}", get_json(&server.url("/health/ready")).1);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = |i: usize| std::fs::read_to_string(&logs[i]).unwrap_or_default();
+    let post = || {
+        let (status, body) = post_bytes(&server.url("/predict"), "image/jpeg", &photo("sample_05.jpg"));
+        assert_eq!(status, 200, "{body}");
+        body["job_id"].as_str().expect("job id").to_owned()
+    };
+
+    let started = Instant::now();
+    let id = post();
+    let job = wait_for_job(&server.base, &id, Duration::from_secs(60));
+    let took = started.elapsed();
+    let reported = redis_hash_field(&url, &format!("{prefix}:job:{id}"), "results_reported");
+    let took_over = (0..2).filter(|i| log(*i).contains("took over")).count();
+    eprintln!(
+        "fault suite | slow job ({:.1} s, --reclaim-after 1): {}, {} attempt(s), {reported:?} result(s); \
+         {took_over} worker(s) logged a takeover",
+        took.as_secs_f64(),
+        job["status"],
+        job["attempts"]
+    );
+    assert!(took >= Duration::from_secs(3), "the job was slower than --reclaim-after ({took:?})");
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
+    assert_eq!(reported, Some(1), "computed once");
+    assert_eq!(took_over, 0, "no takeover from a live worker:\n{}\n{}", log(0), log(1));
+
+    // The same, but the worker holding it is killed mid-way: the other one takes it over.
+    let id = post();
+    // Running: its worker has started it (its attempt is counted), not only been handed it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get_json(&server.url(&format!("/job/{id}"))).1["status"] != "running" {
+        assert!(Instant::now() < deadline, "the job never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let victim = holder(&url, &prefix, &pids, Duration::from_secs(30));
+    let (v, survivor) = if victim == pids[0] { (0, 1) } else { (1, 0) };
+    let _ = workers[v].child.kill();
+    let _ = workers[v].child.wait();
+    let job = wait_for_job(&server.base, &id, Duration::from_secs(60));
+    eprintln!(
+        "fault suite | worker killed holding a slow job: {}, {} attempts; the survivor logged a takeover: {}",
+        job["status"],
+        job["attempts"],
+        log(survivor).contains("took over")
+    );
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    assert!(log(survivor).contains("took over"), "{}", log(survivor));
+    let _ = std::fs::remove_dir_all(&dir);
 }

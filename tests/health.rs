@@ -31,6 +31,38 @@ fn wait_ready_until(tandem: &Tandem, timeout: Duration, what: &str, accept: impl
     }
 }
 
+/// Polls `/metrics` until it has `line`, or panics after `timeout`.
+fn wait_metric(tandem: &Tandem, timeout: Duration, line: &str) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = metrics(tandem);
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no `{line}` within {timeout:?}:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Redis' clock (ms) and the highest score in the live-workers set: until when the latest
+/// heartbeat counts.
+fn counted_until(url: &str, prefix: &str) -> (u64, Option<u64>) {
+    let mut conn = redis::Client::open(url).expect("url").get_connection().expect("connect");
+    let ((secs, micros), top): ((u64, u64), Vec<(String, f64)>) = redis::pipe()
+        .cmd("TIME")
+        .cmd("ZRANGE")
+        .arg(format!("{prefix}:workers"))
+        .arg(-1)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query(&mut conn)
+        .expect("TIME, ZRANGE");
+    (secs * 1000 + micros / 1000, top.first().map(|(_, score)| *score as u64))
+}
+
+/// Not about priority: the test workers compete for the CPU on equal terms.
+const NORMAL: [&str; 2] = ["--accurate-priority", "normal"];
+
 fn live(body: &Value) -> Option<u64> {
     body["workers"]["live"].as_u64()
 }
@@ -53,7 +85,7 @@ fn readiness_counts_live_workers_and_a_worker_has_its_own() {
     assert!(body["warning"].as_str().is_some_and(|w| w.contains("no live worker")), "{body}");
     assert!(metrics(&server).contains("tandem_workers_live 0"), "gauge at 0 without workers");
 
-    let mut worker = Tandem::worker_http(&args);
+    let mut worker = Tandem::worker_http(&[&args[..], &NORMAL].concat());
     let (status, body) = get_json(&worker.url("/health/ready"));
     assert_eq!(
         (status, body["status"].as_str(), body["queue"].as_str()),
@@ -64,7 +96,7 @@ fn readiness_counts_live_workers_and_a_worker_has_its_own() {
         s == 200 && live(b).is_some_and(|n| n >= 1)
     });
     assert!(body.get("warning").is_none(), "no warning with a live worker: {body}");
-    assert!(metrics(&server).contains("tandem_workers_live 1"));
+    wait_metric(&server, Duration::from_secs(5), "tandem_workers_live 1");
 
     // The worker's own readiness follows its Redis.
     redis.kill();
@@ -78,14 +110,27 @@ fn readiness_counts_live_workers_and_a_worker_has_its_own() {
     });
 
     // A worker killed outright drops out once its heartbeat runs out (6 s at the default
-    // --reclaim-after), with no clean goodbye.
-    let killed = Instant::now();
+    // --reclaim-after), with no clean goodbye. Measured from a beat seen to count for 2 s more
+    // (on Redis' clock), not from the kill: a beat may be late on a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (killed_at, until) = loop {
+        let (now, until) = counted_until(&url, &prefix);
+        if let Some(until) = until.filter(|&until| until > now + 2000) {
+            break (now, until);
+        }
+        assert!(Instant::now() < deadline, "no heartbeat counting 2 s ahead: {until:?} at {now}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let _ = worker.child.kill();
     let _ = worker.child.wait();
-    let body = wait_ready_until(&server, Duration::from_secs(10), "the killed worker gone", |s, b| {
+    let body = wait_ready_until(&server, Duration::from_secs(15), "the killed worker gone", |s, b| {
         s == 200 && live(b) == Some(0)
     });
-    assert!(killed.elapsed() >= Duration::from_secs(2), "its last heartbeat still counted for a while");
+    let (gone_at, _) = counted_until(&url, &prefix);
+    assert!(
+        gone_at >= until && gone_at >= killed_at + 2000,
+        "its last heartbeat still counted for a while: killed at {killed_at}, counted until {until}, gone by {gone_at}"
+    );
     assert!(body["warning"].is_string(), "{body}");
 }
 
@@ -95,11 +140,47 @@ fn a_worker_that_stops_cleanly_leaves_at_once() {
     let url = common::redis_url();
     let args = ["--redis-url", &url, "--redis-prefix", &prefix];
     let server = Tandem::serve(&args);
-    let mut worker = Tandem::worker_http(&args);
+    let mut worker = Tandem::worker_http(&[&args[..], &NORMAL].concat());
     wait_ready_until(&server, Duration::from_secs(5), "the worker counted", |s, b| s == 200 && live(b) == Some(1));
     assert_eq!(worker.terminate(Duration::from_secs(20)), Some(0));
     let (status, body) = get_json(&server.url("/health/ready"));
     assert_eq!((status, live(&body)), (200, Some(0)), "gone without waiting for its heartbeat to run out: {body}");
+}
+
+/// The scheduling policy (field 41 of `/proc/.../stat`) of each thread of `pid`, by name.
+fn thread_policies(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks").flatten() {
+        let (Ok(comm), Ok(stat)) =
+            (std::fs::read_to_string(task.path().join("comm")), std::fs::read_to_string(task.path().join("stat")))
+        else {
+            continue;
+        };
+        // After the `(comm)` field: field 3 onwards.
+        let after = &stat[stat.rfind(')').expect("stat") + 1..];
+        let policy = after.split_whitespace().nth(41 - 3).and_then(|p| p.parse().ok()).expect("policy");
+        out.push((comm.trim().to_owned(), policy));
+    }
+    out
+}
+
+/// A worker at SCHED_IDLE (the default) beats from a thread at the priority it was started
+/// with, so a busy machine neither drops it from the live workers nor lapses its jobs' leases;
+/// the rest of it stays at SCHED_IDLE.
+#[test]
+fn a_worker_at_idle_priority_beats_from_a_normal_priority_thread() {
+    const SCHED_OTHER: i32 = 0;
+    const SCHED_IDLE: i32 = 5;
+    let prefix = unique_prefix("beat-thread");
+    let url = common::redis_url();
+    let worker = Tandem::worker_http(&["--redis-url", &url, "--redis-prefix", &prefix, "--accurate-priority", "idle"]);
+    let threads = thread_policies(worker.child.id());
+    let beat: Vec<i32> = threads.iter().filter(|(name, _)| name == "heartbeat").map(|(_, p)| *p).collect();
+    assert_eq!(beat, vec![SCHED_OTHER], "one heartbeat thread, not lowered: {threads:?}");
+    assert!(
+        threads.iter().all(|(name, p)| name == "heartbeat" || *p == SCHED_IDLE),
+        "the rest is lowered: {threads:?}"
+    );
 }
 
 #[test]

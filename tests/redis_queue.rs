@@ -4,7 +4,10 @@
 //! keys when done (even when it fails). The outage tests start their own `redis-server`.
 
 use std::collections::HashSet;
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -789,12 +792,214 @@ async fn live_workers_are_those_whose_heartbeat_has_not_run_out() {
     assert_eq!(a.heartbeat_ttl(), Duration::from_secs(6), "reclaim_after 30 s, capped at 6 s");
     assert_eq!(a.live_workers().await.expect("count"), 0);
     a.heartbeat(Duration::from_secs(30)).await.expect("beat a");
-    b.heartbeat(Duration::from_millis(300)).await.expect("beat b");
-    b.heartbeat(Duration::from_millis(300)).await.expect("a second beat counts once");
+    // 2 s: long enough to outlive the next two calls on a loaded machine.
+    b.heartbeat(Duration::from_secs(2)).await.expect("beat b");
+    b.heartbeat(Duration::from_secs(2)).await.expect("a second beat counts once");
     assert_eq!(a.live_workers().await.expect("count"), 2);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(b.live_workers().await.expect("count"), 1, "b's heartbeat ran out");
     a.leave().await.expect("leave");
     assert_eq!(b.live_workers().await.expect("count"), 0, "a left at once");
     assert!(keys.pttl(&format!("{}:workers", keys.prefix)).await > 0, "the set expires by itself");
+}
+
+/// The owner of each pending entry of the stream: `XPENDING stream workers - + 100`.
+async fn pending_owners(keys: &Keys) -> Vec<String> {
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(keys.stream())
+        .arg("workers")
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .query_async(&mut keys.raw().await)
+        .await
+        .expect("XPENDING");
+    pending.into_iter().map(|(_, owner, _, _)| owner).collect()
+}
+
+/// Issue 13 item 12: a worker that keeps beating keeps its job however long it runs; one that
+/// goes silent (cut off from Redis) loses it, and its beats, once back, do not claim it back; a
+/// job released without an outcome is taken over too.
+#[tokio::test]
+async fn a_renewed_lease_keeps_a_job_with_its_worker_and_a_lapsed_one_lets_it_go() {
+    let keys = Keys::new();
+    let p = policy(10, 5, Duration::from_secs(60));
+    // Long enough that a beat and the next take, on a loaded machine, are well inside it.
+    let reclaim = Duration::from_secs(1);
+    let a = keys.queue("worker-a", reclaim, p.clone()).await;
+    let b = keys.queue("worker-b", reclaim, p).await;
+    assert_eq!(a.beat_interval(), reclaim / 3, "a third of reclaim_after (and of the TTL)");
+    let j = job();
+    let id = j.id;
+    a.enqueue(j).await.expect("enqueue");
+    let taken = a.take(1, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(taken.len(), 1);
+
+    // Three times reclaim_after, a renewing the lease all along: b never gets the job.
+    for _ in 0..9 {
+        a.heartbeat(a.heartbeat_ttl()).await.expect("beat");
+        assert!(b.take(1, Duration::ZERO).await.expect("take").is_empty(), "a live worker's job stayed with it");
+        tokio::time::sleep(a.beat_interval()).await;
+    }
+    assert_eq!(pending_owners(&keys).await, vec!["worker-a".to_owned()]);
+    assert_eq!(a.get(id).await.expect("get").map(|r| r.attempts), Some(1));
+
+    // a goes silent (cut off from Redis) for longer than reclaim_after: b takes the job over.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reclaimed = b.take(1, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(reclaimed.iter().map(|d| (d.id, d.attempt)).collect::<Vec<_>>(), vec![(id, 2)]);
+    // a is back and still runs the job: its beats leave it with b.
+    a.heartbeat(a.heartbeat_ttl()).await.expect("beat");
+    a.heartbeat(a.heartbeat_ttl()).await.expect("beat");
+    assert_eq!(pending_owners(&keys).await, vec!["worker-b".to_owned()]);
+
+    // b gives up on it without an outcome stored (say Redis refused the result): its beats no
+    // longer renew it, and a takes it over.
+    b.release(&reclaimed[0]);
+    for _ in 0..5 {
+        b.heartbeat(b.heartbeat_ttl()).await.expect("beat");
+        tokio::time::sleep(b.beat_interval()).await;
+    }
+    let again = a.take(1, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(again.iter().map(|d| (d.id, d.attempt)).collect::<Vec<_>>(), vec![(id, 3)]);
+    a.complete(&again[0], &prediction("accurate")).await.expect("complete");
+    assert_eq!(keys.pending().await, 0);
+    assert_eq!(a.get(id).await.expect("get").map(|r| r.status), Some(JobStatus::Completed));
+}
+
+/// Issue 13 item 11: Redis stalls (SIGSTOP) after the image is staged and before the enqueue
+/// runs; the enqueue gives up; Redis wakes and runs it: it queues nothing, and leaves no image.
+#[tokio::test]
+async fn an_enqueue_that_redis_runs_after_its_caller_gave_up_queues_nothing() {
+    let redis = RedisServer::start(false);
+    let keys = Keys::at(&redis.url());
+    let q = keys.queue("c1", LONG_RECLAIM, policy(10, 3, Duration::from_secs(60))).await;
+    // One job queued first, so the script is loaded: else the late EVALSHA only gets NOSCRIPT.
+    let first = job();
+    let first_bytes = first.image.len() as u64;
+    q.enqueue(first).await.expect("enqueue");
+    let j = job();
+    q.stage_image(j.id, &j.image).await.expect("stage");
+    redis.pause();
+    let started = Instant::now();
+    let outcome = q.enqueue_staged(j.id, &j.sync, j.created_at_ms).await;
+    let gave_up_after = started.elapsed();
+    redis.resume();
+    assert!(matches!(outcome, Err(QueueError::Unavailable(_))), "{outcome:?}");
+    assert!(gave_up_after < Duration::from_secs(3), "{gave_up_after:?}");
+    // Redis has run the enqueue by the time it answers this (the undo, which could also remove
+    // the record, never touches the stream).
+    assert_eq!(keys.xlen().await, 1, "the late enqueue queued nothing");
+    assert_eq!(q.get(j.id).await.expect("get"), None);
+    assert_eq!(keys.pttl(&keys.image(j.id)).await, -2, "and deleted the staged image");
+    assert_eq!(keys.queued_bytes().await, Some(first_bytes), "and counted none of its bytes");
+
+    // Redis answering in time, the same steps queue the job.
+    let k = job();
+    q.stage_image(k.id, &k.image).await.expect("stage");
+    q.enqueue_staged(k.id, &k.sync, k.created_at_ms).await.expect("enqueue");
+    assert_eq!(keys.xlen().await, 2);
+}
+
+/// A TCP proxy to a Redis that passes on whatever clients send but, while `swallow` is on,
+/// drops Redis' replies: an answer lost on the way back.
+struct LossyProxy {
+    port: u16,
+    swallow: Arc<AtomicBool>,
+}
+
+impl LossyProxy {
+    fn start(redis_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let swallow = Arc::new(AtomicBool::new(false));
+        let dropping = Arc::clone(&swallow);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let (Ok(mut client), Ok(mut server)) = (client, TcpStream::connect(("127.0.0.1", redis_port))) else {
+                    continue;
+                };
+                let (Ok(mut client_in), Ok(mut server_out)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                std::thread::spawn(move || std::io::copy(&mut client_in, &mut server_out));
+                let dropping = Arc::clone(&dropping);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = server.read(&mut buf) {
+                        if n == 0 || (!dropping.load(Ordering::SeqCst) && client.write_all(&buf[..n]).is_err()) {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, swallow }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+/// Issue 13 item 11: an enqueue whose script ran in time but whose answer was lost is undone
+/// in the background once its fence has passed; a worker then drops its entry.
+#[tokio::test]
+async fn an_enqueue_whose_answer_was_lost_is_undone() {
+    let redis = RedisServer::start(false);
+    let proxy = LossyProxy::start(redis.port);
+    let keys = Keys::at(&redis.url());
+    let config = config(&proxy.url(), &keys.prefix, "c1", LONG_RECLAIM, policy(10, 3, Duration::from_secs(60)));
+    let q = RedisQueue::connect(config).await.expect("connect");
+    // One job queued normally first, so the script is loaded (a swallowed NOSCRIPT would mean
+    // the script never ran).
+    let k = job();
+    q.enqueue(k.clone()).await.expect("enqueue");
+    let j = job();
+    q.stage_image(j.id, &j.image).await.expect("stage");
+    proxy.swallow.store(true, Ordering::SeqCst);
+    let outcome = q.enqueue_staged(j.id, &j.sync, j.created_at_ms).await;
+    proxy.swallow.store(false, Ordering::SeqCst);
+    assert!(matches!(outcome, Err(QueueError::Unavailable(_))), "{outcome:?}");
+    assert_eq!(keys.xlen().await, 2, "the script ran: only its answer was lost");
+    let k_bytes = k.image.len() as u64;
+    assert_eq!(keys.queued_bytes().await, Some(k_bytes + j.image.len() as u64), "both counted");
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while keys.pttl(&keys.job(j.id)).await != -2 {
+        assert!(Instant::now() < deadline, "the job's record was not removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(keys.pttl(&keys.image(j.id)).await, -2, "the undo deleted the queued image");
+    assert_eq!(keys.queued_bytes().await, Some(k_bytes), "and gave its bytes back");
+    let taken = q.take(2, Duration::from_millis(500)).await.expect("take");
+    assert_eq!(taken.iter().map(|d| d.id).collect::<Vec<_>>(), vec![k.id], "only the job given an id runs");
+    q.complete(&taken[0], &prediction("accurate")).await.expect("complete");
+    assert_eq!(keys.xlen().await, 0, "the worker dropped the undone job's entry");
+    assert_eq!(keys.images().await, 0, "and its image");
+    assert_eq!(keys.queued_bytes().await, None, "given back once: the counter is 0, not below");
+}
+
+/// The undo meets a job that a worker is already running: the worker's outcome is not stored,
+/// and the job's bytes go back once (at the undo), not again when the worker finishes.
+#[tokio::test]
+async fn an_undone_job_that_was_running_gives_its_bytes_back_once() {
+    let keys = Keys::new();
+    let q = keys.queue("c1", LONG_RECLAIM, policy(10, 3, Duration::from_secs(60))).await;
+    let (k, j) = (job(), job());
+    let k_bytes = k.image.len() as u64;
+    q.enqueue(k).await.expect("enqueue");
+    q.enqueue(j.clone()).await.expect("enqueue");
+    let taken = q.take(2, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(taken.len(), 2);
+    assert!(q.undo_enqueue(j.id).await.expect("cancel"), "there was a record");
+    assert_eq!(keys.queued_bytes().await, Some(k_bytes));
+    assert!(!q.undo_enqueue(j.id).await.expect("cancel"), "a second undo finds nothing");
+    assert_eq!(keys.queued_bytes().await, Some(k_bytes), "and gives nothing back");
+    for delivery in &taken {
+        q.complete(delivery, &prediction("accurate")).await.expect("complete");
+    }
+    assert_eq!(q.get(j.id).await.expect("get"), None, "the undone job's result is not stored");
+    assert_eq!((keys.xlen().await, keys.images().await), (0, 0));
+    assert_eq!(keys.queued_bytes().await, None, "each job's bytes went back once");
 }

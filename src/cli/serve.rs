@@ -21,6 +21,9 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
+    // The heartbeat first, at the priority the process was started with: a starved worker must
+    // not drop out of the live workers nor lose its jobs' leases (`queue::presence`).
+    crate::queue::presence::start_heartbeat_thread().context("cannot start the heartbeat thread")?;
     // A worker process is all background work: lower the whole process (every thread created
     // from here on inherits it) so a `serve` on the same machine wins the cores.
     if let Err(err) = crate::engine::priority::apply_to_current_thread(args.workers.accurate_priority) {

@@ -1,4 +1,12 @@
 -- Queues a job whose image is staged: see ENQUEUE_LUA in redis.rs for KEYS, ARGV and replies.
+-- The fence first (redis.rs, "Enqueue outcome"): run at or after the deadline ARGV[7] (ms, Redis'
+-- clock), the caller has given up, so nothing is queued. The image was never counted in KEYS[4]
+-- (only a queued one is), so it is deleted outright.
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) >= tonumber(ARGV[7]) then
+  redis.call('UNLINK', KEYS[3])
+  return -2
+end
 if redis.call('EXISTS', KEYS[3]) == 0 then
   return -1
 end

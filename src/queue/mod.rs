@@ -190,6 +190,15 @@ impl JobQueue {
         }
     }
 
+    /// The worker is done with a delivery, whether or not its outcome could be stored. With
+    /// Redis its lease is renewed until then, so a live worker keeps its jobs however long they
+    /// run; after, one whose outcome was not stored is taken over after `reclaim_after`.
+    pub fn release(&self, delivery: &Delivery) {
+        if let JobQueue::Redis(q) = self {
+            q.release(delivery);
+        }
+    }
+
     /// Records a failed attempt: the job is retried, or ends `failed` once out of attempts.
     pub async fn fail(&self, delivery: &Delivery, error: &str) -> Result<FailOutcome, QueueError> {
         match self {

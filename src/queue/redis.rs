@@ -7,7 +7,8 @@
 //!   *and deleted* in the same atomic step that stores the job's outcome, so `XLEN` is
 //!   "waiting + running".
 //! - `{prefix}:image:{uuid}` — the encoded image, binary, stored once. It lives exactly as long
-//!   as the job's stream entry: every step that deletes the entry deletes the image with it.
+//!   as the job's stream entry: every step that deletes the entry deletes the image with it
+//!   (an undone enqueue deletes it, with the record, before its entry: see "Enqueue outcome").
 //!   It is written by a plain `SET` *before* the job is queued (see "Enqueueing").
 //! - `{prefix}:job:{uuid}` — a hash with the job's record: `status`, `sync` and `result` (JSON),
 //!   `error`, `attempts`, `created_at_ms`, `started_at_ms`, `completed_at_ms`. It expires
@@ -37,10 +38,36 @@
 //! process that died, expires by itself (`STAGED_IMAGE_TTL`); queueing the job removes the
 //! expiry.
 //!
+//! # Enqueue outcome
+//!
+//! A client answered `"job_id": null` must never see its job run, although an enqueue that this
+//! side gave up on (Redis stalled, e.g. `SIGSTOP`, for longer than the response timeout) still
+//! sits in the socket and runs when Redis wakes. We fence rather than answer "outcome unknown":
+//! the client's answer then stays a plain yes or no, and nothing unresolvable is handed out.
+//!
+//! - The fence: the enqueue script carries a deadline, `ENQUEUE_FENCE` (1 s) after the call
+//!   starts, and queues nothing (deleting the staged image) if Redis' `TIME` has reached it. The
+//!   deadline is on Redis' clock, so clock skew between hosts plays no part: staging reads Redis'
+//!   `TIME` in the same round trip as its `SET`, and the offset to our monotonic clock is taken
+//!   when that answer arrives, so the deadline is early, never late (`RedisClock`). Normal
+//!   enqueues take milliseconds; one run 1 s late would have been given up at 1.5 s anyway.
+//! - The undo: the fence leaves 0.5 s between the latest moment the script may run and the
+//!   moment this side gives up, but a reply can still be lost or late (a connection cut, this
+//!   process starved). So every enqueue call that ends without an answer starts a background
+//!   task that, once the fence has passed (from then on the script, if Redis runs it yet, is
+//!   refused), deletes the job's record and its image (`CANCEL_LUA`; a queued image's bytes
+//!   go back through `drop_image.lua`, a still-staged one was never counted), retrying while
+//!   Redis does not answer for up to `CANCEL_FOR`. A worker drops an entry whose record is gone
+//!   (giving back nothing more: its image is gone), or does not store its result.
+//!
+//! What is left: the undo lives in the `serve` process, so if that process dies within those
+//! seconds *and* the script's reply was lost, the job runs. Redis' clock stepping back (NTP) by
+//! more than the margin while a request is in flight weakens the fence by that much.
+//!
 //! # Atomicity
 //!
 //! Every state change is one Lua script, so a crash between two commands cannot leave a job
-//! half-moved: `enqueue` (image check + bound check + record + `XADD`), the start of each delivery in `take`
+//! half-moved: `enqueue` (fence + image check + bound check + record + `XADD`), the start of each delivery in `take`
 //! (attempt counted, `running` — or ended `failed` when crashed workers used up its attempts),
 //! `complete` (result + TTL + `XACK` + `XDEL`) and `fail` (retry as a new entry at the back of
 //! the stream, or dead-letter; plus `XACK` + `XDEL`). Scripts are sent as `EVALSHA` and reloaded
@@ -78,14 +105,25 @@
 //!
 //! # Taking over jobs
 //!
-//! A job pending longer than `reclaim_after` is taken over by whichever `take` looks next
-//! (`XAUTOCLAIM`), this process included: `reclaim_after` must exceed the longest time a
-//! worker spends on a job, or a slow job runs twice (the first result stored wins). A `take`
-//! cancelled mid-read drops its blocking connection; a job the server handed to that read just
-//! before is taken over after `reclaim_after` like any other.
+//! A job is leased to its worker: the lease is its pending entry's idle time, which every
+//! heartbeat of that worker resets (`XCLAIM ... JUSTID` to itself, in `heartbeat.lua`) for each
+//! job it is running, from `take` until the worker releases it ([`RedisQueue::release`]). An
+//! entry idle longer than `reclaim_after` is taken over by whichever `take` looks next
+//! (`XAUTOCLAIM`). So a live worker keeps its jobs however long they run, and a job is taken
+//! over only when nobody renews it: its worker stopped (`kill -9`, a lost machine), was cut off
+//! from Redis for `reclaim_after`, or never got the delivery (a `take` whose answer was lost;
+//! one cancelled mid-read drops its blocking connection), or gave up storing its outcome. The
+//! beat comes every third of `reclaim_after` (or of the heartbeat TTL, if shorter).
+//! Why a per-job lease and not "claim only from workers whose heartbeat ran out": a live worker
+//! may hold entries it is not running (the lost deliveries above), which would then never be
+//! taken over.
+//! A worker cut off from Redis may still finish a job that was taken over meanwhile: the first
+//! result stored wins (`COMPLETE_LUA`), and its next heartbeat, seeing the entry is no longer
+//! its own, stops renewing it rather than claiming it back.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -127,6 +165,14 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
 const OP_TIMEOUT: Duration = Duration::from_millis(2500);
 /// The longest single `XREADGROUP ... BLOCK`; a longer `take` wait is made of several.
 const BLOCK_CHUNK: Duration = Duration::from_secs(5);
+/// How late Redis may run an enqueue script: past this after the call started (on Redis' own
+/// clock, see "Enqueue outcome"), the script queues nothing. Well under `RESPONSE_TIMEOUT`, so an
+/// enqueue that runs in time is answered before this side gives up on it.
+const ENQUEUE_FENCE: Duration = Duration::from_millis(1000);
+/// How long an enqueue whose answer never came keeps trying to make sure it left no job.
+const CANCEL_FOR: Duration = Duration::from_secs(300);
+/// The pause between those tries.
+const CANCEL_RETRY: Duration = Duration::from_secs(1);
 /// How long a staged image waits for its job to be queued (a request's whole life is far shorter).
 const STAGED_IMAGE_TTL: Duration = Duration::from_secs(300);
 /// A job's record lives at least this long while the job is unfinished (refreshed when it
@@ -139,11 +185,13 @@ const REBUILD_AFTER_FAILURES: u32 = 3;
 /// The most often one process looks for jobs whose worker died.
 const MAX_RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Image check, bound checks, record and stream entry in one step; the staged image is kept
-/// (expiry removed) and its bytes counted if the job is queued, deleted if the queue is full.
+/// Fence, image check, bound checks, record and stream entry in one step; the staged image is
+/// kept (expiry removed) and its bytes counted if the job is queued, deleted if the queue is
+/// full or the fence passed.
 /// KEYS: stream, job hash, image, queued bytes. ARGV: max_queue, unfinished ttl ms, job id, sync
-/// json, created_at_ms, max_queue_bytes. Returns 1 if queued, 0 if the queue is full (jobs), 2 if
-/// it is full (bytes), -1 if the image is not staged.
+/// json, created_at_ms, max_queue_bytes, deadline (ms, Redis' clock). Returns 1 if queued, 0 if
+/// the queue is full (jobs), 2 if it is full (bytes), -1 if the image is not staged, -2 if run at
+/// or after the deadline (the caller has given up).
 const ENQUEUE_LUA: &str = include_str!("enqueue.lua");
 
 /// Starts a batch of delivered entries.
@@ -174,6 +222,13 @@ const COMPLETE_LUA: &str = concat!(include_str!("drop_image.lua"), include_str!(
 /// 3 when it no longer held it and the job had already failed.
 const FAIL_LUA: &str = concat!(include_str!("drop_image.lua"), include_str!("fail.lua"));
 
+/// Removes what an enqueue whose answer was lost may have queued (see "Enqueue outcome"): the
+/// record, so a worker drops the entry (`START_LUA`) or does not store its result
+/// (`COMPLETE_LUA`), and the image: a staged one (never counted) outright, a queued one through
+/// `drop_image`, so its bytes go back once (the worker that meets the entry later finds no image).
+/// KEYS: job hash, image, queued bytes. Returns 1 if there was a record.
+const CANCEL_LUA: &str = concat!(include_str!("drop_image.lua"), include_str!("cancel.lua"));
+
 #[derive(Clone)]
 pub struct RedisQueue {
     inner: Arc<Inner>,
@@ -184,6 +239,10 @@ struct Inner {
     keys: Keys,
     /// Ordinary commands: short, multiplexed.
     main: Conn,
+    /// Only for heartbeats: they run on their own thread and runtime (`presence.rs`), which
+    /// opens this connection on first use and so drives its I/O, whether or not the process's
+    /// own runtime is starved.
+    beat: Conn,
     /// Only for `XREADGROUP ... BLOCK`; the lock keeps one blocking read on it at a time, so a
     /// read never waits out another's block inside its own response timeout.
     blocking: Conn,
@@ -196,6 +255,42 @@ struct Inner {
     outage: Outage,
     /// `host:port` of the Redis, for log lines (never the URL: it may hold a password).
     addr: String,
+    /// Redis' clock as last seen from here, for the enqueue fence.
+    clock: RedisClock,
+    /// The stream entries of the jobs this process is running, each with its job and how many
+    /// deliveries of it are running: the heartbeat renews their lease (see "Taking over jobs").
+    held: Mutex<HashMap<String, (JobId, u32)>>,
+}
+
+/// Maps this process's monotonic clock to Redis' (`TIME`), from the latest `TIME` answer. The
+/// offset is taken when the answer arrives, so it is never ahead of the true one (Redis read
+/// its clock before): a deadline computed with it is early, never late.
+struct RedisClock {
+    epoch: std::time::Instant,
+    /// Redis' time (ms) minus ours (ms since `epoch`); `i64::MIN` until first seen.
+    offset_ms: AtomicI64,
+}
+
+impl RedisClock {
+    fn new() -> Self {
+        Self { epoch: std::time::Instant::now(), offset_ms: AtomicI64::new(i64::MIN) }
+    }
+
+    fn local_ms(&self, at: std::time::Instant) -> i64 {
+        i64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Records a `TIME` answer (seconds, microseconds) received at `received`.
+    fn observe(&self, (secs, micros): (u64, u64), received: std::time::Instant) {
+        let redis_ms = i64::try_from(secs.saturating_mul(1000).saturating_add(micros / 1000)).unwrap_or(i64::MAX);
+        self.offset_ms.store(redis_ms.saturating_sub(self.local_ms(received)), Ordering::Relaxed);
+    }
+
+    /// Redis' time (ms) at our `at`, or `None` before any `TIME` was seen.
+    fn redis_ms(&self, at: std::time::Instant) -> Option<i64> {
+        let offset = self.offset_ms.load(Ordering::Relaxed);
+        (offset != i64::MIN).then(|| offset.saturating_add(self.local_ms(at)))
+    }
 }
 
 struct Keys {
@@ -230,6 +325,7 @@ impl Keys {
 
 struct Scripts {
     enqueue: Script,
+    cancel: Script,
     start: Script,
     complete: Script,
     fail: Script,
@@ -341,10 +437,12 @@ impl RedisQueue {
             .map_err(|err| QueueError::Unavailable(format!("invalid Redis URL: {err}")))?;
         let addr = client.get_connection_info().addr().to_string();
         let main = Conn::new(client.clone(), RESPONSE_TIMEOUT).map_err(|err| unavailable("connect", &err))?;
+        let beat = Conn::new(client.clone(), RESPONSE_TIMEOUT).map_err(|err| unavailable("connect", &err))?;
         let blocking = Conn::new(client, BLOCK_CHUNK + RESPONSE_TIMEOUT).map_err(|err| unavailable("connect", &err))?;
         let keys = Keys::new(&config.prefix);
         let scripts = Scripts {
             enqueue: Script::new(ENQUEUE_LUA),
+            cancel: Script::new(CANCEL_LUA),
             start: Script::new(START_LUA),
             complete: Script::new(COMPLETE_LUA),
             fail: Script::new(FAIL_LUA),
@@ -356,6 +454,7 @@ impl RedisQueue {
                 config,
                 keys,
                 main,
+                beat,
                 blocking,
                 blocking_lock: tokio::sync::Mutex::new(()),
                 group_ready: AtomicBool::new(false),
@@ -363,6 +462,8 @@ impl RedisQueue {
                 scripts,
                 outage: Outage::default(),
                 addr,
+                clock: RedisClock::new(),
+                held: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -374,22 +475,64 @@ impl RedisQueue {
     }
 
     /// Stores a job's image ahead of the job, with a plain `SET` (see "Enqueueing" above). It
-    /// expires after `STAGED_IMAGE_TTL` unless [`Self::enqueue_staged`] queues its job.
+    /// expires after `STAGED_IMAGE_TTL` unless [`Self::enqueue_staged`] queues its job. Redis'
+    /// `TIME` comes back in the same round trip, for the enqueue fence.
     pub async fn stage_image(&self, id: JobId, image: &[u8]) -> Result<(), QueueError> {
         let key = &self.inner.keys.image(id);
         let ttl = ttl_ms(STAGED_IMAGE_TTL);
-        self.call(&self.inner.main, "store the image", OP_TIMEOUT, |mut conn| async move {
-            redis::cmd("SET").arg(key).arg(image).arg("PX").arg(ttl).query_async::<()>(&mut conn).await
-        })
-        .await
+        let time: (u64, u64) = self
+            .call(&self.inner.main, "store the image", OP_TIMEOUT, |mut conn| async move {
+                // TIME after the SET: the upload's transfer time does not blur the clock reading.
+                redis::pipe()
+                    .cmd("SET")
+                    .arg(key)
+                    .arg(image)
+                    .arg("PX")
+                    .arg(ttl)
+                    .ignore()
+                    .cmd("TIME")
+                    .query_async::<((u64, u64),)>(&mut conn)
+                    .await
+                    .map(|(time,)| time)
+            })
+            .await?;
+        self.inner.clock.observe(time, std::time::Instant::now());
+        Ok(())
+    }
+
+    /// Redis' time (ms) at a moment of ours, both returned: now, from the clock as last seen, or
+    /// asked of Redis if never seen yet.
+    async fn redis_time(&self) -> Result<(i64, std::time::Instant), QueueError> {
+        let clock = &self.inner.clock;
+        let now = std::time::Instant::now();
+        if let Some(redis_ms) = clock.redis_ms(now) {
+            return Ok((redis_ms, now));
+        }
+        let time: (u64, u64) = self
+            .call(&self.inner.main, "read Redis' clock", OP_TIMEOUT, |mut conn| async move {
+                redis::cmd("TIME").query_async(&mut conn).await
+            })
+            .await?;
+        let received = std::time::Instant::now();
+        clock.observe(time, received);
+        let redis_ms =
+            clock.redis_ms(received).ok_or_else(|| QueueError::Unavailable("Redis' clock could not be read".into()))?;
+        Ok((redis_ms, received))
     }
 
     /// Queues a job whose image [`Self::stage_image`] stored: bound check, record (with the fast
     /// answer) and stream entry in one script.
+    /// The script is fenced: run by Redis later than `ENQUEUE_FENCE` after this call started, it
+    /// queues nothing; and if no answer comes, the job is removed in the background (see
+    /// "Enqueue outcome"). So an error here always means no job, ever.
     pub async fn enqueue_staged(&self, id: JobId, sync: &Prediction, created_at_ms: u64) -> Result<(), QueueError> {
         let inner = &self.inner;
         let limit = inner.config.policy.max_queue;
         let byte_limit = inner.config.policy.max_queue_bytes;
+        let (redis_now, now) = self.redis_time().await?;
+        let deadline = redis_now.saturating_add(i64::try_from(ENQUEUE_FENCE.as_millis()).unwrap_or(i64::MAX));
+        // From here on, by our clock, Redis' clock is surely past the deadline.
+        let fence_at = now + ENQUEUE_FENCE;
         let mut invocation = inner.scripts.enqueue.prepare_invoke();
         invocation
             .key(&inner.keys.stream)
@@ -401,21 +544,78 @@ impl RedisQueue {
             .arg(id.to_string())
             .arg(to_json(sync)?)
             .arg(created_at_ms)
-            .arg(byte_limit);
+            .arg(byte_limit)
+            .arg(deadline);
         let invocation = &invocation;
-        let queued: i64 =
-            self.call(&inner.main, "enqueue", OP_TIMEOUT, |mut conn| async move {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await?;
+        let queued: i64 = match self
+            .call(
+                &inner.main,
+                "enqueue",
+                OP_TIMEOUT,
+                |mut conn| async move { invocation.invoke_async(&mut conn).await },
+            )
+            .await
+        {
+            Ok(queued) => queued,
+            Err(err) => {
+                // The script may have run with its answer lost (or be about to run): undo it.
+                self.cancel_in_background(id, fence_at);
+                return Err(err);
+            }
+        };
         match queued {
             1 => Ok(()),
             0 => Err(QueueError::Full { limit }),
             2 => Err(QueueError::FullBytes { limit: byte_limit }),
+            -2 => Err(QueueError::Unavailable(format!(
+                "enqueue: Redis ran it more than {} ms late (stalled?), so it queued nothing",
+                ENQUEUE_FENCE.as_millis()
+            ))),
             _ => Err(QueueError::Unavailable(
                 "enqueue: the job's image was not in Redis (staging failed or expired)".into(),
             )),
         }
+    }
+
+    /// After an enqueue without an answer: waits until its fence has passed (from then on the
+    /// script, should Redis run it yet, queues nothing), then removes whatever it queued,
+    /// retrying while Redis does not answer, up to `CANCEL_FOR`.
+    fn cancel_in_background(&self, id: JobId, fence_at: std::time::Instant) {
+        let queue = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(Instant::from_std(fence_at)).await;
+            let give_up = Instant::now() + CANCEL_FOR;
+            loop {
+                match queue.undo_enqueue(id).await {
+                    Ok(true) => {
+                        tracing::warn!(job = %id, "an enqueue whose answer was lost had queued its job; removed it, as its client was told it was not queued");
+                        return;
+                    }
+                    Ok(false) => return,
+                    Err(err) if Instant::now() >= give_up => {
+                        tracing::warn!(job = %id, error = %err, "could not make sure that an enqueue without an answer left no job");
+                        return;
+                    }
+                    Err(_) => tokio::time::sleep(CANCEL_RETRY).await,
+                }
+            }
+        });
+    }
+
+    /// Runs `CANCEL_LUA` once; whether a record was removed. Public for the tests only (the
+    /// undo of an enqueue that did get its answer would remove a job its client was given).
+    #[doc(hidden)]
+    pub async fn undo_enqueue(&self, id: JobId) -> Result<bool, QueueError> {
+        let inner = &self.inner;
+        let mut invocation = inner.scripts.cancel.prepare_invoke();
+        invocation.key(inner.keys.job(id)).key(inner.keys.image(id)).key(&inner.keys.queued_bytes);
+        let invocation = &invocation;
+        let existed: i64 = self
+            .call(&inner.main, "cancel an enqueue", OP_TIMEOUT, |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        Ok(existed == 1)
     }
 
     /// Deletes a staged image whose job will not be queued (best effort: it expires anyway).
@@ -488,20 +688,46 @@ impl RedisQueue {
         self.inner.config.reclaim_after.clamp(HEARTBEAT_TTL_MIN, HEARTBEAT_TTL_MAX)
     }
 
-    /// Counts this process's consumer as a live worker for `ttl` from now (Redis' clock).
+    /// How often a worker beats: a third of the heartbeat's TTL, and of `reclaim_after`, which
+    /// the beat's lease renewal must stay well inside.
+    pub fn beat_interval(&self) -> Duration {
+        (self.heartbeat_ttl().min(self.inner.config.reclaim_after) / 3).max(Duration::from_millis(10))
+    }
+
+    /// Counts this process's consumer as a live worker for `ttl` from now (Redis' clock), and
+    /// renews the lease of every job it is running (see "Taking over jobs"). On a connection of
+    /// its own: call it from one runtime only (the heartbeat thread's, `presence.rs`).
     pub async fn heartbeat(&self, ttl: Duration) -> Result<(), QueueError> {
         let inner = &self.inner;
+        let held: Vec<String> = inner.held.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
         let mut invocation = inner.scripts.heartbeat.prepare_invoke();
         invocation
             .key(&inner.keys.workers)
+            .key(&inner.keys.stream)
             .arg(&inner.config.consumer)
             .arg(ttl_ms(ttl))
-            .arg(ttl_ms(WORKERS_SET_TTL.max(ttl)));
+            .arg(ttl_ms(WORKERS_SET_TTL.max(ttl)))
+            .arg(GROUP)
+            .arg(&held);
         let invocation = &invocation;
-        self.call(&inner.main, "heartbeat", OP_TIMEOUT, |mut conn| async move {
-            invocation.invoke_async::<()>(&mut conn).await
-        })
-        .await
+        let lost: Vec<String> =
+            self.call(&inner.beat, "heartbeat", OP_TIMEOUT, |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        if !lost.is_empty() {
+            let mut held = inner.held.lock().unwrap_or_else(PoisonError::into_inner);
+            for entry in lost {
+                if let Some((job, _)) = held.remove(&entry) {
+                    tracing::warn!(
+                        %job,
+                        "another worker took over a job this one is running (Redis did not hear from this \
+                         worker for --reclaim-after); the first result stored wins"
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Stops counting this process's consumer as a live worker (a clean stop).
@@ -678,7 +904,10 @@ impl RedisQueue {
         }
         let entries = parts.next().map(parse_entries).unwrap_or_default();
         if !entries.is_empty() {
-            tracing::info!(count = entries.len(), "took over jobs from a worker that stopped");
+            tracing::info!(
+                count = entries.len(),
+                "took over jobs whose lease was not renewed for --reclaim-after (their worker stopped or lost Redis)"
+            );
         }
         self.start(entries).await
     }
@@ -801,7 +1030,25 @@ impl RedisQueue {
             }
         }
         self.load_images(&mut deliveries).await?;
+        // Held from here: handed to the caller, which runs them and then releases each.
+        let mut held = self.inner.held.lock().unwrap_or_else(PoisonError::into_inner);
+        for delivery in &deliveries {
+            held.entry(delivery.tag.clone()).or_insert((delivery.id, 0)).1 += 1;
+        }
         Ok(deliveries)
+    }
+
+    /// The worker is done with a delivery (its outcome stored, or given up on): its lease is no
+    /// longer renewed, so if the outcome was not stored the job is taken over after
+    /// `reclaim_after`.
+    pub fn release(&self, delivery: &Delivery) {
+        let mut held = self.inner.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, running)) = held.get_mut(&delivery.tag) {
+            *running = running.saturating_sub(1);
+            if *running == 0 {
+                held.remove(&delivery.tag);
+            }
+        }
     }
 
     /// Fetches the images of started jobs in one `MGET`. The start script has just checked that

@@ -123,6 +123,15 @@ impl Tandem {
         Self { child: spawn_tandem(&args), base: String::new() }
     }
 
+    /// `tandem worker` as [`Self::worker`], its log (stderr) written to `log`.
+    pub fn worker_with_log(extra: &[&str], log: &Path) -> Self {
+        let mut args: Vec<String> = vec!["worker".into()];
+        args.extend(model_args());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let file = std::fs::File::create(log).expect("create the log file");
+        Self { child: spawn(&args, Stdio::from(file)), base: String::new() }
+    }
+
     /// `tandem worker` with its HTTP port (`--metrics-addr`) on a free port; returns once its
     /// `/health/ready` is 200.
     pub fn worker_http(extra: &[&str]) -> Self {
@@ -295,6 +304,22 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("redis-server on port {} did not start", self.port);
+    }
+
+    /// SIGSTOP: the server keeps its connections open but answers nothing (a stalled Redis).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Self::pause`]: it runs what was sent meanwhile.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let Some(child) = &self.child else { panic!("redis-server on port {} is not running", self.port) };
+        let sent = Command::new("kill").arg(signal).arg(child.id().to_string()).status().expect("kill");
+        assert!(sent.success(), "kill {signal} redis-server");
     }
 
     pub fn kill(&mut self) {
