@@ -116,8 +116,11 @@ const DRAIN_BYTES: usize = 64 << 20;
 
 /// Reads the whole body, at most `max_body` bytes of it, each piece past `admit`.
 async fn read_body(mut body: Body, max_body: usize, admit: &mut impl FnMut(usize) -> bool) -> Result<Bytes, ApiError> {
-    // Pieces as they came: a body that arrived in one piece is returned without a copy.
-    let mut pieces: Vec<Bytes> = Vec::new();
+    // A body that arrives in one piece is returned as it came, without a copy. Past that, each
+    // piece is copied as it arrives, so no single step of the runtime's thread copies a whole
+    // multi-MB body at once (which held up `/health` behind big uploads).
+    let mut first: Option<Bytes> = None;
+    let mut rest = bytes::BytesMut::new();
     let mut len = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|err| ApiError::BodyRead(err.to_string()))?;
@@ -131,13 +134,17 @@ async fn read_body(mut body: Body, max_body: usize, admit: &mut impl FnMut(usize
             return Err(ApiError::Overloaded);
         }
         len += data.len();
-        pieces.push(data);
+        match first.take() {
+            None if rest.is_empty() => first = Some(data),
+            earlier => {
+                if let Some(earlier) = earlier {
+                    rest.extend_from_slice(&earlier);
+                }
+                rest.extend_from_slice(&data);
+            }
+        }
     }
-    Ok(match pieces.len() {
-        0 => Bytes::new(),
-        1 => pieces.swap_remove(0),
-        _ => pieces.concat().into(),
-    })
+    Ok(first.unwrap_or_else(|| rest.freeze()))
 }
 
 /// Reads and discards the rest of a body, within [`DRAIN_TIME`] and [`DRAIN_BYTES`].

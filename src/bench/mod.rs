@@ -39,8 +39,10 @@ pub struct BenchArgs {
     #[arg(long, env = "TANDEM_BENCH_IMAGE")]
     pub image: PathBuf,
 
-    /// Concurrent `POST /predict` connections (with --jobs: concurrent submitters).
-    #[arg(long, env = "TANDEM_BENCH_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    /// Concurrent `POST /predict` connections (with --jobs: concurrent submitters). 0 with
+    /// --mix: only the mix routes, e.g. a `/health` probe in a process of its own beside
+    /// another bench's load.
+    #[arg(long, env = "TANDEM_BENCH_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=4096))]
     pub concurrency: u32,
 
     /// Seconds measured (with --raw: per batch size). Requests after the end are not started.
@@ -205,6 +207,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<bool> {
     let Some(url) = &args.url else {
         anyhow::bail!("--url is required unless --raw is given");
     };
+    if args.concurrency == 0 && (args.mix.is_none() || args.jobs.is_some()) {
+        anyhow::bail!("--concurrency 0 needs --mix (and no --jobs): there would be nothing to send");
+    }
     let target = Target::new(url, &args.image, image, Duration::from_secs_f64(args.timeout))?;
     target.check_reachable()?;
     match args.jobs {
