@@ -72,23 +72,7 @@ pub enum ModelsCommand {
     Pull(crate::models::pull::PullArgs),
 }
 
-/// Which of the two models a command uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Tier {
-    /// The fast model that answers synchronously.
-    Fast,
-    /// The slower, more accurate model that refines in the background.
-    Accurate,
-}
-
-impl Tier {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Fast => "fast",
-            Tier::Accurate => "accurate",
-        }
-    }
-}
+pub use crate::engine::Tier;
 
 /// Where the model files are and how each tier's input is prepared.
 #[derive(Debug, Clone, Args)]

@@ -54,7 +54,7 @@ pub struct JobRecord {
     pub id: JobId,
     pub status: JobStatus,
     /// The fast tier's answer, given when the job was created.
-    pub sync: Prediction,
+    pub fast: Prediction,
     /// The accurate tier's answer, once completed.
     pub result: Option<Prediction>,
     /// The last error, once failed (or while being retried).
@@ -68,11 +68,11 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
-    pub fn new(id: JobId, sync: Prediction, created_at_ms: u64) -> Self {
+    pub fn new(id: JobId, fast: Prediction, created_at_ms: u64) -> Self {
         Self {
             id,
             status: JobStatus::Queued,
-            sync,
+            fast,
             result: None,
             error: None,
             attempts: 0,
@@ -94,7 +94,7 @@ pub struct NewJob {
     pub id: JobId,
     /// The encoded image, exactly as received (stored once, as binary).
     pub image: Bytes,
-    pub sync: Prediction,
+    pub fast: Prediction,
     pub created_at_ms: u64,
 }
 

@@ -40,7 +40,7 @@ fn prediction(label: &str) -> Prediction {
 fn job() -> NewJob {
     let mut image = vec![0u8, 0xFF, 0xFE, b'\r', b'\n', 0x80];
     image.extend(Uuid::new_v4().as_bytes());
-    NewJob { id: Uuid::new_v4(), image: Bytes::from(image), sync: prediction("fast"), created_at_ms: now_ms() }
+    NewJob { id: Uuid::new_v4(), image: Bytes::from(image), fast: prediction("fast"), created_at_ms: now_ms() }
 }
 
 fn policy(max_queue: usize, max_attempts: u32, result_ttl: Duration) -> QueuePolicy {
@@ -185,7 +185,7 @@ async fn a_job_goes_queued_running_completed_and_leaves_the_stream() {
     let record = q.get(id).await.expect("get").expect("a queued record");
     assert_eq!(record.status, JobStatus::Queued);
     assert_eq!(record.attempts, 0);
-    assert_eq!(record.sync, prediction("fast"));
+    assert_eq!(record.fast, prediction("fast"));
     assert_eq!(record.created_at_ms, created);
     assert_eq!(record.result, None);
     assert_eq!(q.depth().await.expect("depth"), QueueDepth { waiting: 1, pending: 0 });
@@ -207,7 +207,7 @@ async fn a_job_goes_queued_running_completed_and_leaves_the_stream() {
     let record = q.get(id).await.expect("get").expect("a completed record");
     assert_eq!(record.status, JobStatus::Completed);
     assert_eq!(record.result, Some(prediction("accurate")));
-    assert_eq!(record.sync, prediction("fast"));
+    assert_eq!(record.fast, prediction("fast"));
     assert_eq!(record.error, None);
     assert_eq!(record.attempts, 1);
     assert!(record.completed_at_ms.is_some());
@@ -743,14 +743,14 @@ async fn an_image_is_staged_before_its_job_and_expires_if_the_job_never_comes() 
     assert_eq!(q.get(j.id).await.expect("get"), None, "staging alone creates no job");
     assert_eq!(keys.xlen().await, 0);
 
-    q.enqueue_staged(j.id, &j.sync, j.created_at_ms).await.expect("enqueue the staged job");
+    q.enqueue_staged(j.id, &j.fast, j.created_at_ms).await.expect("enqueue the staged job");
     assert_eq!(keys.pttl(&keys.image(j.id)).await, -1, "queueing the job keeps its image");
     let taken = q.take(1, Duration::from_secs(1)).await.expect("take");
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].image, j.image);
 
     let unstaged = job();
-    let refused = q.enqueue_staged(unstaged.id, &unstaged.sync, unstaged.created_at_ms).await;
+    let refused = q.enqueue_staged(unstaged.id, &unstaged.fast, unstaged.created_at_ms).await;
     assert!(matches!(refused, Err(QueueError::Unavailable(_))), "no image, no job: {refused:?}");
     assert_eq!(q.get(unstaged.id).await.expect("get"), None);
 
@@ -882,7 +882,7 @@ async fn an_enqueue_that_redis_runs_after_its_caller_gave_up_queues_nothing() {
     q.stage_image(j.id, &j.image).await.expect("stage");
     redis.pause();
     let started = Instant::now();
-    let outcome = q.enqueue_staged(j.id, &j.sync, j.created_at_ms).await;
+    let outcome = q.enqueue_staged(j.id, &j.fast, j.created_at_ms).await;
     let gave_up_after = started.elapsed();
     redis.resume();
     assert!(matches!(outcome, Err(QueueError::Unavailable(_))), "{outcome:?}");
@@ -897,7 +897,7 @@ async fn an_enqueue_that_redis_runs_after_its_caller_gave_up_queues_nothing() {
     // Redis answering in time, the same steps queue the job.
     let k = job();
     q.stage_image(k.id, &k.image).await.expect("stage");
-    q.enqueue_staged(k.id, &k.sync, k.created_at_ms).await.expect("enqueue");
+    q.enqueue_staged(k.id, &k.fast, k.created_at_ms).await.expect("enqueue");
     assert_eq!(keys.xlen().await, 2);
 }
 
@@ -958,7 +958,7 @@ async fn an_enqueue_whose_answer_was_lost_is_undone() {
     let j = job();
     q.stage_image(j.id, &j.image).await.expect("stage");
     proxy.swallow.store(true, Ordering::SeqCst);
-    let outcome = q.enqueue_staged(j.id, &j.sync, j.created_at_ms).await;
+    let outcome = q.enqueue_staged(j.id, &j.fast, j.created_at_ms).await;
     proxy.swallow.store(false, Ordering::SeqCst);
     assert!(matches!(outcome, Err(QueueError::Unavailable(_))), "{outcome:?}");
     assert_eq!(keys.xlen().await, 2, "the script ran: only its answer was lost");

@@ -387,7 +387,7 @@ pub fn job_body(record: &JobRecord, top_k: usize) -> Value {
         "job_id": record.id,
         "prediction": prediction,
         "status": record.status.as_str(),
-        "sync": prediction_json(&record.sync, top_k),
+        "sync": prediction_json(&record.fast, top_k),
         "attempts": record.attempts,
         "created_at": format_ms(record.created_at_ms),
     });
@@ -396,7 +396,7 @@ pub fn job_body(record: &JobRecord, top_k: usize) -> Value {
     }
     if let (Some(result), true) = (&record.result, completed) {
         body["result"] = prediction_json(result, top_k);
-        body["agrees_with_sync"] = json!(result.class_index == record.sync.class_index);
+        body["agrees_with_sync"] = json!(result.class_index == record.fast.class_index);
         body["inference_ms"] = json!(round_to(result.inference_ms, 2));
     }
     if let Some(at) = record.completed_at_ms {

@@ -25,5 +25,5 @@ pub fn load_tier(
         spin: models.spin(tier),
         lanes: 1,
     };
-    Classifier::start(config, BatchConfig { top_k, tier: tier.as_str(), ..BatchConfig::default() })
+    Classifier::start(config, BatchConfig { top_k, tier, ..BatchConfig::default() })
 }

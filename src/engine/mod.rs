@@ -17,6 +17,7 @@ mod model;
 pub mod pool;
 pub mod priority;
 pub mod runtime;
+mod tier;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +35,7 @@ pub use model::{Model, ModelConfig, Spin};
 pub use pool::WorkPool;
 pub use priority::{Priority, ThreadPriority};
 pub use runtime::RuntimeError;
+pub use tier::Tier;
 
 use crate::labels::Labels;
 use crate::pipeline::{self, ImageError, PreprocessConfig};
@@ -125,7 +127,7 @@ pub struct BatchConfig {
     /// Classes reported in each [`Prediction::top_k`].
     pub top_k: usize,
     /// Which tier this model serves, as labelled in metrics.
-    pub tier: &'static str,
+    pub tier: Tier,
     /// Scheduling priority of the inference thread and of ONNX Runtime's threads.
     pub priority: ThreadPriority,
     /// Where images are decoded.
@@ -161,7 +163,7 @@ impl Default for BatchConfig {
             max_delay: Duration::ZERO,
             queue_capacity: 64,
             top_k: 5,
-            tier: "model",
+            tier: Tier::Fast,
             priority: ThreadPriority::Nice(0),
             decode_on: DecodeOn::BlockingPool,
             pool: None,
@@ -206,7 +208,7 @@ struct Inner {
     requests: Sender<Request>,
     preprocess: PreprocessConfig,
     name: String,
-    tier: &'static str,
+    tier: Tier,
     decode_on: DecodeOn,
     /// Requests queued for or running on the inference thread, not yet answered.
     in_flight: Arc<AtomicUsize>,
@@ -252,7 +254,7 @@ impl Classifier {
         let (requests, queue) = crossbeam_channel::bounded(batching.queue_capacity.max(1));
         let tier = batching.tier;
         // Registered so the series is in /metrics (at 0) before the first image.
-        let _ = metrics::histogram!(crate::metrics::INFERENCE_WAIT, "tier" => tier);
+        let _ = metrics::histogram!(crate::metrics::INFERENCE_WAIT, "tier" => tier.as_str());
         let decode_on = batching.decode_on;
         let pool = batching.pool.clone();
         let in_flight = Arc::new(AtomicUsize::new(0));
@@ -377,7 +379,7 @@ impl Classifier {
             let mut tensor = tensors.take();
             let outcome = pipeline::preprocess_into(image.as_ref(), &config, &mut tensor);
             drop(hold);
-            metrics::histogram!(crate::metrics::PREPROCESS_DURATION, "tier" => tier)
+            metrics::histogram!(crate::metrics::PREPROCESS_DURATION, "tier" => tier.as_str())
                 .record(started.elapsed().as_secs_f64());
             match outcome {
                 Ok(()) => Ok(tensor),
@@ -448,7 +450,7 @@ fn inference_loop(
     let mut replies: Vec<oneshot::Sender<Result<Prediction, ClassifyError>>> = Vec::with_capacity(max_batch);
     let mut buffer: Vec<f32> = Vec::with_capacity(max_batch * tensor_len);
     let mut queued_at: Vec<Instant> = Vec::with_capacity(max_batch);
-    let waits = metrics::histogram!(crate::metrics::INFERENCE_WAIT, "tier" => batching.tier);
+    let waits = metrics::histogram!(crate::metrics::INFERENCE_WAIT, "tier" => batching.tier.as_str());
     while let Ok(first) = queue.recv() {
         batch.push(first);
         collect_batch(queue, &mut batch, max_batch, batching.max_delay);
@@ -477,7 +479,7 @@ fn inference_loop(
                     let decode_started = Instant::now();
                     let outcome = pipeline::preprocess_into(&image, &config.preprocess, &mut buffer[at..]);
                     drop(hold);
-                    metrics::histogram!(crate::metrics::PREPROCESS_DURATION, "tier" => batching.tier)
+                    metrics::histogram!(crate::metrics::PREPROCESS_DURATION, "tier" => batching.tier.as_str())
                         .record(decode_started.elapsed().as_secs_f64());
                     if let Err(err) = outcome {
                         buffer.truncate(at);
@@ -510,9 +512,9 @@ fn inference_loop(
         }
         let elapsed = started.elapsed();
         let inference_ms = elapsed.as_secs_f64() * 1e3;
-        metrics::histogram!(crate::metrics::INFERENCE_DURATION, "tier" => batching.tier, "model" => name.clone())
+        metrics::histogram!(crate::metrics::INFERENCE_DURATION, "tier" => batching.tier.as_str(), "model" => name.clone())
             .record(elapsed.as_secs_f64());
-        metrics::histogram!(crate::metrics::BATCH_SIZE, "tier" => batching.tier).record(replies.len() as f64);
+        metrics::histogram!(crate::metrics::BATCH_SIZE, "tier" => batching.tier.as_str()).record(replies.len() as f64);
         // Uncounted before the replies go out, so that a caller who has its answer never sees
         // its own request still in flight.
         in_flight.fetch_sub(replies.len(), Ordering::AcqRel);

@@ -95,7 +95,7 @@ impl EmbeddedQueue {
         let held = HeldBytes::take(&state.image_bytes, job.image.len() as u64, byte_limit)
             .ok_or(QueueError::FullBytes { limit: byte_limit })?;
         let image = Bytes::from_owner(QueuedImage { image: job.image, _held: held });
-        let record = JobRecord::new(job.id, job.sync, job.created_at_ms);
+        let record = JobRecord::new(job.id, job.fast, job.created_at_ms);
         state.records.insert(job.id, Entry { record, expires_at: None });
         state.waiting.push_back(Delivery {
             id: job.id,
@@ -177,7 +177,7 @@ impl EmbeddedQueue {
             record.status = JobStatus::Completed;
             record.result = Some(result.clone());
             record.error = None;
-            sync_class = Some(record.sync.class_index);
+            sync_class = Some(record.fast.class_index);
         });
         Ok(sync_class)
     }
@@ -296,7 +296,7 @@ mod tests {
         NewJob {
             id: Uuid::new_v4(),
             image: Bytes::from_static(b"img"),
-            sync: prediction("fast"),
+            fast: prediction("fast"),
             created_at_ms: now_ms(),
         }
     }

@@ -110,7 +110,7 @@ impl JobQueue {
         match self {
             JobQueue::Embedded(q) => {
                 let sync = sync.await?;
-                let queued = timed(async { q.enqueue(NewJob { id, image, sync: sync.clone(), created_at_ms }) }).await;
+                let queued = timed(async { q.enqueue(NewJob { id, image, fast: sync.clone(), created_at_ms }) }).await;
                 Ok((sync, queued))
             }
             JobQueue::Redis(q) => {

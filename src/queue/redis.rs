@@ -471,7 +471,7 @@ impl RedisQueue {
     /// Stores and queues a job: [`Self::stage_image`], then [`Self::enqueue_staged`].
     pub async fn enqueue(&self, job: NewJob) -> Result<(), QueueError> {
         self.stage_image(job.id, &job.image).await?;
-        self.enqueue_staged(job.id, &job.sync, job.created_at_ms).await
+        self.enqueue_staged(job.id, &job.fast, job.created_at_ms).await
     }
 
     /// Stores a job's image ahead of the job, with a plain `SET` (see "Enqueueing" above). It
