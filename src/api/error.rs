@@ -4,8 +4,8 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
+use super::types::ErrorBody;
 use crate::engine::{ClassifyError, EngineError};
 use crate::pipeline::ImageError;
 use crate::queue::QueueError;
@@ -135,11 +135,6 @@ impl From<ClassifyError> for ApiError {
     }
 }
 
-/// The body every error shares.
-pub fn error_body(code: &str, message: &str) -> serde_json::Value {
-    json!({"error": {"code": code, "message": message}})
-}
-
 /// The stable `code` for an error status that did not come from an [`ApiError`] (the router's
 /// own 404/405, an extractor's rejection), so that those leave in the same shape.
 pub fn code_for_status(status: StatusCode) -> &'static str {
@@ -168,7 +163,7 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(code = self.code(), error = %self, "request failed");
         }
-        let mut response = (status, Json(error_body(self.code(), &self.to_string()))).into_response();
+        let mut response = (status, Json(ErrorBody::new(self.code(), self.to_string()))).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

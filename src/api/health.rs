@@ -10,29 +10,9 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 
-use super::error::error_body;
+use super::types::{ErrorDetail, NotReady, Ready, Workers};
 use crate::queue::{JobQueue, QueueError};
-
-/// `GET /health/ready`'s body when ready.
-#[derive(Debug, Serialize)]
-pub struct Ready {
-    /// Always `"ready"`.
-    pub status: &'static str,
-    /// `embedded` or `redis`.
-    pub queue: &'static str,
-    pub workers: Workers,
-    /// Present when something the service needs is missing though it can still answer.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub warning: Option<&'static str>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Workers {
-    /// Workers taking jobs now: the embedded one, or Redis workers whose heartbeat is recent.
-    pub live: u64,
-}
 
 /// What `serve` warns when no worker takes its jobs.
 const NO_WORKERS: &str = "no live worker: jobs stay queued until a worker takes them (`tandem worker` \
@@ -51,14 +31,16 @@ pub enum Role {
 pub async fn ready(queue: &JobQueue, role: Role) -> Response {
     match check(queue).await {
         Ok(live) => {
-            let warning = (role == Role::Serve && live == 0).then_some(NO_WORKERS);
-            let body = Ready { status: "ready", queue: queue.backend(), workers: Workers { live }, warning };
-            Json(body).into_response()
+            let warning = (role == Role::Serve && live == 0).then(|| NO_WORKERS.to_owned());
+            let queue = queue.backend().to_owned();
+            Json(Ready { status: "ready".into(), queue, workers: Workers { live }, warning }).into_response()
         }
         Err(err) => {
-            let mut body = error_body("queue_unavailable", &err.to_string());
-            body["status"] = "not_ready".into();
-            body["queue"] = queue.backend().into();
+            let body = NotReady {
+                error: ErrorDetail::new("queue_unavailable", err.to_string()),
+                status: "not_ready".into(),
+                queue: queue.backend().to_owned(),
+            };
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }

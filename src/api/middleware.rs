@@ -18,7 +18,8 @@ use axum::http::{HeaderValue, Method, Request, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::error::{ApiError, HEADER_BYTES_LIMIT, HEADER_COUNT_LIMIT, code_for_status, error_body};
+use super::error::{ApiError, HEADER_BYTES_LIMIT, HEADER_COUNT_LIMIT, code_for_status};
+use super::types::ErrorBody;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -146,10 +147,10 @@ pub async fn json_errors(request: Request<Body>, next: Next) -> Response {
         (_, Some(detail)) => detail,
         (_, None) => status.canonical_reason().unwrap_or("error").to_owned(),
     };
-    let body = error_body(code_for_status(status), &message).to_string();
+    let body = axum::Json(ErrorBody::new(code_for_status(status), message)).into_response().into_body();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Response::from_parts(parts, Body::from(body))
+    Response::from_parts(parts, body)
 }
 
 /// Refuses a request without one of the configured bearer tokens, except on the open routes.

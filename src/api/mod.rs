@@ -3,13 +3,15 @@
 //! Handlers only move data between HTTP and the engine/queue: the fast tier answers, the job
 //! is durably enqueued *before* the response is sent, and every error goes through
 //! [`error::ApiError`] so it leaves as `{"error": {"code", "message"}}` with the right status.
-//! What wraps every route (request ids, logs, metrics, auth, CORS) is in [`middleware`].
+//! Every body is one of the wire types in [`types`]. What wraps every route (request ids, logs,
+//! metrics, auth, CORS) is in [`middleware`].
 
 pub mod error;
 pub mod health;
 pub mod input;
 pub mod middleware;
 pub mod server;
+pub mod types;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,17 +23,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use uuid::Uuid;
 
-use crate::engine::{Classifier, Prediction, WorkPool};
-use crate::jobs::{JobRecord, JobStatus, format_ms, now_ms};
+use crate::engine::{Classifier, WorkPool};
+use crate::jobs::now_ms;
 use crate::queue::JobQueue;
-use error::{ApiError, error_body};
+use error::ApiError;
 pub use middleware::Access;
+use types::{ErrorBody, Health, JobResponse, PredictResponse};
 
 /// Limits applied to `POST /predict`.
 #[derive(Debug, Clone)]
@@ -173,12 +175,12 @@ pub fn worker_router(queue: JobQueue) -> Router {
     with_common_layers(routes, &Arc::new(Access::default()))
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({"status": "healthy"}))
+async fn health() -> Json<Health> {
+    Json(Health::new("healthy"))
 }
 
-async fn live() -> Json<Value> {
-    Json(json!({"status": "alive"}))
+async fn live() -> Json<Health> {
+    Json(Health::new("alive"))
 }
 
 /// Ready when the models are loaded and the queue answers; the body counts live workers.
@@ -217,7 +219,7 @@ fn parse_query<T: serde::de::DeserializeOwned + Default>(uri: &Uri) -> Result<T,
     Query::<T>::try_from_uri(uri).map(|Query(q)| q).map_err(|e| ApiError::InvalidQuery(e.body_text()))
 }
 
-async fn predict(State(state): State<AppState>, request: Request<Body>) -> Result<Json<Value>, ApiError> {
+async fn predict(State(state): State<AppState>, request: Request<Body>) -> Result<Json<PredictResponse>, ApiError> {
     let uri = request.uri().clone();
     let received = receive(&state, request).await?;
     // Checked after the body is in, so that a client still writing gets the 400.
@@ -299,7 +301,7 @@ async fn predict_now(
     received: input::Received,
     top_k: usize,
     permit: Arc<tokio::sync::OwnedSemaphorePermit>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PredictResponse>, ApiError> {
     let image = match received {
         // Parsing JSON and decoding base64 is CPU work in proportion to the body: off the
         // runtime's threads for a big one, so it cannot hold up `/health` and other requests.
@@ -323,17 +325,10 @@ async fn predict_now(
     // the fast answer still goes out, with the reason instead of an id.
     let id = Uuid::new_v4();
     let (sync, queued) = state.inner.queue.enqueue_after(id, image, now_ms(), answer).await?;
-    let mut body = json!({
-        "job_id": null,
-        "result_sync": sync.label,
-        "sync": prediction_json(&sync, top_k),
-        "status_url": null,
-    });
-    match queued {
+    let (job_id, async_error) = match queued {
         Ok(()) => {
             metrics::counter!(crate::metrics::JOBS_ENQUEUED).increment(1);
-            body["job_id"] = json!(id);
-            body["status_url"] = json!(format!("/job/{id}"));
+            (Some(id), None)
         }
         Err(err) => {
             let reason = match err {
@@ -342,70 +337,19 @@ async fn predict_now(
             };
             metrics::counter!(crate::metrics::JOBS_REJECTED, "reason" => reason).increment(1);
             tracing::debug!(error = %err, "job not queued");
-            body["async_error"] = json!(err.to_string());
+            (None, Some(err.to_string()))
         }
-    }
-    Ok(Json(body))
+    };
+    Ok(Json(PredictResponse::new(&sync, top_k, job_id, async_error)))
 }
 
-async fn job(State(state): State<AppState>, Path(id): Path<String>, uri: Uri) -> Result<Json<Value>, ApiError> {
+async fn job(State(state): State<AppState>, Path(id): Path<String>, uri: Uri) -> Result<Json<JobResponse>, ApiError> {
     let query: JobQuery = parse_query(&uri)?;
     let top_k = wanted_top_k(query.top_k, state.inner.limits.top_k)?;
     let uuid = Uuid::try_parse(&id).map_err(|_| ApiError::InvalidJobId(id.clone()))?;
     let record = state.inner.queue.get(uuid).await.map_err(ApiError::Queue)?;
     let record = record.ok_or(ApiError::JobNotFound(id))?;
-    Ok(Json(job_body(&record, top_k)))
-}
-
-/// Milliseconds to 0.01, for reading; top-level scores to 4 decimals. `top_k` scores keep the
-/// model's full precision, for clients that compare or threshold them.
-fn round_to(value: f64, decimals: i32) -> f64 {
-    let scale = 10f64.powi(decimals);
-    (value * scale).round() / scale
-}
-
-/// A tier's answer as the API shows it, with at most `top_k` classes.
-pub fn prediction_json(prediction: &Prediction, top_k: usize) -> Value {
-    json!({
-        "model": prediction.model,
-        "label": prediction.label,
-        "class_index": prediction.class_index,
-        "score": round_to(f64::from(prediction.score), 4),
-        "top_k": prediction.top_k.iter().take(top_k).collect::<Vec<_>>(),
-        "inference_ms": round_to(prediction.inference_ms, 2),
-    })
-}
-
-/// `GET /job/{id}`'s body. `prediction` stays `""` until completed, as the original design did.
-pub fn job_body(record: &JobRecord, top_k: usize) -> Value {
-    let completed = record.status == JobStatus::Completed;
-    let prediction = match (&record.result, completed) {
-        (Some(result), true) => result.label.clone(),
-        _ => String::new(),
-    };
-    let mut body = json!({
-        "job_id": record.id,
-        "prediction": prediction,
-        "status": record.status.as_str(),
-        "sync": prediction_json(&record.fast, top_k),
-        "attempts": record.attempts,
-        "created_at": format_ms(record.created_at_ms),
-    });
-    if let Some(queue_ms) = record.queue_ms() {
-        body["queue_ms"] = json!(queue_ms);
-    }
-    if let (Some(result), true) = (&record.result, completed) {
-        body["result"] = prediction_json(result, top_k);
-        body["agrees_with_sync"] = json!(result.class_index == record.fast.class_index);
-        body["inference_ms"] = json!(round_to(result.inference_ms, 2));
-    }
-    if let Some(at) = record.completed_at_ms {
-        body["completed_at"] = json!(format_ms(at));
-    }
-    if let Some(error) = &record.error {
-        body["error"] = json!(error);
-    }
-    body
+    Ok(Json(JobResponse::new(&record, top_k)))
 }
 
 /// Prometheus text format. Queue depth is read now rather than tracked, so it is exact for
@@ -434,7 +378,7 @@ pub fn render_metrics() -> Response {
 }
 
 async fn not_found(uri: Uri) -> Response {
-    (StatusCode::NOT_FOUND, Json(error_body("not_found", &format!("no route {}", uri.path())))).into_response()
+    (StatusCode::NOT_FOUND, Json(ErrorBody::new("not_found", format!("no route {}", uri.path())))).into_response()
 }
 
 fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
@@ -466,8 +410,8 @@ mod tests {
         let response = router.clone().oneshot(request("/boom")).await.expect("response");
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.expect("body");
-        let value: Value = serde_json::from_slice(&body).expect("JSON");
-        assert_eq!(value["error"]["code"], "internal");
+        let value: ErrorBody = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(value.error.code, "internal");
         let response = router.oneshot(request("/fine")).await.expect("response");
         assert_eq!(response.status(), StatusCode::OK);
     }

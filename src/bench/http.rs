@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::stats::{Latency, Summary, cell, round3};
 use super::{BenchArgs, MixRoute, Target, print_report};
+use crate::api::types::PredictResponse;
 
 /// What one connection sends, over and over.
 #[derive(Debug, Clone, Copy)]
@@ -66,12 +67,6 @@ impl RouteStats {
         self.not_queued += other.not_queued;
         self.last_done = self.last_done.max(other.last_done);
     }
-}
-
-/// Just the part of the `POST /predict` answer the load generator looks at.
-#[derive(Deserialize)]
-struct PredictReply {
-    job_id: Option<String>,
 }
 
 pub fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<bool> {
@@ -188,7 +183,7 @@ fn connection(
                     stats.ok += 1;
                     stats.latency.record(done - started);
                     if matches!(route, Route::Predict)
-                        && serde_json::from_slice::<PredictReply>(&body).is_ok_and(|r| r.job_id.is_none())
+                        && serde_json::from_slice::<PredictResponse>(&body).is_ok_and(|r| r.job_id.is_none())
                     {
                         stats.not_queued += 1;
                     }

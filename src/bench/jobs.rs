@@ -19,17 +19,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use uuid::Uuid;
 
 use super::stats::{Latency, Summary, cell, round3};
 use super::{BenchArgs, Target, print_report};
+use crate::api::types::{JobResponse, PredictResponse};
+use crate::jobs::JobStatus;
 
 /// Consecutive `queued` jobs after which a poll round stops (see the module doc).
 const QUEUED_LOOKAHEAD: usize = 4;
 
 /// A job the service accepted, waiting to be seen finished.
 struct Pending {
-    id: String,
+    id: Uuid,
     submitted: Instant,
 }
 
@@ -87,24 +90,6 @@ struct PollStats {
     all_submitted: Option<Instant>,
     /// Jobs completed after that: the queue draining with no submissions competing for CPU.
     drained: u64,
-}
-
-#[derive(Deserialize)]
-struct PredictReply {
-    job_id: Option<String>,
-    #[serde(default)]
-    async_error: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct JobReply {
-    status: String,
-    #[serde(default)]
-    queue_ms: Option<f64>,
-    #[serde(default)]
-    inference_ms: Option<f64>,
-    #[serde(default)]
-    error: Option<serde_json::Value>,
 }
 
 pub fn run(args: &BenchArgs, target: &Target, count: u64) -> anyhow::Result<bool> {
@@ -189,13 +174,13 @@ fn submit_jobs(target: &Target, next: &AtomicU64, count: u64, pending: &mpsc::Se
         match target.predict(&agent) {
             Ok((status, body)) if (200..300).contains(&status) => {
                 stats.latency.record(submitted.elapsed());
-                match serde_json::from_slice::<PredictReply>(&body) {
-                    Ok(PredictReply { job_id: Some(id), .. }) => {
+                match serde_json::from_slice::<PredictResponse>(&body) {
+                    Ok(PredictResponse { job_id: Some(id), .. }) => {
                         stats.queued += 1;
                         // The poller only hangs up when it has already given up on every job.
                         let _ = pending.send(Pending { id, submitted });
                     }
-                    Ok(PredictReply { job_id: None, async_error }) => {
+                    Ok(PredictResponse { job_id: None, async_error, .. }) => {
                         stats.not_queued += 1;
                         if stats.first_async_error.is_none() {
                             stats.first_async_error = async_error;
@@ -268,10 +253,10 @@ fn poll_jobs(target: &Target, incoming: Receiver<Pending>, interval: Duration, j
             stats.polls += 1;
             let url = target.url(&format!("/job/{}", pending[i].id));
             match target.get(&agent, &url) {
-                Ok((200, body)) => match serde_json::from_slice::<JobReply>(&body) {
-                    Ok(job) if job.status == "completed" || job.status == "failed" => {
+                Ok((200, body)) => match serde_json::from_slice::<JobResponse>(&body) {
+                    Ok(job) if matches!(job.status, JobStatus::Completed | JobStatus::Failed) => {
                         let Some(done) = pending.remove(i) else { break };
-                        if job.status == "completed" {
+                        if job.status == JobStatus::Completed {
                             stats.completed += 1;
                             // Done no later than this poll was sent.
                             stats.job_latency.record(polled.saturating_duration_since(done.submitted));
@@ -280,7 +265,7 @@ fn poll_jobs(target: &Target, incoming: Receiver<Pending>, interval: Duration, j
                                 stats.drained += 1;
                             }
                             if let Some(ms) = job.queue_ms {
-                                stats.queue_ms.record_ms(ms);
+                                stats.queue_ms.record_ms(ms as f64);
                             }
                             if let Some(ms) = job.inference_ms {
                                 stats.inference_ms.record_ms(ms);
@@ -288,14 +273,16 @@ fn poll_jobs(target: &Target, incoming: Receiver<Pending>, interval: Duration, j
                         } else {
                             stats.failed += 1;
                             stats.first_failure.get_or_insert_with(|| {
-                                job.error.map_or_else(|| "no error given".into(), |e| e.to_string())
+                                // Quoted, as JSON: the report has always shown it so.
+                                job.error
+                                    .map_or_else(|| "no error given".into(), |e| serde_json::Value::from(e).to_string())
                             });
                         }
                         queued_in_a_row = 0;
                         continue;
                     }
                     Ok(job) => {
-                        queued_in_a_row = if job.status == "queued" { queued_in_a_row + 1 } else { 0 };
+                        queued_in_a_row = if job.status == JobStatus::Queued { queued_in_a_row + 1 } else { 0 };
                     }
                     Err(_) => stats.poll_errors += 1,
                 },
