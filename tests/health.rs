@@ -6,8 +6,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, Tandem, free_port, get_json, images_dir, post_bytes, unique_prefix};
+use common::{RedisServer, Tandem, as_predict, free_port, get_json, images_dir, parse, post_bytes, unique_prefix};
 use serde_json::Value;
+use tandem::api::types::{NotReady, Ready};
 
 fn photo() -> Vec<u8> {
     std::fs::read(images_dir().join("sample_03.jpg")).expect("photo")
@@ -63,8 +64,9 @@ fn counted_until(url: &str, prefix: &str) -> (u64, Option<u64>) {
 /// Not about priority: the test workers compete for the CPU on equal terms.
 const NORMAL: [&str; 2] = ["--accurate-priority", "normal"];
 
+/// The live workers a ready body counts; `None` for any other body (a 503's).
 fn live(body: &Value) -> Option<u64> {
-    body["workers"]["live"].as_u64()
+    serde_json::from_value::<Ready>(body.clone()).ok().map(|ready| ready.workers.live)
 }
 
 fn log_text(path: &Path) -> String {
@@ -82,26 +84,30 @@ fn readiness_counts_live_workers_and_a_worker_has_its_own() {
     // No worker: still ready (fast answers work), but it says jobs will wait.
     let (status, body) = get_json(&server.url("/health/ready"));
     assert_eq!((status, live(&body)), (200, Some(0)), "{body}");
-    assert!(body["warning"].as_str().is_some_and(|w| w.contains("no live worker")), "{body}");
+    assert!(parse::<Ready>(&body).warning.is_some_and(|w| w.contains("no live worker")), "{body}");
     assert!(metrics(&server).contains("tandem_workers_live 0"), "gauge at 0 without workers");
 
     let mut worker = Tandem::worker_http(&[&args[..], &NORMAL].concat());
     let (status, body) = get_json(&worker.url("/health/ready"));
-    assert_eq!(
-        (status, body["status"].as_str(), body["queue"].as_str()),
-        (200, Some("ready"), Some("redis")),
-        "{body}"
-    );
+    assert_eq!(status, 200, "{body}");
+    let ready: Ready = parse(&body);
+    assert_eq!((ready.status.as_str(), ready.queue.as_str()), ("ready", "redis"), "{body}");
     let body = wait_ready_until(&server, Duration::from_secs(5), "the worker counted", |s, b| {
         s == 200 && live(b).is_some_and(|n| n >= 1)
     });
-    assert!(body.get("warning").is_none(), "no warning with a live worker: {body}");
+    assert!(parse::<Ready>(&body).warning.is_none(), "no warning with a live worker: {body}");
     wait_metric(&server, Duration::from_secs(5), "tandem_workers_live 1");
 
     // The worker's own readiness follows its Redis.
     redis.kill();
     let (status, body) = get_json(&worker.url("/health/ready"));
-    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("queue_unavailable")), "{body}");
+    assert_eq!(status, 503, "{body}");
+    let not_ready: NotReady = parse(&body);
+    assert_eq!(
+        (not_ready.error.code.as_str(), not_ready.status.as_str()),
+        ("queue_unavailable", "not_ready"),
+        "{body}"
+    );
     redis.restart();
     wait_ready_until(&worker, Duration::from_secs(10), "worker ready again", |s, _| s == 200);
     // Redis came back empty: the heartbeat puts the worker back by itself.
@@ -131,7 +137,7 @@ fn readiness_counts_live_workers_and_a_worker_has_its_own() {
         gone_at >= until && gone_at >= killed_at + 2000,
         "its last heartbeat still counted for a while: killed at {killed_at}, counted until {until}, gone by {gone_at}"
     );
-    assert!(body["warning"].is_string(), "{body}");
+    assert!(parse::<Ready>(&body).warning.is_some(), "{body}");
 }
 
 #[test]
@@ -197,7 +203,8 @@ fn a_redis_outage_is_logged_once_when_it_starts_and_once_when_it_ends() {
     // ...and not again for each request that cannot queue its job.
     for _ in 0..5 {
         let (status, body) = post_bytes(&server.url("/predict"), "image/jpeg", &photo());
-        assert_eq!((status, body["job_id"].is_null()), (200, true), "{body}");
+        assert_eq!(status, 200, "{body}");
+        assert!(as_predict(&body).job_id.is_none(), "{body}");
     }
     let (status, _) = get_json(&server.url("/health/ready"));
     assert_eq!(status, 503);
@@ -210,7 +217,7 @@ fn a_redis_outage_is_logged_once_when_it_starts_and_once_when_it_ends() {
     loop {
         let (status, body) = post_bytes(&server.url("/predict"), "image/jpeg", &photo());
         assert_eq!(status, 200, "{body}");
-        if body["job_id"].is_string() {
+        if as_predict(&body).job_id.is_some() {
             break;
         }
         assert!(Instant::now() < deadline, "jobs not queued again once Redis is up: {body}");

@@ -11,8 +11,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Tandem, agent, free_port, get_json, images_dir, model_args, post_bytes, read_json};
+use common::{
+    Tandem, agent, as_error, as_job, as_predict, free_port, get_json, images_dir, model_args, post_bytes, read_json,
+};
 use serde_json::{Value, json};
+use tandem::api::types::ErrorDetail;
 
 /// `tandem serve` with its log in a file, so a test can read what it said; `key` is sent while
 /// waiting for readiness.
@@ -60,10 +63,13 @@ fn multipart(bytes: &[u8]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-fn assert_error_shape(status: u16, body: &Value, want_status: u16, want_code: &str) {
+/// The one error shape with this status and code, and a message; returns the error.
+fn assert_error_shape(status: u16, body: &Value, want_status: u16, want_code: &str) -> ErrorDetail {
     assert_eq!(status, want_status, "{body}");
-    assert_eq!(body["error"]["code"], want_code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    let error = as_error(body).error;
+    assert_eq!(error.code, want_code, "{body}");
+    assert!(!error.message.is_empty(), "{body}");
+    error
 }
 
 /// Sends raw bytes and returns the status line and the whole response.
@@ -111,34 +117,37 @@ fn errors_limits_top_k_request_ids_and_counters_on_a_default_server() {
     let (content_type, body) = multipart(&photo);
     let (status, answer) = post_bytes(&server.url("/predict"), &content_type, &body);
     assert_eq!(status, 200, "{answer}");
-    assert!(answer["job_id"].is_string(), "{answer}");
+    let answer = as_predict(&answer);
+    assert!(answer.job_id.is_some(), "{answer:?}");
 
     // Rounded for reading: milliseconds to 0.01, the top-level score to 4 decimals.
-    let ms = answer["sync"]["inference_ms"].as_f64().expect("inference_ms");
+    let ms = answer.sync.inference_ms;
     assert!(((ms * 100.0).round() - ms * 100.0).abs() < 1e-6, "{ms}");
-    let score = answer["sync"]["score"].as_f64().expect("score");
+    let score = answer.sync.score;
     assert!(((score * 1e4).round() - score * 1e4).abs() < 1e-6, "{score}");
 
     // ?top_k: fewer classes, bounded; an unknown parameter is refused, not ignored.
     let sample = std::fs::read(images_dir().join("sample_01.jpg")).expect("photo");
     let (status, one) = post_bytes(&server.url("/predict?top_k=1"), "image/jpeg", &sample);
     assert_eq!(status, 200, "{one}");
-    assert_eq!(one["sync"]["top_k"].as_array().map(Vec::len), Some(1), "{one}");
+    let one = as_predict(&one);
+    assert_eq!(one.sync.top_k.len(), 1, "{one:?}");
     let (status, body) = post_bytes(&server.url("/predict?top_k=6"), "image/jpeg", &sample);
     assert_error_shape(status, &body, 400, "invalid_query");
     let (status, body) = post_bytes(&server.url("/predict?topk=1"), "image/jpeg", &sample);
     assert_error_shape(status, &body, 400, "invalid_query");
-    let job = format!("/job/{}?top_k=2", one["job_id"].as_str().expect("job id"));
+    let job = format!("/job/{}?top_k=2", common::job_id(&one));
     let (status, body) = get_json(&server.url(&job));
-    assert_eq!((status, body["sync"]["top_k"].as_array().map(Vec::len)), (200, Some(2)), "{body}");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(as_job(&body).sync.top_k.len(), 2, "{body}");
 
     // Every status the router produces is the one JSON shape; 405 keeps `Allow`.
     let response = agent().post(&server.url("/health")).send(&b""[..]).expect("POST /health");
     let allow = response.headers().get("allow").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let (status, body) = read_json(response);
-    assert_error_shape(status, &body, 405, "method_not_allowed");
+    let error = assert_error_shape(status, &body, 405, "method_not_allowed");
     assert!(allow.is_some_and(|a| a.contains("GET")), "Allow header kept");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("allowed: GET")), "{body}");
+    assert!(error.message.contains("allowed: GET"), "{body}");
     let (status, body) = read_json(agent().get(&server.url("/predict")).call().expect("GET /predict"));
     assert_error_shape(status, &body, 405, "method_not_allowed");
     let (status, body) = get_json(&server.url("/no/such/route"));
@@ -182,8 +191,8 @@ fn over_the_body_limit_in_multipart_says_the_configured_limit() {
     let photo = std::fs::read(images_dir().join("large/photo_4000x3000.jpg")).expect("12 MP photo");
     let (content_type, body) = multipart(&photo);
     let (status, answer) = post_bytes(&server.url("/predict"), &content_type, &body);
-    assert_error_shape(status, &answer, 413, "body_too_large");
-    assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains("1000000")), "{answer}");
+    let error = assert_error_shape(status, &answer, 413, "body_too_large");
+    assert!(error.message.contains("1000000"), "{answer}");
 }
 
 #[test]
@@ -211,8 +220,8 @@ fn api_keys_cors_and_the_timeout_as_configured() {
     for key in ["k1", "k2"] {
         let with_key = agent().post(&predict).header("authorization", format!("Bearer {key}"));
         let (status, body) = read_json(with_key.header("content-type", "image/jpeg").send(&sample[..]).expect("POST"));
-        assert_error_shape(status, &body, 503, "timeout");
-        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("0.001 s")), "{body}");
+        let error = assert_error_shape(status, &body, 503, "timeout");
+        assert!(error.message.contains("0.001 s"), "{body}");
     }
     // Refused before its body is used, a large upload is still answered, not reset: without
     // a key (401), and with a bad query parameter (400).

@@ -7,8 +7,13 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Tandem, base64, get_json, images_dir, post_bytes, post_json, redis_url, unique_prefix, wait_for_job};
+use common::{
+    Tandem, as_error, as_predict, base64, get_json, images_dir, job_id, post_bytes, post_json, predict, redis_url,
+    unique_prefix, wait_for_job, wait_for_job_done,
+};
 use serde_json::{Value, json};
+use tandem::api::types::{Health, Ready};
+use tandem::jobs::JobStatus;
 
 /// Golden top-1 per photo for one model.
 fn golden_top1(model: &str) -> HashMap<String, usize> {
@@ -57,24 +62,29 @@ fn check_both_tiers(server: &Tandem) {
     for (i, file) in files.iter().enumerate() {
         let (status, body) = post_photo(&server.base, &photo(file), i);
         assert_eq!(status, 200, "{file}: {body}");
-        assert_eq!(body["sync"]["class_index"], json!(fast[*file]), "{file} fast top-1: {body}");
-        assert_eq!(body["result_sync"], body["sync"]["label"]);
-        assert_eq!(body["sync"]["model"], "mobilenet_v2.onnx");
-        assert_eq!(body["sync"]["top_k"].as_array().map(Vec::len), Some(5));
-        let id = body["job_id"].as_str().unwrap_or_else(|| panic!("{file}: no job id: {body}")).to_owned();
-        assert_eq!(body["status_url"], json!(format!("/job/{id}")));
-        jobs.push((file.to_string(), id, body["sync"]["class_index"].clone()));
+        let answer = as_predict(&body);
+        assert_eq!(answer.sync.class_index, fast[*file], "{file} fast top-1: {body}");
+        assert_eq!(answer.result_sync, answer.sync.label);
+        assert_eq!(answer.sync.model, "mobilenet_v2.onnx");
+        assert_eq!(answer.sync.top_k.len(), 5);
+        let id = answer.job_id.unwrap_or_else(|| panic!("{file}: no job id: {body}")).to_string();
+        assert_eq!(answer.status_url, Some(format!("/job/{id}")));
+        jobs.push((file.to_string(), id, answer.sync.class_index));
     }
     for (file, id, sync_class) in jobs {
-        let job = wait_for_job(&server.base, &id, Duration::from_secs(120));
-        assert_eq!(job["status"], "completed", "{file}: {job}");
-        assert_eq!(job["result"]["class_index"], json!(accurate[&file]), "{file} accurate top-1: {job}");
-        assert_eq!(job["result"]["model"], "efficientnet_lite2.onnx");
-        assert_eq!(job["prediction"], job["result"]["label"]);
-        assert_eq!(job["sync"]["class_index"], sync_class);
-        assert_eq!(job["agrees_with_sync"], json!(sync_class == job["result"]["class_index"]));
-        assert!(job["created_at"].is_string() && job["completed_at"].is_string(), "{job}");
-        assert!(job["queue_ms"].is_u64() && job["inference_ms"].is_f64(), "{job}");
+        let raw = wait_for_job(&server.base, &id, Duration::from_secs(120));
+        let job = common::as_job(&raw);
+        assert_eq!(job.status, JobStatus::Completed, "{file}: {raw}");
+        let result = job.result.as_ref().unwrap_or_else(|| panic!("{file}: no result: {raw}"));
+        assert_eq!(result.class_index, accurate[&file], "{file} accurate top-1: {raw}");
+        assert_eq!(result.model, "efficientnet_lite2.onnx");
+        assert_eq!(job.prediction, result.label);
+        assert_eq!(job.sync.class_index, sync_class);
+        assert_eq!(job.agrees_with_sync, Some(sync_class == result.class_index));
+        // The types say what each field is; that `inference_ms` is written as a float is the
+        // JSON's own detail.
+        assert!(job.completed_at.is_some() && !job.created_at.is_empty(), "{raw}");
+        assert!(job.queue_ms.is_some() && raw["inference_ms"].is_f64(), "{raw}");
     }
 }
 
@@ -82,9 +92,10 @@ fn check_both_tiers(server: &Tandem) {
 fn embedded_mode_answers_now_and_refines_every_job() {
     let server = Tandem::serve(&[]);
     let (status, ready) = get_json(&server.url("/health/ready"));
-    assert_eq!((status, ready["queue"].as_str()), (200, Some("embedded")));
+    let ready: Ready = common::parse(&ready);
+    assert_eq!((status, ready.queue.as_str()), (200, "embedded"));
     // The embedded worker is the one live worker.
-    assert_eq!((ready["workers"]["live"].as_u64(), ready.get("warning")), (Some(1), None), "{ready}");
+    assert_eq!((ready.workers.live, &ready.warning), (1, &None), "{ready:?}");
     // Wait metrics exist (at 0) before the first job.
     let metrics = common::agent().get(&server.url("/metrics")).call().expect("GET /metrics");
     let text = metrics.into_body().read_to_string().expect("body");
@@ -104,7 +115,7 @@ fn redis_mode_answers_now_and_refines_every_job() {
     let redis = ["--redis-url", &redis_url(), "--redis-prefix", &prefix];
     let server = Tandem::serve(&redis);
     let (status, ready) = get_json(&server.url("/health/ready"));
-    assert_eq!((status, ready["queue"].as_str()), (200, Some("redis")));
+    assert_eq!((status, common::parse::<Ready>(&ready).queue.as_str()), (200, "redis"));
     let _worker = Tandem::worker(&redis);
     check_both_tiers(&server);
 }
@@ -118,17 +129,15 @@ fn two_workers_complete_200_jobs_exactly_once() {
     let photos: Vec<Vec<u8>> = (1..=20).map(|i| photo(&format!("sample_{i:02}.jpg"))).collect();
     let mut ids = Vec::new();
     for i in 0..200 {
-        let (status, body) = post_bytes(&server.url("/predict"), "image/jpeg", &photos[i % photos.len()]);
-        assert_eq!(status, 200, "{body}");
-        ids.push(body["job_id"].as_str().expect("job id").to_owned());
+        ids.push(job_id(&predict(&server.url("/predict"), "image/jpeg", &photos[i % photos.len()])));
     }
     let distinct: std::collections::HashSet<&String> = ids.iter().collect();
     assert_eq!(distinct.len(), 200, "job ids are unique");
     for id in &ids {
-        let job = wait_for_job(&server.base, id, Duration::from_secs(300));
-        assert_eq!(job["status"], "completed", "{job}");
+        let job = wait_for_job_done(&server.base, id, Duration::from_secs(300));
+        assert_eq!(job.status, JobStatus::Completed, "{job:?}");
         // One attempt each: no job was delivered twice.
-        assert_eq!(job["attempts"], 1, "{job}");
+        assert_eq!(job.attempts, 1, "{job:?}");
     }
     drop(workers);
 }
@@ -170,8 +179,9 @@ fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
     ];
     for (name, (status, body), want_status, want_code) in cases {
         assert_eq!(status, want_status, "{name}: {body}");
-        assert_eq!(body["error"]["code"], want_code, "{name}: {body}");
-        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: {body}");
+        let error = as_error(&body).error;
+        assert_eq!(error.code, want_code, "{name}: {body}");
+        assert!(!error.message.is_empty(), "{name}: {body}");
     }
     let (status, body) = post_photo(&server.base, &photo("sample_01.jpg"), 1);
     assert_eq!(status, 200, "still serving after bad input: {body}");
@@ -244,11 +254,12 @@ fn over_long_bodies_get_their_413_not_a_reset() {
 fn unknown_and_malformed_job_ids() {
     let server = Tandem::serve(&[]);
     let (status, body) = get_json(&server.url(&format!("/job/{}", uuid::Uuid::new_v4())));
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("job_not_found")), "{body}");
+    assert_eq!((status, as_error(&body).error.code.as_str()), (404, "job_not_found"), "{body}");
     let (status, body) = get_json(&server.url("/job/not-a-uuid"));
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_job_id")), "{body}");
+    assert_eq!((status, as_error(&body).error.code.as_str()), (400, "invalid_job_id"), "{body}");
     let (status, body) = get_json(&server.url("/health"));
-    assert_eq!((status, body), (200, json!({"status": "healthy"})));
+    assert_eq!((status, &body), (200, &json!({"status": "healthy"})));
+    assert_eq!(common::parse::<Health>(&body), Health::new("healthy"));
     let (status, _) = get_json(&server.url("/health/live"));
     assert_eq!(status, 200);
 }
@@ -261,7 +272,7 @@ fn sigterm_drains_and_exits_zero() {
     let mut worker = Tandem::worker(&redis);
     let (status, body) = post_photo(&server.base, &photo("sample_02.jpg"), 1);
     assert_eq!(status, 200, "{body}");
-    let id = body["job_id"].as_str().expect("job id").to_owned();
+    let id = job_id(&as_predict(&body));
     wait_for_job(&server.base, &id, Duration::from_secs(60));
     assert_eq!(worker.terminate(Duration::from_secs(20)), Some(0), "worker exits 0 on SIGTERM");
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(0), "serve exits 0 on SIGTERM");
@@ -298,7 +309,7 @@ fn metrics_follow_prometheus_conventions_and_count_what_happened() {
     let server = Tandem::serve(&[]);
     let (status, body) = post_photo(&server.base, &photo("sample_05.jpg"), 1);
     assert_eq!(status, 200, "{body}");
-    wait_for_job(&server.base, body["job_id"].as_str().expect("job id"), Duration::from_secs(60));
+    wait_for_job(&server.base, &job_id(&as_predict(&body)), Duration::from_secs(60));
     let _ = get_json(&server.url("/job/not-a-uuid"));
     let response = common::agent().get(&server.url("/metrics")).call().expect("GET /metrics");
     assert_eq!(response.status(), 200);

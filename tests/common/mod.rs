@@ -1,4 +1,6 @@
-//! Shared helpers for integration tests: where the shared models and photos are.
+//! Shared helpers for integration tests: where the shared models and photos are, real
+//! `tandem` and Redis processes, and HTTP calls whose answers are read as the API's own wire
+//! types (`tandem::api::types`).
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -55,6 +57,9 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use tandem::api::types::{ErrorBody, JobResponse, PredictResponse};
+use tandem::jobs::JobStatus;
 
 /// The Redis the tests share (`scripts/test.sh` makes sure one answers).
 pub fn redis_url() -> String {
@@ -236,18 +241,56 @@ pub fn get_json(url: &str) -> (u16, serde_json::Value) {
     read_json(agent().get(url).call().expect("GET"))
 }
 
+/// Reads a body as one of the API's wire types, failing the test with the body if it is not.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &serde_json::Value) -> T {
+    serde_json::from_value(body.clone())
+        .unwrap_or_else(|e| panic!("not a {} ({e}): {body}", std::any::type_name::<T>()))
+}
+
+/// A `POST /predict` 200 body.
+pub fn as_predict(body: &serde_json::Value) -> PredictResponse {
+    parse(body)
+}
+
+/// A `GET /job/{id}` 200 body.
+pub fn as_job(body: &serde_json::Value) -> JobResponse {
+    parse(body)
+}
+
+/// Any error body: `{"error": {"code", "message"}}`.
+pub fn as_error(body: &serde_json::Value) -> ErrorBody {
+    parse(body)
+}
+
+/// A `POST /predict` that must answer 200, read as its wire type.
+pub fn predict(url: &str, content_type: &str, body: &[u8]) -> PredictResponse {
+    let (status, answer) = post_bytes(url, content_type, body);
+    assert_eq!(status, 200, "POST {url}: {answer}");
+    as_predict(&answer)
+}
+
+/// The id of the job a `POST /predict` answer queued, failing the test if it has none.
+pub fn job_id(answer: &PredictResponse) -> String {
+    answer.job_id.unwrap_or_else(|| panic!("no job id: {answer:?}")).to_string()
+}
+
 /// Polls `GET /job/{id}` until the job is completed or failed.
 pub fn wait_for_job(base: &str, id: &str, timeout: Duration) -> serde_json::Value {
     let deadline = Instant::now() + timeout;
     loop {
         let (status, body) = get_json(&format!("{base}/job/{id}"));
         assert_eq!(status, 200, "GET /job/{id}: {body}");
-        if body["status"] == "completed" || body["status"] == "failed" {
+        if matches!(as_job(&body).status, JobStatus::Completed | JobStatus::Failed) {
             return body;
         }
         assert!(Instant::now() < deadline, "job {id} not finished within {timeout:?}: {body}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// [`wait_for_job`], the answer read as its wire type.
+pub fn wait_for_job_done(base: &str, id: &str, timeout: Duration) -> JobResponse {
+    as_job(&wait_for_job(base, id, timeout))
 }
 
 pub fn base64(bytes: &[u8]) -> String {
