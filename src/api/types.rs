@@ -103,6 +103,7 @@ impl PredictResponse {
 /// accurate answer once completed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResponse {
+    /// The job's id, as `POST /predict` gave it.
     pub job_id: Uuid,
     /// The accurate tier's label once completed; `""` until then, as the original design had.
     pub prediction: String,
@@ -159,6 +160,7 @@ impl JobResponse {
 /// Every error's body, whatever its status: `{"error": {"code", "message"}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// What went wrong.
     pub error: ErrorDetail,
 }
 
@@ -168,7 +170,7 @@ impl ErrorBody {
     }
 }
 
-/// What went wrong.
+/// An error's code and message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// Stable and machine-readable (`invalid_base64`, `overloaded`, `job_not_found`, ...): one
@@ -187,6 +189,7 @@ impl ErrorDetail {
 /// `GET /health` (`"healthy"`) and `GET /health/live` (`"alive"`): the process answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Health {
+    /// `"healthy"` or `"alive"`, by route.
     pub status: String,
 }
 
@@ -203,6 +206,7 @@ pub struct Ready {
     pub status: String,
     /// The job queue's backend: `embedded` or `redis`.
     pub queue: String,
+    /// Who takes the jobs this process queues.
     pub workers: Workers,
     /// Present when something the service needs is missing though it can still answer (a
     /// `serve` with no live worker).
@@ -210,6 +214,7 @@ pub struct Ready {
     pub warning: Option<String>,
 }
 
+/// The workers a ready body counts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workers {
     /// Workers taking jobs now: the embedded one, or Redis workers whose heartbeat is recent.
