@@ -45,7 +45,7 @@ pub struct BenchArgs {
     #[arg(long, env = "TANDEM_BENCH_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=4096))]
     pub concurrency: u32,
 
-    /// Seconds of load that count (with --raw: per batch size). Requests after the end are not started.
+    /// Seconds timed (with --raw: per batch size). Requests after the end are not started.
     #[arg(long, env = "TANDEM_BENCH_DURATION", default_value_t = 10.0, value_parser = positive_seconds)]
     pub duration: f64,
 
