@@ -189,13 +189,7 @@ pub struct FastTierArgs {
     ///
     /// Which size serves best depends on the model, the lanes and the machine: docs/PERFORMANCE.md.
     /// `--max-batch`, the old name, still works.
-    #[arg(
-        long = "fast-max-batch",
-        alias = "max-batch",
-        env = "TANDEM_MAX_BATCH",
-        value_name = "FAST_MAX_BATCH",
-        default_value_t = 1
-    )]
+    #[arg(long = "fast-max-batch", alias = "max-batch", env = "TANDEM_MAX_BATCH", default_value_t = 1)]
     pub max_batch: usize,
 
     /// Milliseconds the fast tier may hold a request back to fill a batch (0: never).
@@ -205,7 +199,6 @@ pub struct FastTierArgs {
         long = "fast-max-batch-delay",
         alias = "max-batch-delay",
         env = "TANDEM_MAX_BATCH_DELAY",
-        value_name = "FAST_MAX_BATCH_DELAY_MS",
         default_value_t = 0
     )]
     pub max_batch_delay_ms: u64,
