@@ -1,15 +1,26 @@
 //! Tandem: time-lagged image inference.
 //!
 //! A fast model answers a request at once; the same image is queued for a slower, more
-//! accurate model that refines the answer in the background. Data flows one way:
+//! accurate model that refines the answer in the background, read back as a job.
 //!
-//! `pipeline` (bytes → tensor) → `engine` (tensor → prediction, on dedicated threads)
-//! → CLI commands (`cli`), and later the HTTP API and the worker.
+//! The modules form layers; each imports only from the layers below it:
+//!
+//! 1. `cli`: the command tree (`serve`, `worker`, `classify`, `eval`, `models pull`), the only
+//!    place that knows clap. Each subcommand turns its flags into the plain config structs of
+//!    the layers below; `cli::tiers` builds a tier's whole settings. `bench` (`tandem bench`)
+//!    sits beside it for now.
+//! 2. `api` (the HTTP service: routes, limits, errors and their one mapping to HTTP) and
+//!    `worker` (jobs from the queue through the accurate tier); `shutdown` tells both when to stop.
+//! 3. `queue`: where jobs wait, embedded in the process or in Redis Streams; `jobs`: the job
+//!    model they share; `models`: the model files (pulling them, checking they are there).
+//! 4. `engine`: a tier's model on its own inference threads (batching, lanes, priority), fed
+//!    through a small `Classifier` handle; `engine::Tier` names the two tiers.
+//! 5. `pipeline` (untrusted image bytes → normalized tensor), `labels` (class names), `metrics`
+//!    (series names and registration).
 
 pub mod api;
 pub mod bench;
 pub mod cli;
-pub mod config;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzz;
@@ -19,4 +30,5 @@ pub mod metrics;
 pub mod models;
 pub mod pipeline;
 pub mod queue;
+pub mod shutdown;
 pub mod worker;

@@ -1,20 +1,15 @@
+//! The `tandem` binary: parses the command line, sets up logging, runs the command
+//! (`tandem::cli::run`) and turns its outcome into the exit status.
+
 use std::process::ExitCode;
 
 use clap::Parser;
-use tandem::config::{Cli, Command, LogFormat, ModelsCommand};
+use tandem::cli::{Cli, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let outcome = match &cli.command {
-        Command::Serve(args) => tandem::cli::serve::serve(args).map(|()| true),
-        Command::Worker(args) => tandem::cli::serve::worker(args).map(|()| true),
-        Command::Classify(args) => tandem::cli::classify::run(args),
-        Command::Eval(args) => tandem::cli::eval::run(args).map(|()| true),
-        Command::Bench(args) => tandem::bench::run(args),
-        Command::Models { command: ModelsCommand::Pull(args) } => tandem::models::pull::run(args).map(|()| true),
-    };
-    match outcome {
+    match tandem::cli::run(&cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(err) => {

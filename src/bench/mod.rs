@@ -26,8 +26,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::config::{ModelArgs, Tier};
-use crate::engine::Spin;
+use crate::cli::args::ModelArgs;
+use crate::engine::{Spin, Tier};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -45,13 +45,13 @@ pub struct BenchArgs {
     #[arg(long, env = "TANDEM_BENCH_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=4096))]
     pub concurrency: u32,
 
-    /// Seconds measured (with --raw: per batch size). Requests after the end are not started.
+    /// Seconds timed (with --raw: per batch size). Requests after the end are not started.
     #[arg(long, env = "TANDEM_BENCH_DURATION", default_value_t = 10.0, value_parser = positive_seconds)]
     pub duration: f64,
 
     /// Paced load: total `POST /predict` requests per second across the connections (0: each
-    /// connection sends its next request as soon as the last is answered). A light paced load is
-    /// how the fast tier's latency is measured while the accurate tier works (target 4).
+    /// connection sends its next request as soon as the last is answered). A light paced load
+    /// shows the fast tier's latency while the accurate tier works (target 4).
     #[arg(long, env = "TANDEM_BENCH_RATE", default_value_t = 0.0, value_parser = non_negative_seconds)]
     pub rate: f64,
 

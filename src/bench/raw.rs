@@ -4,7 +4,8 @@
 //! lanes and each batch size, the tensor is repeated into a batch and `Model::infer` runs back
 //! to back on every lane at once, one thread per lane: warm-up, then `--duration` seconds or
 //! `--iterations` runs per lane, whichever ends first. The model is loaded with `Model::load`
-//! (and `Model::more_lanes`), with the tier's `serve` settings (intra-op threads, spinning), so
+//! (and `Model::more_lanes`), with the tier's `serve` settings (`cli::tiers::model`: intra-op
+//! threads, spinning, lanes), so
 //! nothing but ORT and the softmax on its output is timed. One lane runs as a lone `serve`
 //! request does (every thread, spinning per the setting); several run as `serve` does under load.
 
@@ -17,7 +18,8 @@ use serde::Serialize;
 
 use super::stats::{Latency, Summary, cell, round3};
 use super::{BenchArgs, print_report};
-use crate::engine::{Model, ModelConfig, Spin};
+use crate::cli::tiers;
+use crate::engine::{Model, Spin};
 use crate::labels::Labels;
 use crate::pipeline;
 
@@ -30,7 +32,7 @@ const PREPROCESS_RUNS: u32 = 200;
 pub fn run(args: &BenchArgs, image: &[u8]) -> anyhow::Result<bool> {
     let models = &args.models;
     let tier = args.tier;
-    let preprocess = models.preprocess(tier);
+    let preprocess = tiers::preprocess(models, tier);
 
     let tensor = pipeline::preprocess(image, &preprocess)
         .with_context(|| format!("cannot preprocess {}", args.image.display()))?;
@@ -47,20 +49,14 @@ pub fn run(args: &BenchArgs, image: &[u8]) -> anyhow::Result<bool> {
         }
     }
 
-    crate::models::pull::pull_missing(models, &[tier])?;
+    tiers::ensure_files(models, &[tier], "--labels")?;
     let labels = Arc::new(Labels::load(&models.labels_path())?);
-    let spin = args.spinning.unwrap_or_else(|| models.spin(tier));
-    let mut config = ModelConfig {
-        path: models.model_path(tier),
-        labels,
-        preprocess: preprocess.clone(),
-        intra_threads: models.intra_threads(),
-        spin,
-        lanes: 1,
-    };
+    let mut config = tiers::model(models, &labels, tier);
+    let serve_lanes = config.lanes;
+    config.spin = args.spinning.unwrap_or(config.spin);
     let lane_counts: Vec<usize> = if args.lanes.is_empty() {
         let mut counts = vec![1];
-        counts.extend((models.lanes(tier) > 1).then(|| models.lanes(tier)));
+        counts.extend((serve_lanes > 1).then_some(serve_lanes));
         counts
     } else {
         args.lanes.iter().map(|&n| n as usize).collect()

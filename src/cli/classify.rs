@@ -7,8 +7,9 @@ use std::sync::Arc;
 use clap::Args;
 use serde_json::json;
 
-use super::load_tier;
-use crate::config::{ModelArgs, Tier};
+use super::args::ModelArgs;
+use super::tiers::{self, Run};
+use crate::engine::Tier;
 use crate::labels::Labels;
 
 #[derive(Debug, Args)]
@@ -35,10 +36,11 @@ pub struct ClassifyArgs {
 
 /// Returns `Ok(false)` when at least one image failed (the others are still classified).
 pub fn run(args: &ClassifyArgs) -> anyhow::Result<bool> {
-    crate::models::pull::pull_missing(&args.models, &[args.tier])?;
+    tiers::ensure_files(&args.models, &[args.tier], "--labels")?;
     args.models.configure_decode_memory();
     let labels = Arc::new(Labels::load(&args.models.labels_path())?);
-    let classifier = load_tier(&args.models, &labels, args.tier, usize::from(args.top_k))?;
+    let classifier =
+        tiers::start(&args.models, &labels, Run::OneByOne { tier: args.tier, top_k: usize::from(args.top_k) })?;
     let mut out = std::io::stdout().lock();
     let mut all_ok = true;
     for path in &args.images {

@@ -10,10 +10,13 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use super::load_tier;
-use crate::config::{ModelArgs, Tier};
-use crate::engine::{Classifier, Prediction};
+use super::args::ModelArgs;
+use super::tiers::{self, Run};
+use crate::engine::{Classifier, Prediction, Tier};
 use crate::labels::Labels;
+
+/// Classes kept per prediction: enough for top-5 accuracy.
+const TOP_K: usize = 5;
 
 /// `--labels` here is the ground-truth CSV (as in `tandem eval DIR --labels LABELS.csv`), so the
 /// class-names file, `--labels` elsewhere, is `--class-labels` (or `TANDEM_LABELS`) for this command.
@@ -105,10 +108,10 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let csv = std::fs::read_to_string(&args.labels_csv)
         .with_context(|| format!("cannot read {}", args.labels_csv.display()))?;
     let rows = parse_labels_csv(&csv)?;
-    crate::models::pull::prepare(&args.models, &[Tier::Fast, Tier::Accurate], "--class-labels")?;
+    tiers::ensure_files(&args.models, &[Tier::Fast, Tier::Accurate], "--class-labels")?;
     let labels = Arc::new(Labels::load(&args.models.labels_path())?);
-    let fast = load_tier(&args.models, &labels, Tier::Fast, 5)?;
-    let accurate = load_tier(&args.models, &labels, Tier::Accurate, 5)?;
+    let fast = tiers::start(&args.models, &labels, Run::OneByOne { tier: Tier::Fast, top_k: TOP_K })?;
+    let accurate = tiers::start(&args.models, &labels, Run::OneByOne { tier: Tier::Accurate, top_k: TOP_K })?;
 
     let progress = ProgressBar::new(rows.len() as u64);
     progress.set_style(

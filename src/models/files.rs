@@ -6,11 +6,14 @@
 //!   file is one of the default set) or `--model-dir`;
 //! - the directory holds other files of its kind: the flag that names this file
 //!   (`--fast-model`, `--accurate-model`, `--labels`) and the files it could name.
+//!
+//! [`ensure`] is what `--pull-missing` adds: the missing files of the default set are
+//! downloaded first ([`super::pull`]), and any other missing file is refused before anything is.
 
 use std::path::{Path, PathBuf};
 
-use super::pull::DEFAULT_MODEL_FILES;
-use crate::config::{ModelArgs, Tier};
+use super::pull::{DEFAULT_MODEL_FILES, OFFLINE_HINT, Puller};
+use crate::engine::Tier;
 
 /// How many candidate files a hint lists before it says "and N more".
 const MAX_LISTED: usize = 12;
@@ -78,10 +81,14 @@ impl NeededFile {
     }
 }
 
-/// The files a command running `tiers` uses: the labels, then each tier's model.
-pub fn needed(models: &ModelArgs, tiers: &[Tier], labels_flag: &'static str) -> Vec<NeededFile> {
-    let mut files = vec![NeededFile { path: models.labels_path(), role: Role::Labels { flag: labels_flag } }];
-    files.extend(tiers.iter().map(|&tier| NeededFile { path: models.model_path(tier), role: Role::Model(tier) }));
+/// The files a command uses: the labels (named by `labels_flag` in hints), then each tier's model.
+pub fn needed(
+    labels: PathBuf,
+    labels_flag: &'static str,
+    models: impl IntoIterator<Item = (Tier, PathBuf)>,
+) -> Vec<NeededFile> {
+    let mut files = vec![NeededFile { path: labels, role: Role::Labels { flag: labels_flag } }];
+    files.extend(models.into_iter().map(|(tier, path)| NeededFile { path, role: Role::Model(tier) }));
     files
 }
 
@@ -147,6 +154,37 @@ pub fn check(files: &[NeededFile]) -> Result<(), MissingFile> {
         Some(file) => Err(MissingFile::new(file)),
         None => Ok(()),
     }
+}
+
+/// Checks that the `needed` files are there, before anything loads. With `pull_from` (a base
+/// URL: `--pull-missing`), first downloads those of them that are missing and named as in the
+/// default set, into the directory each is expected in. A missing file that pulling cannot
+/// provide fails with its hint before anything is downloaded (see [`MissingFile`]).
+pub fn ensure(needed: &[NeededFile], pull_from: Option<&str>) -> anyhow::Result<()> {
+    let Some(base_url) = pull_from else {
+        return Ok(check(needed)?);
+    };
+    let missing: Vec<&NeededFile> = needed.iter().filter(|file| !file.is_present()).collect();
+    if let Some(other) = missing.iter().find(|file| !file.is_default()) {
+        return Err(MissingFile::new(other).into());
+    }
+    for file in missing {
+        let Some(name) = file.path.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(entry) = DEFAULT_MODEL_FILES.iter().find(|f| f.file_name == name) else { continue };
+        let puller = Puller::new(base_url, file.dir())?.with_progress(true);
+        // Two tiers may name the same file: the second pull finds it present.
+        match puller.pull_file(entry) {
+            Ok(outcome) => tracing::info!(file = %file.path.display(), "--pull-missing: {}", outcome.describe()),
+            Err(err) => {
+                anyhow::bail!(
+                    "--pull-missing: {}: {:#} ({OFFLINE_HINT})",
+                    file.path.display(),
+                    anyhow::Error::from(err)
+                )
+            }
+        }
+    }
+    Ok(check(needed)?)
 }
 
 #[cfg(test)]

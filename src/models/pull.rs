@@ -9,23 +9,23 @@
 //! again; `--verify` re-hashes such files. A present file with the wrong size (or, under
 //! `--verify`, the wrong sha256) is downloaded again and atomically replaced.
 //!
-//! [`pull_missing`] is `--pull-missing` of the commands that load models: it downloads only the
-//! default files that the configuration uses and lacks, so `scripts/run.sh` need not guess.
+//! `--pull-missing` of the commands that load models ([`super::files::ensure`]) uses the same
+//! [`Puller`] for only the default files a configuration uses and lacks, so `scripts/run.sh`
+//! need not guess. The command line of `tandem models pull` is `cli::models`.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 use ureq::ResponseExt;
 use ureq::http::Uri;
 
-use super::files::{self, MissingFile, NeededFile};
-use crate::config::{ModelArgs, Tier};
+pub use super::error::{PullError, ReceivedSize};
+use super::part_file::{TempFile, sync_dir};
 
 /// Where the default model set is downloaded from; each [`ModelFile::url_path`] is appended to it.
 pub const DEFAULT_BASE_URL: &str = "https://github.com/onnx/models/raw/main/validated/vision/classification/";
@@ -65,102 +65,6 @@ pub const DEFAULT_MODEL_FILES: &[ModelFile] = &[
         sha256: "acf75ef0abe89694b19056e0796401068b459c457baa30335f240c7692857355",
     },
 ];
-
-/// Flags of `tandem models pull`.
-#[derive(Debug, Args)]
-#[command(after_help = PULL_AFTER_HELP)]
-pub struct PullArgs {
-    /// Directory the model and labels files are downloaded into (created if missing).
-    #[arg(long, env = "TANDEM_MODEL_DIR", default_value = "models")]
-    pub model_dir: PathBuf,
-
-    /// Base URL the model files are downloaded from; each file's path is appended to it
-    /// (redirects are followed).
-    #[arg(long, env = "TANDEM_MODELS_BASE_URL", default_value = DEFAULT_BASE_URL)]
-    pub base_url: String,
-
-    /// Also re-hash files already present (sha256 of every byte) instead of only checking their
-    /// size; a file that does not match is downloaded again.
-    #[arg(long, env = "TANDEM_MODELS_VERIFY")]
-    pub verify: bool,
-}
-
-const PULL_AFTER_HELP: &str = "\
-Each file is downloaded to a temporary file in --model-dir, fsynced, checked against its expected size and \
-sha256, and only then renamed into place; a rejected download leaves nothing behind.
-A file already present with the expected size is skipped without being read (--verify re-hashes it). A present \
-file with the wrong size, or the wrong sha256 under --verify, is downloaded again and replaced. Every file is \
-attempted; the command fails if any could not be downloaded and verified.";
-
-/// What can go wrong while pulling one file.
-#[derive(Debug, thiserror::Error)]
-pub enum PullError {
-    #[error("invalid base URL {url:?}: {reason}")]
-    InvalidBaseUrl { url: String, reason: &'static str },
-
-    #[error("invalid file name {0:?} in the model table: it must be a plain file name")]
-    InvalidFileName(String),
-
-    #[error("{}: exists but is not a regular file", path.display())]
-    NotAFile { path: PathBuf },
-
-    #[error("GET {url} failed")]
-    Request {
-        url: String,
-        #[source]
-        source: ureq::Error,
-    },
-
-    #[error("GET {url} returned HTTP {status}{}", redirected_note(url, final_url))]
-    HttpStatus { url: String, final_url: String, status: String },
-
-    #[error("{file}: size mismatch for {url}: expected {expected} bytes, got {got}")]
-    SizeMismatch { file: String, url: String, expected: u64, got: ReceivedSize },
-
-    #[error("{file}: sha256 mismatch for {url}: expected {expected}, got {actual}")]
-    ShaMismatch { file: String, url: String, expected: String, actual: String },
-
-    #[error("{file}: reading the download from {url} failed")]
-    Download {
-        file: String,
-        url: String,
-        #[source]
-        source: io::Error,
-    },
-
-    #[error("{}: cannot {action}", path.display())]
-    Io {
-        path: PathBuf,
-        action: &'static str,
-        #[source]
-        source: io::Error,
-    },
-}
-
-fn redirected_note(url: &str, final_url: &str) -> String {
-    if url == final_url { String::new() } else { format!(" (redirected to {final_url})") }
-}
-
-/// How many bytes the server sent (or announced) when that was not the expected size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReceivedSize {
-    /// The `Content-Length` header announced this many; nothing was written.
-    Announced(u64),
-    /// The body ended after this many bytes.
-    Received(u64),
-    /// The body went on past this many bytes; the download was stopped there.
-    MoreThan(u64),
-}
-
-impl fmt::Display for ReceivedSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReceivedSize::Announced(n) => write!(f, "Content-Length {n}"),
-            ReceivedSize::Received(n) => write!(f, "{n} bytes"),
-            ReceivedSize::MoreThan(n) => write!(f, "more than {n} bytes"),
-        }
-    }
-}
 
 /// What pulling one file did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,103 +349,16 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// Makes the rename durable; best effort, as some filesystems refuse to fsync a directory.
-fn sync_dir(dir: &Path) {
-    #[cfg(unix)]
-    if let Ok(handle) = File::open(dir) {
-        let _ = handle.sync_all();
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-}
-
-/// A `.NAME.<uuid>.part` file next to the destination, removed on drop unless persisted.
-struct TempFile {
-    path: PathBuf,
-    file: Option<File>,
-}
-
-impl TempFile {
-    fn create(dir: &Path, file_name: &str) -> Result<Self, PullError> {
-        let path = dir.join(format!(".{file_name}.{}.part", uuid::Uuid::new_v4().simple()));
-        let file = OpenOptions::new().write(true).create_new(true).open(&path).map_err(|source| PullError::Io {
-            path: path.clone(),
-            action: "create the temporary download file",
-            source,
-        })?;
-        Ok(TempFile { path, file: Some(file) })
-    }
-
-    /// Closes the file and renames it to `dest`, replacing whatever is there.
-    fn persist(mut self, dest: &Path) -> Result<(), PullError> {
-        drop(self.file.take());
-        fs::rename(&self.path, dest).map_err(|source| PullError::Io {
-            path: dest.to_owned(),
-            action: "rename the verified download into place",
-            source,
-        })?;
-        // Renamed: nothing left to clean up.
-        self.path = PathBuf::new();
-        Ok(())
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        drop(self.file.take());
-        if !self.path.as_os_str().is_empty() {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
 /// What to do when a download fails: the network may be out of reach from here, while the files
 /// may well be on disk already.
-const OFFLINE_HINT: &str = "check the network, or HTTPS_PROXY behind a proxy; to use model files you already \
+pub(super) const OFFLINE_HINT: &str = "check the network, or HTTPS_PROXY behind a proxy; to use model files you already \
 have instead, point --model-dir / TANDEM_MODEL_DIR at their directory, with --fast-model, --accurate-model and \
 --labels naming the files in it";
 
-/// `--pull-missing` of `serve` and `worker`, called before anything loads. Checks the files the
-/// configuration uses for `tiers` (labels included); with `--pull-missing`, first downloads those
-/// of them that are missing and named as in the default set, into the directory they are
-/// expected in. A missing file that pulling cannot provide fails with its hint before anything
-/// is downloaded (see [`files::MissingFile`]).
-pub fn pull_missing(models: &ModelArgs, tiers: &[Tier]) -> anyhow::Result<()> {
-    prepare(models, tiers, "--labels")
-}
-
-/// [`pull_missing`], for a command whose class-names flag is not `--labels` (`tandem eval`).
-pub fn prepare(models: &ModelArgs, tiers: &[Tier], labels_flag: &'static str) -> anyhow::Result<()> {
-    let needed = files::needed(models, tiers, labels_flag);
-    if !models.pull_missing {
-        return Ok(files::check(&needed)?);
-    }
-    let missing: Vec<&NeededFile> = needed.iter().filter(|file| !file.is_present()).collect();
-    if let Some(other) = missing.iter().find(|file| !file.is_default()) {
-        return Err(MissingFile::new(other).into());
-    }
-    for file in missing {
-        let Some(name) = file.path.file_name().and_then(|n| n.to_str()) else { continue };
-        let Some(entry) = DEFAULT_MODEL_FILES.iter().find(|f| f.file_name == name) else { continue };
-        let puller = Puller::new(&models.models_base_url, file.dir())?.with_progress(true);
-        // Two tiers may name the same file: the second pull finds it present.
-        match puller.pull_file(entry) {
-            Ok(outcome) => tracing::info!(file = %file.path.display(), "--pull-missing: {}", outcome.describe()),
-            Err(err) => {
-                anyhow::bail!(
-                    "--pull-missing: {}: {:#} ({OFFLINE_HINT})",
-                    file.path.display(),
-                    anyhow::Error::from(err)
-                )
-            }
-        }
-    }
-    Ok(files::check(&needed)?)
-}
-
-/// `tandem models pull`: pulls [`DEFAULT_MODEL_FILES`], one status line per file on stderr.
-pub fn run(args: &PullArgs) -> anyhow::Result<()> {
-    let puller = Puller::new(&args.base_url, &args.model_dir)?.with_verify(args.verify).with_progress(true);
+/// `tandem models pull`: pulls [`DEFAULT_MODEL_FILES`] from `base_url` into `model_dir`, one
+/// status line per file on stderr; `verify` re-hashes the files already present.
+pub fn pull_defaults(base_url: &str, model_dir: &Path, verify: bool) -> anyhow::Result<()> {
+    let puller = Puller::new(base_url, model_dir)?.with_verify(verify).with_progress(true);
     let mut failed = Vec::new();
     for file in DEFAULT_MODEL_FILES {
         let dest = puller.model_dir().join(file.file_name);

@@ -9,27 +9,10 @@ use std::io::Cursor;
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
-use super::budget::{self, Reservation};
+use super::bitmap::{Bitmap, bitmap_from, check_pixels};
+use super::budget;
 use super::jpeg;
 use super::{ImageError, PreprocessConfig};
-
-/// Decoded pixels, rows packed, upright (orientation applied).
-pub(super) struct Bitmap {
-    pub width: u32,
-    pub height: u32,
-    /// 1 (gray) or 3 (RGB). Gray stays 1 channel: replicating it before resizing would give the
-    /// same numbers at three times the cost.
-    pub channels: usize,
-    pub pixels: Vec<u8>,
-    /// Size of the full-resolution image, upright. Differs from `width`/`height` only when the
-    /// JPEG was downscaled while decoding; the output geometry is computed from this.
-    pub full_width: u32,
-    pub full_height: u32,
-    /// Decoded pixels per full-resolution pixel: 1, 1/2, 1/4 or 1/8.
-    pub scale: f64,
-    /// The decode-memory bytes these pixels hold, given back when they are dropped.
-    pub _reservation: Option<Reservation>,
-}
 
 /// Sniffs the format from the bytes (never the file name), checks the size, decodes.
 pub(super) fn decode(bytes: &[u8], config: &PreprocessConfig) -> Result<Bitmap, ImageError> {
@@ -80,17 +63,6 @@ pub(super) fn decode(bytes: &[u8], config: &PreprocessConfig) -> Result<Bitmap, 
         }
         other => Err(ImageError::Unsupported(format!("{other:?} (supported: JPEG, PNG, WebP, BMP, GIF)"))),
     }
-}
-
-pub(super) fn check_pixels(width: u32, height: u32, config: &PreprocessConfig) -> Result<(), ImageError> {
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > config.max_pixels {
-        return Err(ImageError::TooLarge { width, height, pixels, limit: config.max_pixels });
-    }
-    if pixels == 0 {
-        return Err(ImageError::Truncated(format!("the header says {width}x{height} pixels")));
-    }
-    Ok(())
 }
 
 /// PNG and GIF sizes sit at fixed offsets. `image` reads further before it reports them (PNG to
@@ -214,36 +186,6 @@ fn without_unused_png_chunks(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     // Whatever follows the last whole chunk (a cut-off one) stays, for the decoder to judge.
     kept.extend_from_slice(&bytes[pos..]);
     std::borrow::Cow::Owned(kept)
-}
-
-/// Rotates/flips `pixels` (`channels` = 1 or 3) upright and wraps them as a [`Bitmap`].
-pub(super) fn oriented(
-    width: u32,
-    height: u32,
-    channels: usize,
-    pixels: Vec<u8>,
-    orientation: Orientation,
-    scale: f64,
-) -> Option<Bitmap> {
-    let mut image = match channels {
-        1 => DynamicImage::ImageLuma8(image::GrayImage::from_raw(width, height, pixels)?),
-        3 => DynamicImage::ImageRgb8(image::RgbImage::from_raw(width, height, pixels)?),
-        _ => return None,
-    };
-    image.apply_orientation(orientation);
-    Some(bitmap_from(image, scale))
-}
-
-/// `image` must be Luma8 or Rgb8.
-fn bitmap_from(image: DynamicImage, scale: f64) -> Bitmap {
-    let (width, height) = (image.width(), image.height());
-    let (channels, pixels) = match image {
-        DynamicImage::ImageLuma8(buffer) => (1, buffer.into_raw()),
-        other => (3, other.into_rgb8().into_raw()),
-    };
-    // Recover the full-resolution size from the decoded one: exact at scale 1; for DCT-scaled
-    // JPEGs the caller overwrites it with the header's (upright) size.
-    Bitmap { width, height, channels, pixels, full_width: width, full_height: height, scale, _reservation: None }
 }
 
 fn map_image_error(error: image::ImageError) -> ImageError {

@@ -13,7 +13,7 @@
 
 use image::metadata::Orientation;
 
-use super::decode::{Bitmap, check_pixels, oriented};
+use super::bitmap::{Bitmap, check_pixels, oriented};
 use super::{ImageError, PreprocessConfig};
 
 pub(super) struct Header {

@@ -14,6 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
+mod bitmap;
 pub mod budget;
 mod decode;
 mod jpeg;
@@ -107,7 +108,7 @@ pub fn preprocess_into(bytes: &[u8], config: &PreprocessConfig, out: &mut [f32])
 }
 
 /// Resize, crop and normalize a decoded bitmap into `out`.
-fn bitmap_to_tensor(bitmap: &decode::Bitmap, config: &PreprocessConfig, out: &mut [f32]) -> Result<(), ImageError> {
+fn bitmap_to_tensor(bitmap: &bitmap::Bitmap, config: &PreprocessConfig, out: &mut [f32]) -> Result<(), ImageError> {
     let plan = resize::Plan::new(bitmap.full_width, bitmap.full_height, config.resize, config.crop)?;
     let channels = bitmap.channels;
     match resize::resize_and_crop(bitmap, &plan)? {

@@ -10,7 +10,7 @@ use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
 use super::ImageError;
-use super::decode::Bitmap;
+use super::bitmap::Bitmap;
 
 /// Where the output comes from, in terms of the full-resolution image.
 #[derive(Debug, Clone, PartialEq)]
