@@ -7,8 +7,8 @@
 //!
 //! 1. `cli`: the command tree (`serve`, `worker`, `classify`, `eval`, `models pull`), the only
 //!    place that knows clap. Each subcommand turns its flags into the plain config structs of
-//!    the layers below; `cli::tiers` builds a tier's whole settings. `bench` (`tandem bench`)
-//!    sits beside it for now.
+//!    the layers below; `cli::tiers` builds a tier's whole settings; `cli::bench` is
+//!    `tandem bench`, a load generator that reads the API's own wire types.
 //! 2. `api` (the HTTP service: routes, limits, errors and their one mapping to HTTP) and
 //!    `worker` (jobs from the queue through the accurate tier); `shutdown` tells both when to stop.
 //! 3. `queue`: where jobs wait, embedded in the process or in Redis Streams; `jobs`: the job
@@ -19,7 +19,6 @@
 //!    (series names and registration).
 
 pub mod api;
-pub mod bench;
 pub mod cli;
 pub mod engine;
 #[doc(hidden)]

@@ -7,6 +7,7 @@
 //! `main.rs` parses [`Cli`], sets up logging from [`LogFormat`] and calls [`run`].
 
 pub mod args;
+pub mod bench;
 pub mod classify;
 pub mod eval;
 pub mod help;
@@ -60,7 +61,7 @@ pub enum Command {
     ///
     /// Prints throughput and p50/p90/p99 latency per route (`--mix health:N` adds health checks
     /// alongside `POST /predict`); `--jobs N` follows N jobs to completion instead.
-    Bench(crate::bench::BenchArgs),
+    Bench(bench::BenchArgs),
     /// Manage model files.
     Models {
         #[command(subcommand)]
@@ -76,7 +77,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<bool> {
         Command::Worker(args) => worker::run(args).map(|()| true),
         Command::Classify(args) => classify::run(args),
         Command::Eval(args) => eval::run(args).map(|()| true),
-        Command::Bench(args) => crate::bench::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Models { command } => models::run(command).map(|()| true),
     }
 }
