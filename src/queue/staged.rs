@@ -38,10 +38,6 @@ impl StagedJob {
         Self { id, created_at_ms, backend: Backend::Redis { queue, staged } }
     }
 
-    pub fn id(&self) -> JobId {
-        self.id
-    }
-
     /// Queues the job with its fast answer; returns once it is stored. An error (the staging's
     /// own, a full queue, an unreachable Redis) means the job is not queued, ever.
     pub async fn commit(self, fast: &Prediction) -> Result<(), QueueError> {

@@ -8,16 +8,18 @@
 //!
 //! # Atomicity
 //!
-//! Every state change is one Lua script, so a crash between two commands cannot leave a job
-//! half-moved: `enqueue` (fence + image check + bound check + record + `XADD`), the start of each delivery in `take`
-//! (attempt counted, `running` — or ended `failed` when crashed workers used up its attempts),
-//! `complete` (result + TTL + `XACK` + `XDEL`) and `fail` (retry as a new entry at the back of
-//! the stream, or dead-letter; plus `XACK` + `XDEL`). Scripts are sent as `EVALSHA` and reloaded
-//! by the client after a Redis restart (`NOSCRIPT`). `{prefix}:queued_bytes` moves in the same
-//! scripts as the images it counts, so no crash leaks or double-counts it: a job taken over from
-//! a dead worker keeps its image, and its count, until the script that finishes it or
-//! dead-letters it deletes both.
+//! Every state change is one Lua script (`scripts.rs`), so a crash between two commands cannot
+//! leave a job half-moved: `enqueue` (fence + image check + bound check + record + `XADD`), the
+//! start of each delivery in `take` (attempt counted, `running` — or ended `failed` when crashed
+//! workers used up its attempts), `complete` (result + TTL + `XACK` + `XDEL`) and `fail` (retry
+//! as a new entry at the back of the stream, or dead-letter; plus `XACK` + `XDEL`).
+//! `{prefix}:queued_bytes` moves in the same scripts as the images it counts, so no crash leaks
+//! or double-counts it: a job taken over from a dead worker keeps its image, and its count,
+//! until the script that finishes it or dead-letters it deletes both.
 //!
+//! # Live workers
+//!
+//! See `heartbeat.rs`.
 //!
 //! # Taking over jobs
 //!
