@@ -1,11 +1,11 @@
-//! The job model shared by the API, the queue backends and the worker.
+//! The job model shared by the API, the queue backends and the worker (what a worker is
+//! handed, a `Delivery`, belongs to the queue: `queue::delivery`).
 //!
 //! A job is one image waiting for (or done with) the accurate tier. Its record carries the
 //! fast tier's answer too, so `GET /job/{id}` can show both side by side.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -14,8 +14,10 @@ use crate::engine::Prediction;
 /// Random (v4) UUID: unguessable, so a job's result is readable only by whoever holds its id.
 pub type JobId = Uuid;
 
+/// Where a job is in its life. Its name (`as_str`) is the one spelling everywhere: in JSON
+/// (serde goes through it), in Redis' job hashes and in the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(into = "&'static str", try_from = "String")]
 pub enum JobStatus {
     Queued,
     Running,
@@ -34,17 +36,23 @@ impl JobStatus {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "queued" => Some(JobStatus::Queued),
-            "running" => Some(JobStatus::Running),
-            "completed" => Some(JobStatus::Completed),
-            "failed" => Some(JobStatus::Failed),
-            _ => None,
-        }
+        [JobStatus::Queued, JobStatus::Running, JobStatus::Completed, JobStatus::Failed]
+            .into_iter()
+            .find(|status| status.as_str() == text)
     }
+}
 
-    pub fn is_final(self) -> bool {
-        matches!(self, JobStatus::Completed | JobStatus::Failed)
+impl From<JobStatus> for &'static str {
+    fn from(status: JobStatus) -> Self {
+        status.as_str()
+    }
+}
+
+impl TryFrom<String> for JobStatus {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        JobStatus::parse(&text).ok_or_else(|| format!("unknown job status {text:?}"))
     }
 }
 
@@ -88,37 +96,6 @@ impl JobRecord {
     }
 }
 
-/// A job handed to the queue by `POST /predict`.
-#[derive(Debug, Clone)]
-pub struct NewJob {
-    pub id: JobId,
-    /// The encoded image, exactly as received (stored once, as binary).
-    pub image: Bytes,
-    pub fast: Prediction,
-    pub created_at_ms: u64,
-}
-
-/// A job handed to a worker by the queue.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub id: JobId,
-    pub image: Bytes,
-    /// 1 for the first attempt; counts attempts cut short by crashes too.
-    pub attempt: u32,
-    pub created_at_ms: u64,
-    /// Backend bookkeeping (the Redis stream entry id); empty for the embedded queue.
-    pub tag: String,
-}
-
-/// What happened to a job whose attempt failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailOutcome {
-    /// It goes back on the queue for another attempt.
-    Retrying,
-    /// It used up its attempts: it is `failed` and copied to the dead-letter stream.
-    Dead,
-}
-
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
 }
@@ -126,4 +103,21 @@ pub fn now_ms() -> u64 {
 /// RFC 3339 with milliseconds, as the API shows times.
 pub fn format_ms(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_is_spelled_one_way_in_json_and_in_text() {
+        for status in [JobStatus::Queued, JobStatus::Running, JobStatus::Completed, JobStatus::Failed] {
+            let json = serde_json::to_string(&status).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+            assert_eq!(serde_json::from_str::<JobStatus>(&json).expect("deserialize"), status);
+            assert_eq!(JobStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(JobStatus::parse("done"), None);
+        assert!(serde_json::from_str::<JobStatus>("\"Queued\"").is_err());
+    }
 }

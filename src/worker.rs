@@ -7,6 +7,7 @@
 //! On shutdown it stops taking jobs and finishes the ones in flight. While it takes jobs it
 //! counts as a live worker of its queue (`JobQueue::live_workers`).
 
+mod catch_panic;
 mod starvation;
 
 use std::sync::Arc;
@@ -14,9 +15,10 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 
-use crate::engine::{Classifier, ClassifyError, Priority};
-use crate::jobs::{Delivery, FailOutcome, now_ms};
-use crate::queue::{JobQueue, QueueError};
+use crate::engine::{Classifier, ClassifyError, Prediction, Priority};
+use crate::jobs::now_ms;
+use crate::queue::{Delivery, FailOutcome, JobQueue, QueueError};
+use catch_panic::CatchPanic;
 use starvation::StarvationWatch;
 
 #[derive(Debug, Clone)]
@@ -93,34 +95,31 @@ pub async fn run(queue: JobQueue, classifier: Classifier, config: WorkerConfig, 
     tracing::info!("worker stopped");
 }
 
-/// Runs one job. The model runs in its own task so that a panic is caught and recorded as a
-/// failed attempt instead of ending the worker.
+/// Runs one job. A panic in the model run is caught here and recorded as a failed attempt
+/// instead of ending the job's task. Storing the outcome is retried briefly by the queue itself
+/// (`queue::redis`, "Retries").
 async fn process(queue: &JobQueue, classifier: &Classifier, starvation: &StarvationWatch, delivery: &Delivery) {
     metrics::counter!(crate::metrics::JOB_ATTEMPTS).increment(1);
     // Creation to this attempt's start, as the job record's `queue_ms`.
     let queue_wait_ms = now_ms().saturating_sub(delivery.created_at_ms);
     metrics::histogram!(crate::metrics::JOB_QUEUE_WAIT).record(queue_wait_ms as f64 / 1e3);
-    let image = delivery.image.clone();
-    let runner = classifier.clone();
-    let outcome = tokio::spawn(async move { runner.classify(image).await }).await;
-    let result = match outcome {
+    let result = match CatchPanic::new(classifier.classify(delivery.image.clone())).await {
         Ok(Ok(prediction)) => Ok(prediction),
         Ok(Err(err)) => Err(describe(&err)),
-        Err(join) if join.is_panic() => Err("the model panicked on this job".to_owned()),
-        Err(_) => Err("the job was cancelled".to_owned()),
+        Err(_panic) => Err("the model panicked on this job".to_owned()),
     };
     match result {
         Ok(prediction) => {
             // If the result cannot be stored (queue down), the job stays unacknowledged and, once
             // released, is taken over after the reclaim timeout: done again rather than lost.
-            match retry_briefly(|| queue.complete(delivery, &prediction)).await {
-                Ok(sync_class) => record_completion(delivery, &prediction, sync_class, starvation),
+            match queue.complete(delivery, &prediction).await {
+                Ok(()) => record_completion(delivery, &prediction, starvation),
                 Err(err) => {
                     tracing::warn!(job = %delivery.id, error = %err, "result not stored; the job will be retried")
                 }
             }
         }
-        Err(error) => match retry_briefly(|| queue.fail(delivery, &error)).await {
+        Err(error) => match queue.fail(delivery, &error).await {
             Ok(FailOutcome::Dead) => {
                 metrics::counter!(crate::metrics::JOBS_FINISHED, "status" => "failed").increment(1);
                 tracing::warn!(job = %delivery.id, attempts = delivery.attempt, %error, "job failed for good")
@@ -133,20 +132,15 @@ async fn process(queue: &JobQueue, classifier: &Classifier, starvation: &Starvat
     }
 }
 
-fn record_completion(
-    delivery: &Delivery,
-    result: &crate::engine::Prediction,
-    sync_class: Option<usize>,
-    starvation: &StarvationWatch,
-) {
+fn record_completion(delivery: &Delivery, result: &Prediction, starvation: &StarvationWatch) {
     metrics::counter!(crate::metrics::JOBS_FINISHED, "status" => "completed").increment(1);
     let total = Duration::from_millis(now_ms().saturating_sub(delivery.created_at_ms));
     metrics::histogram!(crate::metrics::JOB_DURATION).record(total.as_secs_f64());
     // Everything but the model run: the queue, the engine's own queue, decoding, a starved CPU.
     let ran = Duration::try_from_secs_f64(result.inference_ms / 1e3).unwrap_or_default();
     starvation.job_finished(total.saturating_sub(ran), ran);
-    if let Some(sync_class) = sync_class {
-        let agree = if sync_class == result.class_index { "true" } else { "false" };
+    if let Some(fast_class) = delivery.fast_class {
+        let agree = if fast_class == result.class_index { "true" } else { "false" };
         metrics::counter!(crate::metrics::TIER_AGREEMENT, "agree" => agree).increment(1);
     }
 }
@@ -155,26 +149,6 @@ fn describe(err: &ClassifyError) -> String {
     match err {
         ClassifyError::Image(e) => format!("the image cannot be used: {e}"),
         other => other.to_string(),
-    }
-}
-
-/// A few quick retries ride out a Redis blip without giving the job up.
-async fn retry_briefly<T, F, Fut>(mut op: F) -> Result<T, QueueError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, QueueError>>,
-{
-    let mut delay = Duration::from_millis(100);
-    let mut tries = 0;
-    loop {
-        match op().await {
-            Err(QueueError::Unavailable(_)) if tries < 5 => {
-                tries += 1;
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            other => return other,
-        }
     }
 }
 

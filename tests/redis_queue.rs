@@ -10,263 +10,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use redis::Value;
 use tandem::engine::Prediction;
-use tandem::jobs::{Delivery, FailOutcome, JobStatus, NewJob, now_ms};
-use tandem::queue::{QueueDepth, QueueError, QueuePolicy, RedisQueue, RedisQueueConfig};
+use tandem::jobs::JobStatus;
+use tandem::queue::{Delivery, FailOutcome, QueueDepth, QueueError, QueuePolicy, RedisQueue};
 use uuid::Uuid;
 
 mod common;
+mod queue_support;
 
 use common::{RedisServer, free_port};
+use queue_support::{Keys, LONG_RECLAIM, NewJob, config, field, job, job_of, policy, prediction};
 
-fn redis_url() -> String {
-    std::env::var("TANDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
-}
-
-fn prediction(label: &str) -> Prediction {
-    Prediction {
-        model: "m".into(),
-        label: label.into(),
-        class_index: 7,
-        score: 0.25,
-        top_k: Vec::new(),
-        inference_ms: 1.5,
-    }
-}
-
-/// A job whose image is binary (NUL, 0xFF, invalid UTF-8) so base64 or string mangling shows.
-fn job() -> NewJob {
-    let mut image = vec![0u8, 0xFF, 0xFE, b'\r', b'\n', 0x80];
-    image.extend(Uuid::new_v4().as_bytes());
-    NewJob { id: Uuid::new_v4(), image: Bytes::from(image), fast: prediction("fast"), created_at_ms: now_ms() }
-}
-
-fn policy(max_queue: usize, max_attempts: u32, result_ttl: Duration) -> QueuePolicy {
-    QueuePolicy { max_queue, result_ttl, max_attempts, ..QueuePolicy::default() }
-}
-
-fn config(url: &str, prefix: &str, consumer: &str, reclaim_after: Duration, policy: QueuePolicy) -> RedisQueueConfig {
-    RedisQueueConfig { url: url.into(), prefix: prefix.into(), consumer: consumer.into(), reclaim_after, policy }
-}
-
-/// A fresh key prefix whose keys are deleted when this is dropped.
-struct Keys {
-    url: String,
-    prefix: String,
-}
-
-impl Keys {
-    fn new() -> Self {
-        Self::at(&redis_url())
-    }
-
-    fn at(url: &str) -> Self {
-        Self { url: url.into(), prefix: format!("tandem-test-{}", Uuid::new_v4()) }
-    }
-
-    fn queue_config(&self, consumer: &str, reclaim_after: Duration, policy: QueuePolicy) -> RedisQueueConfig {
-        config(&self.url, &self.prefix, consumer, reclaim_after, policy)
-    }
-
-    async fn queue(&self, consumer: &str, reclaim_after: Duration, policy: QueuePolicy) -> RedisQueue {
-        RedisQueue::connect(self.queue_config(consumer, reclaim_after, policy)).await.expect("connect")
-    }
-
-    fn stream(&self) -> String {
-        format!("{}:jobs", self.prefix)
-    }
-
-    fn dead(&self) -> String {
-        format!("{}:dead", self.prefix)
-    }
-
-    fn job(&self, id: Uuid) -> String {
-        format!("{}:job:{id}", self.prefix)
-    }
-
-    fn image(&self, id: Uuid) -> String {
-        format!("{}:image:{id}", self.prefix)
-    }
-
-    /// `PTTL` of a key: -2 if it does not exist, -1 if it never expires.
-    async fn pttl(&self, key: &str) -> i64 {
-        redis::cmd("PTTL").arg(key).query_async(&mut self.raw().await).await.expect("PTTL")
-    }
-
-    /// How many images are stored under this prefix.
-    async fn images(&self) -> usize {
-        let found: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:image:*", self.prefix))
-            .query_async(&mut self.raw().await)
-            .await
-            .expect("KEYS");
-        found.len()
-    }
-
-    async fn raw(&self) -> redis::aio::MultiplexedConnection {
-        let client = redis::Client::open(self.url.as_str()).expect("url");
-        client.get_multiplexed_async_connection().await.expect("a direct connection to the test Redis")
-    }
-
-    async fn xlen(&self) -> u64 {
-        redis::cmd("XLEN").arg(self.stream()).query_async(&mut self.raw().await).await.expect("XLEN")
-    }
-
-    /// The dead-letter entries' fields, as strings.
-    async fn dead_letters(&self) -> Vec<Vec<(String, String)>> {
-        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-            .arg(self.dead())
-            .arg("-")
-            .arg("+")
-            .query_async(&mut self.raw().await)
-            .await
-            .expect("XRANGE");
-        entries.into_iter().map(|(_, fields)| fields).collect()
-    }
-
-    /// The queued-bytes counter; `None` when the key is missing (which means 0).
-    async fn queued_bytes(&self) -> Option<u64> {
-        redis::cmd("GET")
-            .arg(format!("{}:queued_bytes", self.prefix))
-            .query_async(&mut self.raw().await)
-            .await
-            .expect("GET")
-    }
-
-    async fn pending(&self) -> u64 {
-        let summary: Value = redis::cmd("XPENDING")
-            .arg(self.stream())
-            .arg("workers")
-            .query_async(&mut self.raw().await)
-            .await
-            .expect("XPENDING");
-        match summary {
-            Value::Array(items) => match items.first() {
-                Some(Value::Int(count)) => *count as u64,
-                other => panic!("XPENDING count: {other:?}"),
-            },
-            other => panic!("XPENDING: {other:?}"),
-        }
-    }
-}
-
-impl Drop for Keys {
-    fn drop(&mut self) {
-        // Best effort: the server may be one a test has killed.
-        let Ok(client) = redis::Client::open(self.url.as_str()) else { return };
-        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(1)) else { return };
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-        let keys: Vec<String> =
-            redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query(&mut conn).unwrap_or_default();
-        if !keys.is_empty() {
-            let _ = redis::cmd("DEL").arg(keys).query::<()>(&mut conn);
-        }
-    }
-}
-
-fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    fields.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
-}
-
-const LONG_RECLAIM: Duration = Duration::from_secs(60);
-
-#[tokio::test]
-async fn a_job_goes_queued_running_completed_and_leaves_the_stream() {
-    let keys = Keys::new();
-    let q = keys.queue("c1", LONG_RECLAIM, policy(10, 3, Duration::from_secs(60))).await;
-    q.check_ready().await.expect("ready");
-    let j = job();
-    let (id, image, created) = (j.id, j.image.clone(), j.created_at_ms);
-    q.enqueue(j).await.expect("enqueue");
-    assert_eq!(keys.pttl(&keys.image(id)).await, -1, "a queued job's image does not expire");
-
-    let record = q.get(id).await.expect("get").expect("a queued record");
-    assert_eq!(record.status, JobStatus::Queued);
-    assert_eq!(record.attempts, 0);
-    assert_eq!(record.fast, prediction("fast"));
-    assert_eq!(record.created_at_ms, created);
-    assert_eq!(record.result, None);
-    assert_eq!(q.depth().await.expect("depth"), QueueDepth { waiting: 1, pending: 0 });
-
-    let taken = q.take(4, Duration::from_secs(1)).await.expect("take");
-    assert_eq!(taken.len(), 1);
-    let delivery = &taken[0];
-    assert_eq!((delivery.id, delivery.attempt, delivery.created_at_ms), (id, 1, created));
-    assert_eq!(delivery.image, image, "the image comes back byte for byte");
-    assert!(!delivery.tag.is_empty());
-
-    let record = q.get(id).await.expect("get").expect("a running record");
-    assert_eq!(record.status, JobStatus::Running);
-    assert_eq!(record.attempts, 1);
-    assert!(record.started_at_ms.is_some_and(|at| at >= created));
-    assert_eq!(q.depth().await.expect("depth"), QueueDepth { waiting: 0, pending: 1 });
-
-    q.complete(delivery, &prediction("accurate")).await.expect("complete");
-    let record = q.get(id).await.expect("get").expect("a completed record");
-    assert_eq!(record.status, JobStatus::Completed);
-    assert_eq!(record.result, Some(prediction("accurate")));
-    assert_eq!(record.fast, prediction("fast"));
-    assert_eq!(record.error, None);
-    assert_eq!(record.attempts, 1);
-    assert!(record.completed_at_ms.is_some());
-    assert_eq!(keys.xlen().await, 0, "a finished job's entry is deleted");
-    assert_eq!(q.depth().await.expect("depth"), QueueDepth::default());
-    let ttl: i64 = redis::cmd("PTTL").arg(keys.job(id)).query_async(&mut keys.raw().await).await.expect("PTTL");
-    assert!(ttl > 0 && ttl <= 60_000, "the finished record expires after result_ttl (PTTL {ttl})");
-    assert_eq!(keys.images().await, 0, "the image is deleted with the job's entry");
-
-    assert_eq!(q.get(Uuid::new_v4()).await.expect("get"), None, "unknown ids are None");
-    assert!(q.take(1, Duration::from_millis(50)).await.expect("take").is_empty());
-}
-
-#[tokio::test]
-async fn take_waits_for_a_job_and_gives_up_after_the_timeout() {
-    let keys = Keys::new();
-    let q = keys.queue("c1", LONG_RECLAIM, policy(10, 3, Duration::from_secs(60))).await;
-    let started = Instant::now();
-    assert!(q.take(1, Duration::from_millis(300)).await.expect("take").is_empty());
-    let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(280) && waited < Duration::from_secs(2), "waited {waited:?}");
-    assert!(q.take(1, Duration::ZERO).await.expect("take without waiting").is_empty());
-
-    let waiter = {
-        let q = q.clone();
-        tokio::spawn(async move { q.take(1, Duration::from_secs(5)).await })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let started = Instant::now();
-    let j = job();
-    let id = j.id;
-    q.enqueue(j).await.expect("enqueue");
-    let taken = waiter.await.expect("join").expect("take");
-    assert_eq!(taken.iter().map(|d| d.id).collect::<Vec<_>>(), vec![id]);
-    assert!(started.elapsed() < Duration::from_secs(2), "a blocked take wakes when a job arrives");
-}
-
-#[tokio::test]
-async fn the_queue_is_bounded() {
-    let keys = Keys::new();
-    let q = keys.queue("c1", LONG_RECLAIM, policy(2, 3, Duration::from_secs(60))).await;
-    q.enqueue(job()).await.expect("first");
-    q.enqueue(job()).await.expect("second");
-    let refused = job();
-    let refused_id = refused.id;
-    assert!(matches!(q.enqueue(refused).await, Err(QueueError::Full { limit: 2 })));
-    assert_eq!(q.get(refused_id).await.expect("get"), None, "a refused job leaves no record");
-    assert_eq!(keys.pttl(&keys.image(refused_id)).await, -2, "nor its image");
-    // A running job still counts; a finished one frees its place.
-    let taken = q.take(1, Duration::from_secs(1)).await.expect("take");
-    assert_eq!(taken.len(), 1);
-    assert!(matches!(q.enqueue(job()).await, Err(QueueError::Full { limit: 2 })));
-    q.complete(&taken[0], &prediction("a")).await.expect("complete");
-    q.enqueue(job()).await.expect("room again");
-    assert_eq!(keys.xlen().await, 2);
-}
-
-fn job_of(size: usize) -> NewJob {
-    NewJob { image: Bytes::from(vec![0xA5; size]), ..job() }
+/// Stages and commits a job, as `POST /predict` does.
+async fn enqueue(q: &RedisQueue, job: NewJob) -> Result<(), QueueError> {
+    q.stage(job.id, job.image, job.created_at_ms).await.commit(&job.fast).await
 }
 
 fn byte_policy(max_queue_bytes: u64, max_attempts: u32) -> QueuePolicy {
@@ -283,7 +40,7 @@ async fn the_queue_is_bounded_in_image_bytes_across_processes() {
     let attempts: Vec<_> = (0..10)
         .map(|i| {
             let q = if i % 2 == 0 { a.clone() } else { b.clone() };
-            tokio::spawn(async move { q.enqueue(job_of(1000)).await })
+            tokio::spawn(async move { enqueue(&q, job_of(1000)).await })
         })
         .collect();
     let mut queued = 0;
@@ -297,7 +54,7 @@ async fn the_queue_is_bounded_in_image_bytes_across_processes() {
     assert_eq!(queued, 2);
     assert_eq!(keys.queued_bytes().await, Some(2000));
     assert_eq!(keys.images().await, 2, "refused jobs leave no image");
-    let refused = a.enqueue(job_of(1000)).await.expect_err("full");
+    let refused = enqueue(&a, job_of(1000)).await.expect_err("full");
     assert!(refused.to_string().contains("images would pass"), "{refused}");
 
     // Finished jobs give their bytes back: room again, and the counter back to nothing.
@@ -305,7 +62,7 @@ async fn the_queue_is_bounded_in_image_bytes_across_processes() {
     assert_eq!(taken.len(), 2);
     a.complete(&taken[0], &prediction("a")).await.expect("complete");
     assert_eq!(keys.queued_bytes().await, Some(1000));
-    b.enqueue(job_of(1500)).await.expect("room again");
+    enqueue(&b, job_of(1500)).await.expect("room again");
     a.complete(&taken[1], &prediction("a")).await.expect("complete");
     let last = b.take(1, Duration::from_secs(1)).await.expect("take");
     b.complete(&last[0], &prediction("b")).await.expect("complete");
@@ -323,7 +80,7 @@ async fn queued_bytes_are_given_back_once_whatever_way_a_job_ends() {
     let (a, b, c) = (job_of(1000), job_of(2000), job_of(4000));
     let (a_id, b_id, c_id) = (a.id, b.id, c.id);
     for j in [a, b, c] {
-        first.enqueue(j).await.expect("enqueue");
+        enqueue(&first, j).await.expect("enqueue");
     }
     assert_eq!(keys.queued_bytes().await, Some(7000));
     let stale = first.take(3, Duration::from_secs(1)).await.expect("take");
@@ -366,78 +123,20 @@ async fn queued_bytes_are_given_back_once_whatever_way_a_job_ends() {
 async fn the_queued_bytes_counter_recovers_from_an_empty_or_drifted_redis() {
     let keys = Keys::new();
     let q = keys.queue("c1", LONG_RECLAIM, byte_policy(5000, 3)).await;
-    q.enqueue(job_of(3000)).await.expect("enqueue");
+    enqueue(&q, job_of(3000)).await.expect("enqueue");
     let mut raw = keys.raw().await;
     let all: Vec<String> =
         redis::cmd("KEYS").arg(format!("{}:*", keys.prefix)).query_async(&mut raw).await.expect("KEYS");
     redis::cmd("DEL").arg(all).query_async::<()>(&mut raw).await.expect("DEL: Redis lost everything");
-    q.enqueue(job_of(4000)).await.expect("the lost job's bytes are not counted");
+    enqueue(&q, job_of(4000)).await.expect("the lost job's bytes are not counted");
     assert_eq!(keys.queued_bytes().await, Some(4000));
 
     let taken = q.take(1, Duration::from_secs(1)).await.expect("take");
     redis::cmd("DEL").arg(keys.image(taken[0].id)).query_async::<()>(&mut raw).await.expect("DEL by hand");
     q.complete(&taken[0], &prediction("a")).await.expect("complete");
     assert_eq!(keys.queued_bytes().await, Some(4000), "the deleted image's bytes drifted");
-    q.enqueue(job_of(4500)).await.expect("an empty queue resets the counter");
+    enqueue(&q, job_of(4500)).await.expect("an empty queue resets the counter");
     assert_eq!(keys.queued_bytes().await, Some(4500));
-}
-
-#[tokio::test]
-async fn a_failing_job_is_retried_behind_others_then_dead_lettered() {
-    let keys = Keys::new();
-    let q = keys.queue("c1", LONG_RECLAIM, policy(10, 2, Duration::from_secs(60))).await;
-    let poison = job();
-    let (poison_id, poison_image) = (poison.id, poison.image.clone());
-    q.enqueue(poison).await.expect("enqueue");
-    let good = job();
-    let good_id = good.id;
-    q.enqueue(good).await.expect("enqueue");
-
-    let first = q.take(1, Duration::from_secs(1)).await.expect("take");
-    assert_eq!((first[0].id, first[0].attempt), (poison_id, 1));
-    assert_eq!(q.fail(&first[0], "boom").await.expect("fail"), FailOutcome::Retrying);
-    let record = q.get(poison_id).await.expect("get").expect("record");
-    assert_eq!((record.status, record.error.as_deref(), record.attempts), (JobStatus::Queued, Some("boom"), 1));
-    assert_eq!(keys.xlen().await, 2, "the retry replaces the old entry");
-
-    let next = q.take(1, Duration::from_secs(1)).await.expect("take");
-    assert_eq!(next[0].id, good_id, "a retried job goes behind the others");
-    q.complete(&next[0], &prediction("ok")).await.expect("complete");
-
-    let again = q.take(1, Duration::from_secs(1)).await.expect("take");
-    assert_eq!((again[0].id, again[0].attempt), (poison_id, 2));
-    assert_eq!(again[0].image, poison_image, "the retry carries the same image");
-    assert_ne!(again[0].tag, first[0].tag);
-    assert_eq!(q.fail(&again[0], "boom twice").await.expect("fail"), FailOutcome::Dead);
-
-    let record = q.get(poison_id).await.expect("get").expect("record");
-    assert_eq!(record.status, JobStatus::Failed);
-    assert_eq!(record.error.as_deref(), Some("boom twice"));
-    assert_eq!(record.attempts, 2);
-    assert!(record.completed_at_ms.is_some());
-    let good = q.get(good_id).await.expect("get").expect("record");
-    assert_eq!((good.status, good.result.map(|p| p.label)), (JobStatus::Completed, Some("ok".into())));
-
-    let dead = keys.dead_letters().await;
-    assert_eq!(dead.len(), 1);
-    assert_eq!(field(&dead[0], "id"), Some(poison_id.to_string().as_str()));
-    assert_eq!(field(&dead[0], "error"), Some("boom twice"));
-    assert_eq!(field(&dead[0], "attempts"), Some("2"));
-    assert_eq!(keys.xlen().await, 0);
-    assert_eq!(keys.images().await, 0, "a dead job's image is deleted, a finished one's too");
-    assert_eq!(q.depth().await.expect("depth"), QueueDepth::default());
-
-    // A stale second report about the same delivery changes nothing.
-    assert_eq!(q.fail(&again[0], "late").await.expect("fail"), FailOutcome::Dead);
-    assert_eq!(q.get(poison_id).await.expect("get").and_then(|r| r.error).as_deref(), Some("boom twice"));
-    assert_eq!(keys.dead_letters().await.len(), 1);
-
-    // The queue goes on.
-    let after = job();
-    let after_id = after.id;
-    q.enqueue(after).await.expect("enqueue");
-    let taken = q.take(4, Duration::from_secs(1)).await.expect("take");
-    assert_eq!(taken.iter().map(|d| (d.id, d.attempt)).collect::<Vec<_>>(), vec![(after_id, 1)]);
 }
 
 #[tokio::test]
@@ -447,10 +146,10 @@ async fn a_job_whose_worker_died_is_taken_over_and_completed_once() {
     let a = keys.queue("worker-a", LONG_RECLAIM, p.clone()).await;
     let j = job();
     let (id, image) = (j.id, j.image.clone());
-    a.enqueue(j).await.expect("enqueue");
+    enqueue(&a, j).await.expect("enqueue");
     let taken = a.take(1, Duration::from_secs(1)).await.expect("take");
     assert_eq!(taken.len(), 1);
-    let tag = taken[0].tag.clone();
+    let receipt = taken[0].receipt.clone();
     drop(a); // "killed": never completes
 
     let b = keys.queue("worker-b", Duration::from_millis(200), p).await;
@@ -459,7 +158,7 @@ async fn a_job_whose_worker_died_is_taken_over_and_completed_once() {
     assert_eq!(reclaimed.len(), 1, "the abandoned job is taken over");
     let delivery: &Delivery = &reclaimed[0];
     assert_eq!((delivery.id, delivery.attempt), (id, 2));
-    assert_eq!(delivery.tag, tag);
+    assert_eq!(delivery.receipt, receipt);
     assert_eq!(delivery.image, image);
     assert_eq!(b.get(id).await.expect("get").map(|r| (r.status, r.attempts)), Some((JobStatus::Running, 2)));
     b.complete(delivery, &prediction("accurate")).await.expect("complete");
@@ -487,7 +186,7 @@ async fn a_job_that_keeps_killing_its_worker_ends_failed() {
     let first = keys.queue("crash-1", reclaim, p.clone()).await;
     let poison = job();
     let poison_id = poison.id;
-    first.enqueue(poison).await.expect("enqueue");
+    enqueue(&first, poison).await.expect("enqueue");
     assert_eq!(first.take(1, Duration::from_secs(1)).await.expect("take")[0].attempt, 1);
     drop(first);
 
@@ -500,7 +199,7 @@ async fn a_job_that_keeps_killing_its_worker_ends_failed() {
     let good = job();
     let good_id = good.id;
     let third = keys.queue("survivor", reclaim, p).await;
-    third.enqueue(good).await.expect("enqueue");
+    enqueue(&third, good).await.expect("enqueue");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let taken = third.take(4, Duration::from_secs(1)).await.expect("take");
     assert_eq!(
@@ -530,7 +229,7 @@ async fn concurrent_consumers_take_each_job_exactly_once() {
     for _ in 0..50 {
         let j = job();
         ids.insert(j.id);
-        producer.enqueue(j).await.expect("enqueue");
+        enqueue(&producer, j).await.expect("enqueue");
     }
     let mut workers = Vec::new();
     for name in ["consumer-1", "consumer-2"] {
@@ -563,22 +262,6 @@ async fn concurrent_consumers_take_each_job_exactly_once() {
     assert_eq!(keys.xlen().await, 0);
 }
 
-#[tokio::test]
-async fn finished_records_expire_after_result_ttl() {
-    let keys = Keys::new();
-    let q = keys.queue("c1", LONG_RECLAIM, policy(10, 3, Duration::from_secs(1))).await;
-    let j = job();
-    let id = j.id;
-    q.enqueue(j).await.expect("enqueue");
-    let taken = q.take(1, Duration::from_secs(1)).await.expect("take");
-    q.complete(&taken[0], &prediction("a")).await.expect("complete");
-    assert!(q.get(id).await.expect("get").is_some());
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(q.get(id).await.expect("get"), None);
-    let exists: i64 = redis::cmd("EXISTS").arg(keys.job(id)).query_async(&mut keys.raw().await).await.expect("EXISTS");
-    assert_eq!(exists, 0);
-}
-
 fn assert_unavailable<T: std::fmt::Debug>(what: &str, result: Result<T, QueueError>, started: Instant) {
     assert!(matches!(result, Err(QueueError::Unavailable(_))), "{what}: {result:?}");
     let took = started.elapsed();
@@ -595,7 +278,7 @@ async fn nothing_listening_is_unavailable_promptly() {
     assert!(started.elapsed() < Duration::from_millis(500));
 
     let started = Instant::now();
-    assert_unavailable("enqueue", q.enqueue(job()).await, started);
+    assert_unavailable("enqueue", enqueue(&q, job()).await, started);
     let started = Instant::now();
     assert_unavailable("check_ready", q.check_ready().await, started);
     let started = Instant::now();
@@ -622,7 +305,7 @@ async fn a_redis_that_accepts_but_never_answers_is_unavailable_promptly() {
         .expect("connect");
     for _ in 0..2 {
         let started = Instant::now();
-        assert_unavailable("enqueue", q.enqueue(job()).await, started);
+        assert_unavailable("enqueue", enqueue(&q, job()).await, started);
         let started = Instant::now();
         assert_unavailable("check_ready", q.check_ready().await, started);
     }
@@ -638,14 +321,14 @@ async fn the_queue_recovers_by_itself_after_redis_restarts_empty() {
     q.check_ready().await.expect("ready");
     let j = job();
     let first_id = j.id;
-    q.enqueue(j).await.expect("enqueue");
+    enqueue(&q, j).await.expect("enqueue");
     let taken = q.take(1, Duration::from_secs(1)).await.expect("take");
     q.complete(&taken[0], &prediction("before")).await.expect("complete");
-    q.enqueue(job()).await.expect("enqueue a job that the crash will lose");
+    enqueue(&q, job()).await.expect("enqueue a job that the crash will lose");
 
     server.kill();
     let started = Instant::now();
-    assert_unavailable("enqueue while down", q.enqueue(job()).await, started);
+    assert_unavailable("enqueue while down", enqueue(&q, job()).await, started);
     let started = Instant::now();
     assert_unavailable("check_ready while down", q.check_ready().await, started);
     let started = Instant::now();
@@ -657,7 +340,7 @@ async fn the_queue_recovers_by_itself_after_redis_restarts_empty() {
     let id = j.id;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match q.enqueue(j.clone()).await {
+        match enqueue(&q, j.clone()).await {
             Ok(()) => break,
             Err(err) => assert!(Instant::now() < deadline, "enqueue never worked again: {err}"),
         }
@@ -678,7 +361,8 @@ async fn the_queue_recovers_by_itself_after_redis_restarts_empty() {
 #[allow(dead_code)]
 fn futures_are_send(q: RedisQueue, d: Delivery, p: Prediction, j: NewJob) {
     fn send<T: Send>(_: T) {}
-    send(q.enqueue(j));
+    send(q.stage(j.id, j.image.clone(), j.created_at_ms));
+    send(enqueue(&q, j));
     send(q.get(d.id));
     send(q.check_ready());
     send(q.depth());
@@ -697,7 +381,7 @@ async fn a_cancelled_take_does_not_hold_up_or_swallow_the_next_job() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let j = job();
     let id = j.id;
-    q.enqueue(j).await.expect("enqueue");
+    enqueue(&q, j).await.expect("enqueue");
     let started = Instant::now();
     let taken = q.take(1, Duration::from_secs(2)).await.expect("take");
     assert_eq!(taken.iter().map(|d| d.id).collect::<Vec<_>>(), vec![id]);
@@ -711,7 +395,7 @@ async fn a_lost_consumer_group_is_recreated_without_skipping_jobs() {
     q.check_ready().await.expect("ready");
     let j = job();
     let id = j.id;
-    q.enqueue(j).await.expect("enqueue");
+    enqueue(&q, j).await.expect("enqueue");
     let destroyed: i64 = redis::cmd("XGROUP")
         .arg("DESTROY")
         .arg(keys.stream())
@@ -737,26 +421,30 @@ async fn an_image_is_staged_before_its_job_and_expires_if_the_job_never_comes() 
     let keys = Keys::new();
     let q = keys.queue("c1", LONG_RECLAIM, policy(10, 3, Duration::from_secs(60))).await;
     let j = job();
-    q.stage_image(j.id, &j.image).await.expect("stage");
+    let staged = q.stage(j.id, j.image.clone(), j.created_at_ms).await;
     let ttl = keys.pttl(&keys.image(j.id)).await;
     assert!(ttl > 0, "a staged image expires unless its job is queued (PTTL {ttl})");
     assert_eq!(q.get(j.id).await.expect("get"), None, "staging alone creates no job");
     assert_eq!(keys.xlen().await, 0);
 
-    q.enqueue_staged(j.id, &j.fast, j.created_at_ms).await.expect("enqueue the staged job");
+    staged.commit(&j.fast).await.expect("enqueue the staged job");
     assert_eq!(keys.pttl(&keys.image(j.id)).await, -1, "queueing the job keeps its image");
     let taken = q.take(1, Duration::from_secs(1)).await.expect("take");
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].image, j.image);
 
+    // Staged, then its image gone (expired, say) before the commit.
     let unstaged = job();
-    let refused = q.enqueue_staged(unstaged.id, &unstaged.fast, unstaged.created_at_ms).await;
+    let staged = q.stage(unstaged.id, unstaged.image.clone(), unstaged.created_at_ms).await;
+    redis::cmd("DEL").arg(keys.image(unstaged.id)).query_async::<()>(&mut keys.raw().await).await.expect("DEL");
+    let refused = staged.commit(&unstaged.fast).await;
     assert!(matches!(refused, Err(QueueError::Unavailable(_))), "no image, no job: {refused:?}");
     assert_eq!(q.get(unstaged.id).await.expect("get"), None);
 
     let dropped = job();
-    q.stage_image(dropped.id, &dropped.image).await.expect("stage");
-    q.discard_staged(dropped.id).await;
+    let staged = q.stage(dropped.id, dropped.image.clone(), dropped.created_at_ms).await;
+    assert!(keys.pttl(&keys.image(dropped.id)).await > 0, "staged");
+    staged.abandon().await;
     assert_eq!(keys.pttl(&keys.image(dropped.id)).await, -2, "a discarded image is gone at once");
 }
 
@@ -766,10 +454,10 @@ async fn a_job_whose_image_vanished_fails_instead_of_running_on_nothing() {
     let q = keys.queue("c1", LONG_RECLAIM, policy(10, 3, Duration::from_secs(60))).await;
     let lost = job();
     let lost_id = lost.id;
-    q.enqueue(lost).await.expect("enqueue");
+    enqueue(&q, lost).await.expect("enqueue");
     let next = job();
     let next_id = next.id;
-    q.enqueue(next).await.expect("enqueue");
+    enqueue(&q, next).await.expect("enqueue");
     redis::cmd("DEL").arg(keys.image(lost_id)).query_async::<()>(&mut keys.raw().await).await.expect("DEL");
 
     let taken = q.take(2, Duration::from_secs(1)).await.expect("take");
@@ -831,7 +519,7 @@ async fn a_renewed_lease_keeps_a_job_with_its_worker_and_a_lapsed_one_lets_it_go
     assert_eq!(a.beat_interval(), reclaim / 3, "a third of reclaim_after (and of the TTL)");
     let j = job();
     let id = j.id;
-    a.enqueue(j).await.expect("enqueue");
+    enqueue(&a, j).await.expect("enqueue");
     let taken = a.take(1, Duration::from_secs(1)).await.expect("take");
     assert_eq!(taken.len(), 1);
 
@@ -877,12 +565,13 @@ async fn an_enqueue_that_redis_runs_after_its_caller_gave_up_queues_nothing() {
     // One job queued first, so the script is loaded: else the late EVALSHA only gets NOSCRIPT.
     let first = job();
     let first_bytes = first.image.len() as u64;
-    q.enqueue(first).await.expect("enqueue");
+    enqueue(&q, first).await.expect("enqueue");
     let j = job();
-    q.stage_image(j.id, &j.image).await.expect("stage");
+    let staged = q.stage(j.id, j.image.clone(), j.created_at_ms).await;
+    assert!(keys.pttl(&keys.image(j.id)).await > 0, "staged");
     redis.pause();
     let started = Instant::now();
-    let outcome = q.enqueue_staged(j.id, &j.fast, j.created_at_ms).await;
+    let outcome = staged.commit(&j.fast).await;
     let gave_up_after = started.elapsed();
     redis.resume();
     assert!(matches!(outcome, Err(QueueError::Unavailable(_))), "{outcome:?}");
@@ -896,8 +585,8 @@ async fn an_enqueue_that_redis_runs_after_its_caller_gave_up_queues_nothing() {
 
     // Redis answering in time, the same steps queue the job.
     let k = job();
-    q.stage_image(k.id, &k.image).await.expect("stage");
-    q.enqueue_staged(k.id, &k.fast, k.created_at_ms).await.expect("enqueue");
+    let staged = q.stage(k.id, k.image.clone(), k.created_at_ms).await;
+    staged.commit(&k.fast).await.expect("enqueue");
     assert_eq!(keys.xlen().await, 2);
 }
 
@@ -954,11 +643,12 @@ async fn an_enqueue_whose_answer_was_lost_is_undone() {
     // One job queued normally first, so the script is loaded (a swallowed NOSCRIPT would mean
     // the script never ran).
     let k = job();
-    q.enqueue(k.clone()).await.expect("enqueue");
+    enqueue(&q, k.clone()).await.expect("enqueue");
     let j = job();
-    q.stage_image(j.id, &j.image).await.expect("stage");
+    let staged = q.stage(j.id, j.image.clone(), j.created_at_ms).await;
+    assert!(keys.pttl(&keys.image(j.id)).await > 0, "staged");
     proxy.swallow.store(true, Ordering::SeqCst);
-    let outcome = q.enqueue_staged(j.id, &j.fast, j.created_at_ms).await;
+    let outcome = staged.commit(&j.fast).await;
     proxy.swallow.store(false, Ordering::SeqCst);
     assert!(matches!(outcome, Err(QueueError::Unavailable(_))), "{outcome:?}");
     assert_eq!(keys.xlen().await, 2, "the script ran: only its answer was lost");
@@ -988,8 +678,8 @@ async fn an_undone_job_that_was_running_gives_its_bytes_back_once() {
     let q = keys.queue("c1", LONG_RECLAIM, policy(10, 3, Duration::from_secs(60))).await;
     let (k, j) = (job(), job());
     let k_bytes = k.image.len() as u64;
-    q.enqueue(k).await.expect("enqueue");
-    q.enqueue(j.clone()).await.expect("enqueue");
+    enqueue(&q, k).await.expect("enqueue");
+    enqueue(&q, j.clone()).await.expect("enqueue");
     let taken = q.take(2, Duration::from_secs(1)).await.expect("take");
     assert_eq!(taken.len(), 2);
     assert!(q.undo_enqueue(j.id).await.expect("cancel"), "there was a record");

@@ -324,7 +324,22 @@ async fn predict_now(
     // Redis, the image is written while the fast model runs. If the queue cannot take the job,
     // the fast answer still goes out, with the reason instead of an id.
     let id = Uuid::new_v4();
-    let (sync, queued) = state.inner.queue.enqueue_after(id, image, now_ms(), answer).await?;
+    let (answer, staged) = tokio::join!(answer, state.inner.queue.stage(id, image, now_ms()));
+    let sync = match answer {
+        Ok(sync) => sync,
+        Err(err) => {
+            staged.abandon().await;
+            return Err(err.into());
+        }
+    };
+    // How long the request waits for its job to be queued, once its fast answer is ready (not
+    // recorded when staging failed already: then nothing is tried).
+    let tried = staged.is_staged();
+    let committing = std::time::Instant::now();
+    let queued = staged.commit(&sync).await;
+    if tried {
+        metrics::histogram!(crate::metrics::ENQUEUE_DURATION).record(committing.elapsed().as_secs_f64());
+    }
     let (job_id, async_error) = match queued {
         Ok(()) => {
             metrics::counter!(crate::metrics::JOBS_ENQUEUED).increment(1);

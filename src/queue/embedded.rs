@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use super::{QueueDepth, QueueError, QueuePolicy};
+use super::{Delivery, FailOutcome, QueueDepth, QueueError, QueuePolicy, Receipt, StagedJob};
 use crate::engine::Prediction;
-use crate::jobs::{Delivery, FailOutcome, JobId, JobRecord, JobStatus, NewJob, now_ms};
+use crate::jobs::{JobId, JobRecord, JobStatus, now_ms};
 
 #[derive(Clone)]
 pub struct EmbeddedQueue {
@@ -84,7 +84,19 @@ impl EmbeddedQueue {
         self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn enqueue(&self, job: NewJob) -> Result<(), QueueError> {
+    /// The first step of queueing a job: nothing to store yet, in memory (see `StagedJob`).
+    pub fn stage(&self, id: JobId, image: Bytes, created_at_ms: u64) -> StagedJob {
+        StagedJob::embedded(self.clone(), id, image, created_at_ms)
+    }
+
+    /// Queues a job with its fast answer (`StagedJob::commit`).
+    pub(super) fn enqueue(
+        &self,
+        id: JobId,
+        image: Bytes,
+        fast: &Prediction,
+        created_at_ms: u64,
+    ) -> Result<(), QueueError> {
         let mut state = self.state();
         state.expire(Instant::now());
         let limit = self.inner.policy.max_queue;
@@ -92,17 +104,18 @@ impl EmbeddedQueue {
             return Err(QueueError::Full { limit });
         }
         let byte_limit = self.inner.policy.max_queue_bytes;
-        let held = HeldBytes::take(&state.image_bytes, job.image.len() as u64, byte_limit)
+        let held = HeldBytes::take(&state.image_bytes, image.len() as u64, byte_limit)
             .ok_or(QueueError::FullBytes { limit: byte_limit })?;
-        let image = Bytes::from_owner(QueuedImage { image: job.image, _held: held });
-        let record = JobRecord::new(job.id, job.fast, job.created_at_ms);
-        state.records.insert(job.id, Entry { record, expires_at: None });
+        let image = Bytes::from_owner(QueuedImage { image, _held: held });
+        let record = JobRecord::new(id, fast.clone(), created_at_ms);
+        state.records.insert(id, Entry { record, expires_at: None });
         state.waiting.push_back(Delivery {
-            id: job.id,
+            id,
             image,
             attempt: 0,
-            created_at_ms: job.created_at_ms,
-            tag: String::new(),
+            created_at_ms,
+            fast_class: None,
+            receipt: Receipt::default(),
         });
         drop(state);
         self.inner.arrived.notify_one();
@@ -159,6 +172,7 @@ impl EmbeddedQueue {
                 entry.record.status = JobStatus::Running;
                 entry.record.attempts = delivery.attempt;
                 entry.record.started_at_ms = Some(started);
+                delivery.fast_class = Some(entry.record.fast.class_index);
             }
         }
         if !state.waiting.is_empty() {
@@ -168,18 +182,16 @@ impl EmbeddedQueue {
         taken
     }
 
-    pub fn complete(&self, delivery: &Delivery, result: &Prediction) -> Result<Option<usize>, QueueError> {
+    pub fn complete(&self, delivery: &Delivery, result: &Prediction) -> Result<(), QueueError> {
         let ttl = self.inner.policy.result_ttl;
         let mut state = self.state();
         state.running = state.running.saturating_sub(1);
-        let mut sync_class = None;
         state.finish(delivery.id, ttl, |record| {
             record.status = JobStatus::Completed;
             record.result = Some(result.clone());
             record.error = None;
-            sync_class = Some(record.fast.class_index);
         });
-        Ok(sync_class)
+        Ok(())
     }
 
     pub fn fail(&self, delivery: &Delivery, error: &str) -> Result<FailOutcome, QueueError> {
@@ -276,6 +288,9 @@ impl State {
 
 #[cfg(test)]
 mod tests {
+    //! What only the embedded queue does; the contract both backends keep is
+    //! `tests/queue_contract.rs`.
+
     use super::*;
     use crate::engine::Prediction;
     use bytes::Bytes;
@@ -292,57 +307,11 @@ mod tests {
         }
     }
 
-    fn job() -> NewJob {
-        NewJob {
-            id: Uuid::new_v4(),
-            image: Bytes::from_static(b"img"),
-            fast: prediction("fast"),
-            created_at_ms: now_ms(),
-        }
-    }
-
-    fn queue(max_queue: usize, max_attempts: u32) -> EmbeddedQueue {
-        EmbeddedQueue::new(QueuePolicy {
-            max_queue,
-            result_ttl: Duration::from_secs(60),
-            max_attempts,
-            ..QueuePolicy::default()
-        })
-    }
-
-    #[tokio::test]
-    async fn a_job_goes_queued_running_completed() {
-        let q = queue(10, 3);
-        let j = job();
-        let id = j.id;
-        q.enqueue(j).expect("enqueue");
-        assert_eq!(q.get(id).map(|r| r.status), Some(JobStatus::Queued));
-        let taken = q.take(4, Duration::from_millis(10)).await.expect("take");
-        assert_eq!(taken.len(), 1);
-        assert_eq!(taken[0].attempt, 1);
-        assert_eq!(q.get(id).map(|r| r.status), Some(JobStatus::Running));
-        q.complete(&taken[0], &prediction("accurate")).expect("complete");
-        let record = q.get(id).expect("record");
-        assert_eq!(record.status, JobStatus::Completed);
-        assert_eq!(record.result.map(|p| p.label), Some("accurate".into()));
-        assert_eq!(q.depth(), QueueDepth::default());
-    }
-
-    #[tokio::test]
-    async fn the_queue_is_bounded() {
-        let q = queue(2, 3);
-        q.enqueue(job()).expect("first");
-        q.enqueue(job()).expect("second");
-        assert!(matches!(q.enqueue(job()), Err(QueueError::Full { limit: 2 })));
-        // A running job still counts; a finished one frees its place.
-        let taken = q.take(1, Duration::ZERO).await.expect("take");
-        assert!(q.enqueue(job()).is_err());
-        q.complete(&taken[0], &prediction("a")).expect("complete");
-        q.enqueue(job()).expect("room again");
-    }
-
-    fn job_of(size: usize) -> NewJob {
-        NewJob { image: Bytes::from(vec![7; size]), ..job() }
+    /// Stages and commits a job with an image of `size` bytes.
+    async fn enqueue_of(q: &EmbeddedQueue, size: usize) -> Result<JobId, QueueError> {
+        let id = Uuid::new_v4();
+        q.stage(id, Bytes::from(vec![7; size]), now_ms()).commit(&prediction("fast")).await?;
+        Ok(id)
     }
 
     /// Images of 4 bytes against a 10-byte bound: two fit; a third fits only once a job's image
@@ -350,13 +319,13 @@ mod tests {
     #[tokio::test]
     async fn the_queue_is_bounded_in_image_bytes_and_gives_them_back_exactly() {
         let q = EmbeddedQueue::new(QueuePolicy { max_queue_bytes: 10, max_attempts: 2, ..QueuePolicy::default() });
-        q.enqueue(job_of(4)).expect("first");
-        q.enqueue(job_of(4)).expect("second");
+        enqueue_of(&q, 4).await.expect("first");
+        enqueue_of(&q, 4).await.expect("second");
         assert_eq!(q.held_bytes(), 8);
-        let refused = q.enqueue(job_of(4));
+        let refused = enqueue_of(&q, 4).await;
         assert!(matches!(refused, Err(QueueError::FullBytes { limit: 10 })), "{refused:?}");
         assert!(refused.is_err_and(|err| err.to_string().contains("10 B")));
-        q.enqueue(job_of(2)).expect("a smaller one still fits");
+        enqueue_of(&q, 2).await.expect("a smaller one still fits");
         assert_eq!(q.held_bytes(), 10);
 
         // Completed: counted until the worker drops the image.
@@ -380,52 +349,13 @@ mod tests {
         assert_eq!(q.held_bytes(), 0);
 
         // An image larger than the whole bound is refused, and takes nothing.
-        assert!(matches!(q.enqueue(job_of(11)), Err(QueueError::FullBytes { .. })));
+        assert!(matches!(enqueue_of(&q, 11).await, Err(QueueError::FullBytes { .. })));
         assert_eq!(q.held_bytes(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_job_fails_after_max_attempts_and_others_go_on() {
-        let q = queue(10, 2);
-        let poison = job();
-        let poison_id = poison.id;
-        q.enqueue(poison).expect("enqueue");
-        let good = job();
-        let good_id = good.id;
-        q.enqueue(good).expect("enqueue");
-
-        let first = q.take(1, Duration::ZERO).await.expect("take");
-        assert_eq!(q.fail(&first[0], "boom").expect("fail"), FailOutcome::Retrying);
-        let next = q.take(1, Duration::ZERO).await.expect("take");
-        assert_eq!(next[0].id, good_id, "a retried job goes behind the others");
-        q.complete(&next[0], &prediction("ok")).expect("complete");
-        let again = q.take(1, Duration::ZERO).await.expect("take");
-        assert_eq!((again[0].id, again[0].attempt), (poison_id, 2));
-        assert_eq!(q.fail(&again[0], "boom twice").expect("fail"), FailOutcome::Dead);
-        let record = q.get(poison_id).expect("record");
-        assert_eq!(record.status, JobStatus::Failed);
-        assert_eq!(record.error.as_deref(), Some("boom twice"));
-        assert_eq!(record.attempts, 2);
-    }
-
-    #[tokio::test]
-    async fn take_waits_for_a_job_and_gives_up_after_the_timeout() {
-        let q = queue(10, 3);
-        let started = Instant::now();
-        assert!(q.take(1, Duration::from_millis(50)).await.expect("take").is_empty());
-        assert!(started.elapsed() >= Duration::from_millis(45));
-
-        let producer = q.clone();
-        let waiter = tokio::spawn(async move { q.take(1, Duration::from_secs(5)).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        producer.enqueue(job()).expect("enqueue");
-        let taken = waiter.await.expect("join").expect("take");
-        assert_eq!(taken.len(), 1);
     }
 
     #[test]
     fn a_worker_counts_as_live_while_registered() {
-        let q = queue(10, 3);
+        let q = EmbeddedQueue::new(QueuePolicy::default());
         assert_eq!(q.live_workers(), 0);
         let worker = q.register_worker();
         assert_eq!(q.live_workers(), 1);
@@ -434,20 +364,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn finished_records_expire() {
+    async fn finished_records_expire_and_are_purged() {
         let q = EmbeddedQueue::new(QueuePolicy {
             max_queue: 10,
             result_ttl: Duration::ZERO,
             max_attempts: 1,
             ..QueuePolicy::default()
         });
-        let j = job();
-        let id = j.id;
-        q.enqueue(j).expect("enqueue");
+        let id = enqueue_of(&q, 3).await.expect("enqueue");
         let taken = q.take(1, Duration::ZERO).await.expect("take");
         q.complete(&taken[0], &prediction("a")).expect("complete");
         assert!(q.get(id).is_none());
-        q.enqueue(job()).expect("enqueue purges expired records");
+        enqueue_of(&q, 3).await.expect("enqueue purges expired records");
         assert_eq!(q.state().records.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_delivery_carries_the_fast_class_and_an_empty_receipt() {
+        let q = EmbeddedQueue::new(QueuePolicy::default());
+        enqueue_of(&q, 3).await.expect("enqueue");
+        let taken = q.take(1, Duration::ZERO).await.expect("take");
+        assert_eq!((taken[0].fast_class, &taken[0].receipt), (Some(1), &Receipt::default()));
     }
 }

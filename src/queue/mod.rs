@@ -1,35 +1,32 @@
 //! Job queue backends: the embedded in-process queue (zero-setup default) and Redis Streams
 //! (shared by any number of `serve` and `worker` processes).
 //!
-//! Both give the same contract: `enqueue` returns only once the job is stored (so a job id a
-//! client has seen always resolves), a job leaves the queue only once its result is stored,
-//! and a job that fails `max_attempts` times ends `failed` instead of blocking the queue.
-//! Dispatch is a plain enum: two backends do not need trait objects.
+//! Both give the same contract (`tests/queue_contract.rs` runs it against each): a job is
+//! queued in two steps, [`JobQueue::stage`] then [`StagedJob::commit`], which returns only once
+//! the job is stored (so a job id a client has seen always resolves); a job leaves the queue
+//! only once its result is stored; and a job that fails `max_attempts` times ends `failed`
+//! instead of blocking the queue. Dispatch is a plain enum: two backends do not need trait
+//! objects.
 
+mod delivery;
 pub mod embedded;
 mod outage;
 pub mod presence;
 pub mod redis;
+mod staged;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use delivery::{Delivery, FailOutcome, Receipt};
 pub use embedded::EmbeddedQueue;
 pub use presence::WorkerPresence;
 pub use redis::{RedisQueue, RedisQueueConfig};
+pub use staged::StagedJob;
 
 use crate::engine::Prediction;
-use crate::jobs::{Delivery, FailOutcome, JobId, JobRecord, NewJob};
-
-/// Runs the final queueing step of a request, recording how long the request waited for it
-/// (after its fast answer was ready) in `tandem_enqueue_duration_seconds`.
-async fn timed<T>(step: impl Future<Output = T>) -> T {
-    let started = Instant::now();
-    let out = step.await;
-    metrics::histogram!(crate::metrics::ENQUEUE_DURATION).record(started.elapsed().as_secs_f64());
-    out
-}
+use crate::jobs::{JobId, JobRecord};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
@@ -56,9 +53,9 @@ pub struct QueueDepth {
 /// Settings both backends share.
 #[derive(Debug, Clone)]
 pub struct QueuePolicy {
-    /// Jobs waiting or running before `enqueue` answers [`QueueError::Full`].
+    /// Jobs waiting or running before a commit answers [`QueueError::Full`].
     pub max_queue: usize,
-    /// Bytes of images that jobs waiting or running may hold in all, before `enqueue` answers
+    /// Bytes of images that jobs waiting or running may hold in all, before a commit answers
     /// [`QueueError::FullBytes`]: a queue bounded only in jobs holds as much memory as clients send.
     pub max_queue_bytes: u64,
     /// How long a finished job's record stays readable.
@@ -87,49 +84,13 @@ impl JobQueue {
         }
     }
 
-    /// Stores the job and queues it; returns once it is durably enqueued.
-    pub async fn enqueue(&self, job: NewJob) -> Result<(), QueueError> {
+    /// The first step of queueing a job: with Redis its image is stored (a plain `SET`, so the
+    /// write can overlap the fast model); embedded, nothing happens yet. The job is queued only
+    /// by [`StagedJob::commit`], with its fast answer; a staging error comes out there.
+    pub async fn stage(&self, id: JobId, image: Bytes, created_at_ms: u64) -> StagedJob {
         match self {
-            JobQueue::Embedded(q) => q.enqueue(job),
-            JobQueue::Redis(q) => q.enqueue(job).await,
-        }
-    }
-
-    /// Queues a job for an image whose fast answer is still being computed, and returns that
-    /// answer once both are done. A job enters the queue only with its fast answer, so every
-    /// record has one; with Redis the image itself is stored meanwhile, so the big write
-    /// overlaps the fast model instead of adding to the request's latency. If `sync` fails,
-    /// nothing is queued and its error is returned.
-    pub async fn enqueue_after<E>(
-        &self,
-        id: JobId,
-        image: Bytes,
-        created_at_ms: u64,
-        sync: impl Future<Output = Result<Prediction, E>>,
-    ) -> Result<(Prediction, Result<(), QueueError>), E> {
-        match self {
-            JobQueue::Embedded(q) => {
-                let sync = sync.await?;
-                let queued = timed(async { q.enqueue(NewJob { id, image, fast: sync.clone(), created_at_ms }) }).await;
-                Ok((sync, queued))
-            }
-            JobQueue::Redis(q) => {
-                let (sync, staged) = tokio::join!(sync, q.stage_image(id, &image));
-                let sync = match sync {
-                    Ok(sync) => sync,
-                    Err(err) => {
-                        if staged.is_ok() {
-                            q.discard_staged(id).await;
-                        }
-                        return Err(err);
-                    }
-                };
-                let queued = match staged {
-                    Ok(()) => timed(q.enqueue_staged(id, &sync, created_at_ms)).await,
-                    Err(err) => Err(err),
-                };
-                Ok((sync, queued))
-            }
+            JobQueue::Embedded(q) => q.stage(id, image, created_at_ms),
+            JobQueue::Redis(q) => q.stage(id, image, created_at_ms).await,
         }
     }
 
@@ -180,10 +141,10 @@ impl JobQueue {
         }
     }
 
-    /// Stores the accurate answer and removes the job from the queue, in one step. Returns the
-    /// fast tier's class for the job (`None` if its record is gone), so tier agreement needs no
-    /// second read.
-    pub async fn complete(&self, delivery: &Delivery, result: &Prediction) -> Result<Option<usize>, QueueError> {
+    /// Stores the accurate answer and removes the job from the queue, in one step. A job that
+    /// already has an outcome keeps it (the first stored wins). With Redis, retried briefly
+    /// while Redis does not answer.
+    pub async fn complete(&self, delivery: &Delivery, result: &Prediction) -> Result<(), QueueError> {
         match self {
             JobQueue::Embedded(q) => q.complete(delivery, result),
             JobQueue::Redis(q) => q.complete(delivery, result).await,
@@ -199,7 +160,8 @@ impl JobQueue {
         }
     }
 
-    /// Records a failed attempt: the job is retried, or ends `failed` once out of attempts.
+    /// Records a failed attempt: the job is retried, or ends `failed` once out of attempts. With
+    /// Redis, retried briefly while Redis does not answer.
     pub async fn fail(&self, delivery: &Delivery, error: &str) -> Result<FailOutcome, QueueError> {
         match self {
             JobQueue::Embedded(q) => q.fail(delivery, error),

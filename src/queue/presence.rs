@@ -5,7 +5,7 @@
 //! task, independent of whether its job slots are busy, every third of its heartbeat TTL (or of
 //! `reclaim_after` if shorter: each beat also renews the leases of the jobs it runs, so that a
 //! live worker keeps them; the Redis side, and why a heartbeat rather than the consumer group's
-//! idle times, is "Live workers" and "Taking over jobs" in `redis.rs`). Two beats in a row can be
+//! idle times, is "Live workers" and "Taking over jobs" in `redis/`). Two beats in a row can be
 //! lost or late before the worker drops out or a job's lease runs out. A failed beat is not
 //! logged here: the queue logs each outage once.
 //!

@@ -1,3 +1,4 @@
+-- Records a failed attempt: see FAIL_LUA in scripts.rs for KEYS, ARGV and the reply.
 local status = redis.call('HGET', KEYS[2], 'status')
 local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if acked == 0 then

@@ -1,5 +1,5 @@
--- Queues a job whose image is staged: see ENQUEUE_LUA in redis.rs for KEYS, ARGV and replies.
--- The fence first (redis.rs, "Enqueue outcome"): run at or after the deadline ARGV[7] (ms, Redis'
+-- Queues a job whose image is staged: see ENQUEUE_LUA in scripts.rs for KEYS, ARGV and replies.
+-- The fence first (enqueue.rs, "Enqueue outcome"): run at or after the deadline ARGV[7] (ms, Redis'
 -- clock), the caller has given up, so nothing is queued. The image was never counted in KEYS[4]
 -- (only a queued one is), so it is deleted outright.
 local now = redis.call('TIME')

@@ -1,4 +1,4 @@
--- Prepended to every script that deletes a queued job's image (redis.rs: `with_drop_image`).
+-- Prepended to every script that deletes a queued job's image (scripts.rs).
 -- Deletes the image and gives its bytes back to the queued-bytes counter, in the same step.
 -- Sized from the image itself, so a second call for the same job (a duplicate result, a job
 -- finished twice) finds nothing to give back; and a counter that would go below 0 (images

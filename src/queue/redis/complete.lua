@@ -1,3 +1,4 @@
+-- Stores a job's result: see COMPLETE_LUA in scripts.rs for KEYS, ARGV and the reply.
 local status = redis.call('HGET', KEYS[2], 'status')
 local stored = 0
 if status then
@@ -12,4 +13,4 @@ end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 drop_image(KEYS[3], KEYS[4])
-return {stored, redis.call('HGET', KEYS[2], 'sync') or ''}
+return stored

@@ -1,4 +1,4 @@
--- Undoes an enqueue whose answer was lost: see CANCEL_LUA in redis.rs for KEYS and the reply.
+-- Undoes an enqueue whose answer was lost: see CANCEL_LUA in scripts.rs for KEYS and the reply.
 local existed = redis.call('DEL', KEYS[1])
 if redis.call('PTTL', KEYS[2]) > 0 then
   -- Still only staged (the enqueue never ran, or was fenced): never counted in KEYS[3].

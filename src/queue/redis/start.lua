@@ -1,3 +1,4 @@
+-- Starts a batch of delivered entries: see START_LUA in scripts.rs for KEYS, ARGV and the reply.
 local group = ARGV[1]
 local max_attempts = tonumber(ARGV[2])
 local now = ARGV[3]
@@ -15,6 +16,7 @@ for i = 1, count do
     drop_image(image, KEYS[3])
     out[#out + 1] = -1
     out[#out + 1] = 0
+    out[#out + 1] = ''
   else
     local attempt = redis.call('HINCRBY', hash, 'attempts', 1)
     local err = nil
@@ -33,11 +35,14 @@ for i = 1, count do
       drop_image(image, KEYS[3])
       out[#out + 1] = -2
       out[#out + 1] = 0
+      out[#out + 1] = ''
     else
       redis.call('HSET', hash, 'status', 'running', 'started_at_ms', now)
       redis.call('PEXPIRE', hash, ARGV[4])
       out[#out + 1] = attempt
       out[#out + 1] = tonumber(redis.call('HGET', hash, 'created_at_ms') or '0') or 0
+      -- The fast answer, for the worker's tier agreement once the accurate one is in.
+      out[#out + 1] = redis.call('HGET', hash, 'sync') or ''
     end
   end
 end

@@ -1,0 +1,228 @@
+//! Queueing a job from `POST /predict`: its image first, then the job, fenced and undone so
+//! that an enqueue this side gave up on never leaves a job behind.
+//!
+//! # Enqueueing
+//!
+//! `POST /predict` stores the image while the fast model runs (`stage`, then
+//! `stage_image`: `SET` with a short expiry), then queues the job with its fast answer
+//! (`StagedJob::commit`, then `enqueue_staged`: one small script). The image never passes through Lua: a 1 MB script argument costs Redis about 2 ms
+//! of copying, a plain `SET` 0.2 ms. An image staged by a request that then failed, or by a
+//! process that died, expires by itself (`STAGED_IMAGE_TTL`); queueing the job removes the
+//! expiry.
+//!
+//! # Enqueue outcome
+//!
+//! A client answered `"job_id": null` must never see its job run, although an enqueue that this
+//! side gave up on (Redis stalled, e.g. `SIGSTOP`, for longer than the response timeout) still
+//! sits in the socket and runs when Redis wakes. We fence rather than answer "outcome unknown":
+//! the client's answer then stays a plain yes or no, and nothing unresolvable is handed out.
+//!
+//! - The fence: the enqueue script carries a deadline, `ENQUEUE_FENCE` (1 s) after the call
+//!   starts, and queues nothing (deleting the staged image) if Redis' `TIME` has reached it. The
+//!   deadline is on Redis' clock, so clock skew between hosts plays no part: staging reads Redis'
+//!   `TIME` in the same round trip as its `SET`, and the offset to our monotonic clock is taken
+//!   when that answer arrives, so the deadline is early, never late (`RedisClock`). Normal
+//!   enqueues take milliseconds; one run 1 s late would have been given up at 1.5 s anyway.
+//! - The undo: the fence leaves 0.5 s between the latest moment the script may run and the
+//!   moment this side gives up, but a reply can still be lost or late (a connection cut, this
+//!   process starved). So every enqueue call that ends without an answer starts a background
+//!   task that, once the fence has passed (from then on the script, if Redis runs it yet, is
+//!   refused), deletes the job's record and its image (`CANCEL_LUA`; a queued image's bytes
+//!   go back through `drop_image.lua`, a still-staged one was never counted), retrying while
+//!   Redis does not answer for up to `CANCEL_FOR`. A worker drops an entry whose record is gone
+//!   (giving back nothing more: its image is gone), or does not store its result.
+//!
+//! What is left: the undo lives in the `serve` process, so if that process dies within those
+//! seconds *and* the script's reply was lost, the job runs. Redis' clock stepping back (NTP) by
+//! more than the margin while a request is in flight weakens the fence by that much.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::RedisQueue;
+use super::conn::{OP_TIMEOUT, Retry};
+use super::{to_json, ttl_ms};
+use crate::engine::Prediction;
+use crate::jobs::JobId;
+use crate::queue::{QueueError, StagedJob};
+
+/// How late Redis may run an enqueue script: past this after the call started (on Redis' own
+/// clock, see "Enqueue outcome"), the script queues nothing. Well under `RESPONSE_TIMEOUT`, so an
+/// enqueue that runs in time is answered before this side gives up on it.
+const ENQUEUE_FENCE: Duration = Duration::from_millis(1000);
+/// How long an enqueue whose answer never came keeps trying to make sure it left no job.
+const CANCEL_FOR: Duration = Duration::from_secs(300);
+/// The pause between those tries.
+const CANCEL_RETRY: Duration = Duration::from_secs(1);
+/// How long a staged image waits for its job to be queued (a request's whole life is far shorter).
+const STAGED_IMAGE_TTL: Duration = Duration::from_secs(300);
+
+impl RedisQueue {
+    /// Stores a job's image ahead of the job (see "Enqueueing"), to run while the fast model
+    /// does; the job is queued only by [`StagedJob::commit`]. A staging error comes out there.
+    pub async fn stage(&self, id: JobId, image: Bytes, created_at_ms: u64) -> StagedJob {
+        let staged = self.stage_image(id, &image).await;
+        StagedJob::redis(self.clone(), id, created_at_ms, staged)
+    }
+
+    /// Stores a job's image ahead of the job, with a plain `SET` (see "Enqueueing" above). It
+    /// expires after `STAGED_IMAGE_TTL` unless [`Self::enqueue_staged`] queues its job. Redis'
+    /// `TIME` comes back in the same round trip, for the enqueue fence.
+    async fn stage_image(&self, id: JobId, image: &[u8]) -> Result<(), QueueError> {
+        let key = &self.inner.keys.image(id);
+        let ttl = ttl_ms(STAGED_IMAGE_TTL);
+        let time: (u64, u64) = self
+            .call(&self.inner.main, "store the image", OP_TIMEOUT, Retry::Unsent, |mut conn| async move {
+                // TIME after the SET: the upload's transfer time does not blur the clock reading.
+                redis::pipe()
+                    .cmd("SET")
+                    .arg(key)
+                    .arg(image)
+                    .arg("PX")
+                    .arg(ttl)
+                    .ignore()
+                    .cmd("TIME")
+                    .query_async::<((u64, u64),)>(&mut conn)
+                    .await
+                    .map(|(time,)| time)
+            })
+            .await?;
+        self.inner.clock.observe(time, std::time::Instant::now());
+        Ok(())
+    }
+
+    /// Redis' time (ms) at a moment of ours, both returned: now, from the clock as last seen, or
+    /// asked of Redis if never seen yet.
+    async fn redis_time(&self) -> Result<(i64, std::time::Instant), QueueError> {
+        let clock = &self.inner.clock;
+        let now = std::time::Instant::now();
+        if let Some(redis_ms) = clock.redis_ms(now) {
+            return Ok((redis_ms, now));
+        }
+        let time: (u64, u64) = self
+            .call(&self.inner.main, "read Redis' clock", OP_TIMEOUT, Retry::Unsent, |mut conn| async move {
+                redis::cmd("TIME").query_async(&mut conn).await
+            })
+            .await?;
+        let received = std::time::Instant::now();
+        clock.observe(time, received);
+        let redis_ms =
+            clock.redis_ms(received).ok_or_else(|| QueueError::Unavailable("Redis' clock could not be read".into()))?;
+        Ok((redis_ms, received))
+    }
+
+    /// Queues a job whose image [`Self::stage_image`] stored: bound check, record (with the fast
+    /// answer) and stream entry in one script.
+    /// The script is fenced: run by Redis later than `ENQUEUE_FENCE` after this call started, it
+    /// queues nothing; and if no answer comes, the job is removed in the background (see
+    /// "Enqueue outcome"). So an error here always means no job, ever.
+    pub(crate) async fn enqueue_staged(
+        &self,
+        id: JobId,
+        sync: &Prediction,
+        created_at_ms: u64,
+    ) -> Result<(), QueueError> {
+        let inner = &self.inner;
+        let limit = inner.config.policy.max_queue;
+        let byte_limit = inner.config.policy.max_queue_bytes;
+        let (redis_now, now) = self.redis_time().await?;
+        let deadline = redis_now.saturating_add(i64::try_from(ENQUEUE_FENCE.as_millis()).unwrap_or(i64::MAX));
+        // From here on, by our clock, Redis' clock is surely past the deadline.
+        let fence_at = now + ENQUEUE_FENCE;
+        let mut invocation = inner.scripts.enqueue.prepare_invoke();
+        invocation
+            .key(&inner.keys.stream)
+            .key(inner.keys.job(id))
+            .key(inner.keys.image(id))
+            .key(&inner.keys.queued_bytes)
+            .arg(limit)
+            .arg(ttl_ms(self.unfinished_ttl()))
+            .arg(id.to_string())
+            .arg(to_json(sync)?)
+            .arg(created_at_ms)
+            .arg(byte_limit)
+            .arg(deadline);
+        let invocation = &invocation;
+        let queued: i64 = match self
+            .call(&inner.main, "enqueue", OP_TIMEOUT, Retry::Unsent, |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await
+        {
+            Ok(queued) => queued,
+            Err(err) => {
+                // The script may have run with its answer lost (or be about to run): undo it.
+                self.cancel_in_background(id, fence_at);
+                return Err(err);
+            }
+        };
+        match queued {
+            1 => Ok(()),
+            0 => Err(QueueError::Full { limit }),
+            2 => Err(QueueError::FullBytes { limit: byte_limit }),
+            -2 => Err(QueueError::Unavailable(format!(
+                "enqueue: Redis ran it more than {} ms late (stalled?), so it queued nothing",
+                ENQUEUE_FENCE.as_millis()
+            ))),
+            _ => Err(QueueError::Unavailable(
+                "enqueue: the job's image was not in Redis (staging failed or expired)".into(),
+            )),
+        }
+    }
+
+    /// After an enqueue without an answer: waits until its fence has passed (from then on the
+    /// script, should Redis run it yet, queues nothing), then removes whatever it queued,
+    /// retrying while Redis does not answer, up to `CANCEL_FOR`.
+    fn cancel_in_background(&self, id: JobId, fence_at: std::time::Instant) {
+        let queue = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(Instant::from_std(fence_at)).await;
+            let give_up = Instant::now() + CANCEL_FOR;
+            loop {
+                match queue.undo_enqueue(id).await {
+                    Ok(true) => {
+                        tracing::warn!(job = %id, "an enqueue whose answer was lost had queued its job; removed it, as its client was told it was not queued");
+                        return;
+                    }
+                    Ok(false) => return,
+                    Err(err) if Instant::now() >= give_up => {
+                        tracing::warn!(job = %id, error = %err, "could not make sure that an enqueue without an answer left no job");
+                        return;
+                    }
+                    Err(_) => tokio::time::sleep(CANCEL_RETRY).await,
+                }
+            }
+        });
+    }
+
+    /// Runs `CANCEL_LUA` once; whether a record was removed. Public for the tests only (the
+    /// undo of an enqueue that did get its answer would remove a job its client was given).
+    #[doc(hidden)]
+    pub async fn undo_enqueue(&self, id: JobId) -> Result<bool, QueueError> {
+        let inner = &self.inner;
+        let mut invocation = inner.scripts.cancel.prepare_invoke();
+        invocation.key(inner.keys.job(id)).key(inner.keys.image(id)).key(&inner.keys.queued_bytes);
+        let invocation = &invocation;
+        let existed: i64 = self
+            .call(&inner.main, "cancel an enqueue", OP_TIMEOUT, Retry::Unsent, |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        Ok(existed == 1)
+    }
+
+    /// Deletes a staged image whose job will not be queued (best effort: it expires anyway).
+    pub(crate) async fn discard_staged(&self, id: JobId) {
+        let key = &self.inner.keys.image(id);
+        let deleted = self
+            .call(&self.inner.main, "discard the image", OP_TIMEOUT, Retry::Unsent, |mut conn| async move {
+                redis::cmd("UNLINK").arg(key).query_async::<()>(&mut conn).await
+            })
+            .await;
+        if let Err(err) = deleted {
+            tracing::debug!(job = %id, error = %err, "staged image left to expire");
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The Redis key schema: every key the queue reads or writes, and what each holds.
+//!
+//! # Keys (all under `config.prefix`)
+//!
+//! - `{prefix}:jobs` — a stream holding only *unfinished* jobs, one entry per job with one
+//!   field, `id` (the job's UUID). Consumer group `workers` reads it. An entry is acknowledged
+//!   *and deleted* in the same atomic step that stores the job's outcome, so `XLEN` is
+//!   "waiting + running".
+//! - `{prefix}:image:{uuid}` — the encoded image, binary, stored once. It lives exactly as long
+//!   as the job's stream entry: every step that deletes the entry deletes the image with it
+//!   (an undone enqueue deletes it, with the record, before its entry: see "Enqueue outcome"
+//!   in `enqueue.rs`). It is written by a plain `SET` *before* the job is queued (see
+//!   "Enqueueing" in `enqueue.rs`).
+//! - `{prefix}:job:{uuid}` — a hash with the job's record: `status`, `sync` and `result` (JSON),
+//!   `error`, `attempts`, `created_at_ms`, `started_at_ms`, `completed_at_ms`. It expires
+//!   `result_ttl` after the job finishes (while unfinished, after at least an hour; see
+//!   `UNFINISHED_MIN_TTL`).
+//! - `{prefix}:workers` — a sorted set of live workers: member the worker's consumer name,
+//!   score the time (ms, Redis' clock) until which its latest heartbeat counts (see "Live
+//!   workers" in `mod.rs`). The set expires by itself a minute after the last heartbeat.
+//! - `{prefix}:dead` — the dead-letter stream (capped near `DEAD_LETTER_MAXLEN`, `mod.rs`): one entry
+//!   (`id`, `error`, `attempts`, `failed_at_ms`) per job that used up its attempts.
+//! - `{prefix}:queued_bytes` — an integer: the bytes of the images of all queued (waiting or
+//!   running) jobs, the count `max_queue_bytes` bounds. Checked and added to (`INCRBY`, the
+//!   image's `STRLEN`) by the script that queues a job, so the bound holds across any number of
+//!   `serve` processes; given back (`DECRBY`) by each script that deletes a queued job's image,
+//!   sized from the image itself so that deleting it twice gives back once (`drop_image.lua`).
+//!   A missing key is 0: a Redis that came back empty has lost the images with the counter.
+//!   With no job queued it is reset, so drift (an image deleted by hand or evicted) lasts only
+//!   until the queue drains. Staged images are not counted: there are at most `--max-inflight`
+//!   of them per `serve`, each for the length of one request.
+//!
+//! The consumer group every worker reads `{prefix}:jobs` through is [`GROUP`].
+
+use crate::jobs::JobId;
+
+/// The consumer group every worker reads through.
+pub(super) const GROUP: &str = "workers";
+
+/// The names of one deployment's keys (see the module's header).
+pub(super) struct Keys {
+    pub stream: String,
+    pub dead: String,
+    pub workers: String,
+    pub queued_bytes: String,
+    job_prefix: String,
+    image_prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            stream: format!("{prefix}:jobs"),
+            dead: format!("{prefix}:dead"),
+            workers: format!("{prefix}:workers"),
+            queued_bytes: format!("{prefix}:queued_bytes"),
+            job_prefix: format!("{prefix}:job:"),
+            image_prefix: format!("{prefix}:image:"),
+        }
+    }
+
+    /// `{prefix}:job:{uuid}`: the job's record.
+    pub fn job(&self, id: JobId) -> String {
+        format!("{}{}", self.job_prefix, id)
+    }
+
+    /// `{prefix}:image:{uuid}`: the job's image.
+    pub fn image(&self, id: JobId) -> String {
+        format!("{}{}", self.image_prefix, id)
+    }
+}

@@ -1,0 +1,295 @@
+//! Redis Streams backend: shared by any number of `serve` and `worker` processes.
+//!
+//! The queue's operations live here and in the files beside this one, each for one concern:
+//! the key layout (`keys.rs`), the scripts (`scripts.rs` and the `.lua` files), queueing a job
+//! (`enqueue.rs`, with "Enqueueing" and "Enqueue outcome"), handing jobs out (`take.rs`),
+//! heartbeats and live workers (`heartbeat.rs`, "Live workers"), connections, timeouts and the
+//! one retry policy (`conn.rs`), reply parsing (`reply.rs`) and Redis' clock (`clock.rs`).
+//!
+//! # Atomicity
+//!
+//! Every state change is one Lua script (`scripts.rs`), so a crash between two commands cannot
+//! leave a job half-moved: `enqueue` (fence + image check + bound check + record + `XADD`), the
+//! start of each delivery in `take` (attempt counted, `running` — or ended `failed` when crashed
+//! workers used up its attempts), `complete` (result + TTL + `XACK` + `XDEL`) and `fail` (retry
+//! as a new entry at the back of the stream, or dead-letter; plus `XACK` + `XDEL`).
+//! `{prefix}:queued_bytes` moves in the same scripts as the images it counts, so no crash leaks
+//! or double-counts it: a job taken over from a dead worker keeps its image, and its count,
+//! until the script that finishes it or dead-letters it deletes both.
+//!
+//! # Live workers
+//!
+//! See `heartbeat.rs`.
+//!
+//! # Taking over jobs
+//!
+//! A job is leased to its worker: the lease is its pending entry's idle time, which every
+//! heartbeat of that worker resets (`XCLAIM ... JUSTID` to itself, in `heartbeat.lua`) for each
+//! job it is running, from `take` until the worker releases it ([`RedisQueue::release`]). An
+//! entry idle longer than `reclaim_after` is taken over by whichever `take` looks next
+//! (`XAUTOCLAIM`). So a live worker keeps its jobs however long they run, and a job is taken
+//! over only when nobody renews it: its worker stopped (`kill -9`, a lost machine), was cut off
+//! from Redis for `reclaim_after`, or never got the delivery (a `take` whose answer was lost;
+//! one cancelled mid-read drops its blocking connection), or gave up storing its outcome. The
+//! beat comes every third of `reclaim_after` (or of the heartbeat TTL, if shorter).
+//! Why a per-job lease and not "claim only from workers whose heartbeat ran out": a live worker
+//! may hold entries it is not running (the lost deliveries above), which would then never be
+//! taken over.
+//! A worker cut off from Redis may still finish a job that was taken over meanwhile: the first
+//! result stored wins (`COMPLETE_LUA`), and its next heartbeat, seeing the entry is no longer
+//! its own, stops renewing it rather than claiming it back.
+
+mod clock;
+mod conn;
+mod enqueue;
+mod heartbeat;
+mod keys;
+mod reply;
+mod scripts;
+mod take;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::{Client, Value};
+use tokio::time::Instant;
+
+use super::outage::Outage;
+use super::{Delivery, FailOutcome, QueueDepth, QueueError, QueuePolicy};
+use crate::engine::Prediction;
+use crate::jobs::{JobId, JobRecord, now_ms};
+use clock::RedisClock;
+use conn::{Conn, OP_TIMEOUT, Retry, unavailable};
+use keys::{GROUP, Keys};
+use reply::parse_record;
+use scripts::Scripts;
+use take::BLOCK_CHUNK;
+
+#[derive(Debug, Clone)]
+pub struct RedisQueueConfig {
+    pub url: String,
+    /// Every key starts with this, so several deployments can share one Redis.
+    pub prefix: String,
+    /// This process's consumer name in the group: unique per process.
+    pub consumer: String,
+    /// A job taken by a worker that has not finished it after this long is taken over.
+    pub reclaim_after: Duration,
+    pub policy: QueuePolicy,
+}
+
+/// A job's record lives at least this long while the job is unfinished (refreshed when it
+/// starts or is retried), so a short `result_ttl` cannot make a waiting job vanish.
+const UNFINISHED_MIN_TTL: Duration = Duration::from_secs(3600);
+/// The dead-letter stream is trimmed to about this many entries.
+const DEAD_LETTER_MAXLEN: usize = 10_000;
+
+#[derive(Clone)]
+pub struct RedisQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RedisQueueConfig,
+    keys: Keys,
+    /// Ordinary commands: short, multiplexed.
+    main: Conn,
+    /// Only for heartbeats: they run on their own thread and runtime (`presence.rs`), which
+    /// opens this connection on first use and so drives its I/O, whether or not the process's
+    /// own runtime is starved.
+    beat: Conn,
+    /// Only for `XREADGROUP ... BLOCK`; the lock keeps one blocking read on it at a time, so a
+    /// read never waits out another's block inside its own response timeout.
+    blocking: Conn,
+    blocking_lock: tokio::sync::Mutex<()>,
+    /// Whether this process has made sure the consumer group exists.
+    group_ready: AtomicBool,
+    reclaim: Mutex<ReclaimState>,
+    scripts: Scripts,
+    /// Whether Redis is answering, so an outage is logged once (see `outage.rs`).
+    outage: Outage,
+    /// `host:port` of the Redis, for log lines (never the URL: it may hold a password).
+    addr: String,
+    /// Redis' clock as last seen from here, for the enqueue fence.
+    clock: RedisClock,
+    /// The stream entries of the jobs this process is running, each with its job and how many
+    /// deliveries of it are running: the heartbeat renews their lease (see "Taking over jobs").
+    held: Mutex<HashMap<String, (JobId, u32)>>,
+}
+
+struct ReclaimState {
+    /// When this process may next look for abandoned jobs.
+    next_at: Option<Instant>,
+    /// Where the `XAUTOCLAIM` scan of the pending list goes on from.
+    cursor: String,
+}
+
+impl RedisQueue {
+    /// Sets up the queue without connecting: Redis may be down now and come up later.
+    /// Fails only on a malformed URL.
+    pub async fn connect(config: RedisQueueConfig) -> Result<Self, QueueError> {
+        let client = Client::open(config.url.as_str())
+            .map_err(|err| QueueError::Unavailable(format!("invalid Redis URL: {err}")))?;
+        let addr = client.get_connection_info().addr().to_string();
+        let main = Conn::new(client.clone(), Duration::ZERO).map_err(|err| unavailable("connect", &err))?;
+        let beat = Conn::new(client.clone(), Duration::ZERO).map_err(|err| unavailable("connect", &err))?;
+        let blocking = Conn::new(client, BLOCK_CHUNK).map_err(|err| unavailable("connect", &err))?;
+        let keys = Keys::new(&config.prefix);
+        let scripts = Scripts::new();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                keys,
+                main,
+                beat,
+                blocking,
+                blocking_lock: tokio::sync::Mutex::new(()),
+                group_ready: AtomicBool::new(false),
+                reclaim: Mutex::new(ReclaimState { next_at: None, cursor: "0-0".into() }),
+                scripts,
+                outage: Outage::default(),
+                addr,
+                clock: RedisClock::new(),
+                held: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub async fn get(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {
+        let key = self.inner.keys.job(id);
+        let key = &key;
+        let fields: Vec<(String, String)> = self
+            .call(&self.inner.main, "get", OP_TIMEOUT, Retry::Unsent, |mut conn| async move {
+                redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
+            })
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        match parse_record(id, fields) {
+            Ok(record) => Ok(Some(record)),
+            Err(reason) => {
+                tracing::warn!(job = %id, reason, "unreadable job record in Redis");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Answers once Redis does, and makes sure the consumer group exists.
+    pub async fn check_ready(&self) -> Result<(), QueueError> {
+        self.create_group().await
+    }
+
+    pub async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        self.ensure_group().await?;
+        let stream = &self.inner.keys.stream;
+        let (length, pending): (u64, Value) = self
+            .call(&self.inner.main, "depth", OP_TIMEOUT, Retry::Unsent, |mut conn| async move {
+                redis::pipe()
+                    .atomic()
+                    .cmd("XLEN")
+                    .arg(stream)
+                    .cmd("XPENDING")
+                    .arg(stream)
+                    .arg(GROUP)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        // XPENDING's summary form: [count, lowest id, highest id, per-consumer counts].
+        let pending = match pending {
+            Value::Array(items) => match items.first() {
+                Some(Value::Int(count)) => u64::try_from(*count).unwrap_or(0),
+                _ => 0,
+            },
+            _ => 0,
+        };
+        Ok(QueueDepth { waiting: length.saturating_sub(pending), pending })
+    }
+
+    /// Stores the accurate answer and removes the job from the queue, in one script. Retried
+    /// briefly while Redis does not answer ("Retries" in `conn.rs`).
+    pub async fn complete(&self, delivery: &Delivery, result: &Prediction) -> Result<(), QueueError> {
+        let inner = &self.inner;
+        let mut invocation = inner.scripts.complete.prepare_invoke();
+        invocation
+            .key(&inner.keys.stream)
+            .key(inner.keys.job(delivery.id))
+            .key(inner.keys.image(delivery.id))
+            .key(&inner.keys.queued_bytes)
+            .arg(GROUP)
+            .arg(delivery.receipt.entry_id())
+            .arg(to_json(result)?)
+            .arg(now_ms())
+            .arg(ttl_ms(inner.config.policy.result_ttl));
+        let invocation = &invocation;
+        let stored: i64 = self
+            .call(&inner.main, "complete", OP_TIMEOUT, Retry::Outcome, |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        if stored == 0 {
+            tracing::info!(job = %delivery.id, "job already finished or expired; this result was not stored");
+        }
+        Ok(())
+    }
+
+    /// Records a failed attempt: the job is retried, or dead-lettered once out of attempts.
+    /// Retried briefly while Redis does not answer, like `complete`.
+    pub async fn fail(&self, delivery: &Delivery, error: &str) -> Result<FailOutcome, QueueError> {
+        let inner = &self.inner;
+        let mut invocation = inner.scripts.fail.prepare_invoke();
+        invocation
+            .key(&inner.keys.stream)
+            .key(inner.keys.job(delivery.id))
+            .key(&inner.keys.dead)
+            .key(inner.keys.image(delivery.id))
+            .key(&inner.keys.queued_bytes)
+            .arg(GROUP)
+            .arg(delivery.receipt.entry_id())
+            .arg(delivery.attempt)
+            .arg(self.max_attempts())
+            .arg(error)
+            .arg(now_ms())
+            .arg(ttl_ms(inner.config.policy.result_ttl))
+            .arg(ttl_ms(self.unfinished_ttl()))
+            .arg(delivery.id.to_string())
+            .arg(DEAD_LETTER_MAXLEN);
+        let invocation = &invocation;
+        let outcome: i64 = self
+            .call(&inner.main, "fail", OP_TIMEOUT, Retry::Outcome, |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        match outcome {
+            1 => Ok(FailOutcome::Retrying),
+            2 => Ok(FailOutcome::Dead),
+            3 => {
+                tracing::info!(job = %delivery.id, "job was no longer held by this worker; it had already failed");
+                Ok(FailOutcome::Dead)
+            }
+            _ => {
+                tracing::info!(job = %delivery.id, "job was no longer held by this worker; nothing recorded");
+                Ok(FailOutcome::Retrying)
+            }
+        }
+    }
+
+    fn max_attempts(&self) -> u32 {
+        self.inner.config.policy.max_attempts.max(1)
+    }
+
+    fn unfinished_ttl(&self) -> Duration {
+        self.inner.config.policy.result_ttl.max(UNFINISHED_MIN_TTL)
+    }
+}
+
+fn to_json(prediction: &Prediction) -> Result<String, QueueError> {
+    serde_json::to_string(prediction)
+        .map_err(|err| QueueError::Unavailable(format!("could not encode a prediction: {err}")))
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,64 @@
+//! The two-phase enqueue of `POST /predict`: a job's image is staged while the fast model
+//! runs, then the job is committed with the fast answer, or abandoned if there is none.
+//!
+//! A job enters the queue only with its fast answer, so every record has one; staging first
+//! lets the big write (the image, with Redis) overlap the fast model instead of adding to the
+//! request's latency. The request handler drives both steps and times the commit itself: the
+//! queue never sees the engine or the request.
+
+use bytes::Bytes;
+
+use super::{EmbeddedQueue, QueueError, RedisQueue};
+use crate::engine::Prediction;
+use crate::jobs::JobId;
+
+/// A job whose image is stored (or, embedded, held) but which is not queued yet. Dropping it
+/// unused is as good as [`Self::abandon`] but for a staged Redis image, which then expires by
+/// itself.
+#[must_use = "a staged job is queued only by `commit`"]
+pub struct StagedJob {
+    id: JobId,
+    created_at_ms: u64,
+    backend: Backend,
+}
+
+enum Backend {
+    /// Nothing to stage in memory: the image waits here.
+    Embedded { queue: EmbeddedQueue, image: Bytes },
+    /// The image is in Redis, unless staging failed (its error comes out of `commit`).
+    Redis { queue: RedisQueue, staged: Result<(), QueueError> },
+}
+
+impl StagedJob {
+    pub(super) fn embedded(queue: EmbeddedQueue, id: JobId, image: Bytes, created_at_ms: u64) -> Self {
+        Self { id, created_at_ms, backend: Backend::Embedded { queue, image } }
+    }
+
+    pub(super) fn redis(queue: RedisQueue, id: JobId, created_at_ms: u64, staged: Result<(), QueueError>) -> Self {
+        Self { id, created_at_ms, backend: Backend::Redis { queue, staged } }
+    }
+
+    /// False when staging failed already: then [`Self::commit`] returns that error at once.
+    pub fn is_staged(&self) -> bool {
+        !matches!(self.backend, Backend::Redis { staged: Err(_), .. })
+    }
+
+    /// Queues the job with its fast answer; returns once it is stored. An error (the staging's
+    /// own, a full queue, an unreachable Redis) means the job is not queued, ever.
+    pub async fn commit(self, fast: &Prediction) -> Result<(), QueueError> {
+        match self.backend {
+            Backend::Embedded { queue, image } => queue.enqueue(self.id, image, fast, self.created_at_ms),
+            Backend::Redis { queue, staged } => {
+                staged?;
+                queue.enqueue_staged(self.id, fast, self.created_at_ms).await
+            }
+        }
+    }
+
+    /// Gives the job up (its fast answer failed): a staged image is deleted at once, best effort.
+    pub async fn abandon(self) {
+        if let Backend::Redis { queue, staged: Ok(()) } = self.backend {
+            queue.discard_staged(self.id).await;
+        }
+    }
+}
