@@ -13,163 +13,43 @@
 //! Batching is Triton-style: take whatever is already waiting, up to `max_batch`, and wait at
 //! most `max_delay` for more (0 by default: never hold a request back to fill a batch).
 
+mod batching;
+mod error;
 mod model;
 pub mod pool;
+mod prediction;
 pub mod priority;
 pub mod runtime;
+mod tensors;
 mod tier;
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+pub use batching::{BatchConfig, DecodeOn};
+pub use error::{ClassifyError, EngineError};
 pub use model::{Model, ModelConfig, Spin};
 pub use pool::WorkPool;
+pub use prediction::{ClassScore, Prediction};
 pub use priority::{Priority, ThreadPriority};
 pub use runtime::RuntimeError;
 pub use tier::Tier;
 
-use crate::labels::Labels;
 use crate::pipeline::{self, ImageError, PreprocessConfig};
-
-/// Why a model could not be loaded or run.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum EngineError {
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-    /// The command line checks model files first, with a hint naming the flag (see
-    /// `models::files`); this is what a library caller gets.
-    #[error("model file {file} not found")]
-    ModelMissing { file: String },
-    #[error("{file} is not an ONNX model (ONNX Runtime cannot parse it as one)")]
-    NotOnnx { file: String },
-    #[error("model {file} refused: {reason}")]
-    InvalidModel { file: String, reason: String },
-    #[error("inference failed: {0}")]
-    Inference(String),
-}
-
-/// Why one image could not be classified.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ClassifyError {
-    #[error(transparent)]
-    Image(#[from] ImageError),
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    #[error("the inference queue is full")]
-    Overloaded,
-    #[error("the inference thread has stopped")]
-    Stopped,
-}
-
-/// One class and its probability.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClassScore {
-    pub label: String,
-    pub class_index: usize,
-    pub score: f32,
-}
-
-/// A model's answer for one image.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Prediction {
-    pub model: String,
-    pub label: String,
-    pub class_index: usize,
-    pub score: f32,
-    pub top_k: Vec<ClassScore>,
-    /// Wall time of the model run this image was part of (batch included), in milliseconds.
-    pub inference_ms: f64,
-}
-
-impl Prediction {
-    fn from_probabilities(model: &str, labels: &Labels, probabilities: &[f32], k: usize, inference_ms: f64) -> Self {
-        let mut order: Vec<usize> = (0..probabilities.len()).collect();
-        let k = k.clamp(1, probabilities.len().max(1));
-        // Only the k best need sorting; total_cmp keeps a NaN from panicking the comparison.
-        if k < order.len() {
-            order.select_nth_unstable_by(k - 1, |&a, &b| probabilities[b].total_cmp(&probabilities[a]));
-            order.truncate(k);
-        }
-        order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]));
-        let top_k: Vec<ClassScore> = order
-            .iter()
-            .map(|&i| ClassScore { label: labels.name(i), class_index: i, score: probabilities[i] })
-            .collect();
-        let best = top_k.first().cloned().unwrap_or(ClassScore { label: String::new(), class_index: 0, score: 0.0 });
-        Self {
-            model: model.to_owned(),
-            label: best.label,
-            class_index: best.class_index,
-            score: best.score,
-            top_k,
-            inference_ms,
-        }
-    }
-}
-
-/// How requests are grouped into batches.
-#[derive(Debug, Clone)]
-pub struct BatchConfig {
-    pub max_batch: usize,
-    /// How long the first request of a batch may wait for others to join it.
-    pub max_delay: Duration,
-    /// Requests waiting for the inference thread before new ones are refused.
-    pub queue_capacity: usize,
-    /// Classes reported in each [`Prediction::top_k`].
-    pub top_k: usize,
-    /// Which tier this model serves, as labelled in metrics.
-    pub tier: Tier,
-    /// Scheduling priority of the inference thread and of ONNX Runtime's threads.
-    pub priority: ThreadPriority,
-    /// Where images are decoded.
-    pub decode_on: DecodeOn,
-    /// Threads that decode off the inference thread ([`DecodeOn::BlockingPool`], and
-    /// [`DecodeOn::InferenceThreadWhenIdle`] under load); unset: tokio's blocking pool.
-    pub pool: Option<WorkPool>,
-}
+use tensors::TensorPool;
 
 /// Something the caller wants kept until its image's decode has ended, whatever becomes of
 /// the caller: e.g. a request's in-flight permit, so that a request that timed out still
 /// counts against the limit while its decode runs on.
 pub type Hold = Box<dyn std::any::Any + Send>;
-
-/// Where a [`Classifier`] decodes and preprocesses its images.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecodeOn {
-    /// tokio's blocking pool, at the process's priority, in parallel with inference.
-    BlockingPool,
-    /// The inference thread, at the model's own priority. For a background tier: even its
-    /// decoding must not compete with the foreground.
-    InferenceThread,
-    /// The inference thread when nothing is queued or running there (a lone request skips the
-    /// hand-offs to and from the blocking pool), else the blocking pool, so that under load
-    /// decoding overlaps inference.
-    InferenceThreadWhenIdle,
-}
-
-impl Default for BatchConfig {
-    fn default() -> Self {
-        Self {
-            max_batch: 1,
-            max_delay: Duration::ZERO,
-            queue_capacity: 64,
-            top_k: 5,
-            tier: Tier::Fast,
-            priority: ThreadPriority::Nice(0),
-            decode_on: DecodeOn::BlockingPool,
-            pool: None,
-        }
-    }
-}
 
 struct Request {
     input: Input,
@@ -216,35 +96,6 @@ struct Inner {
     /// Inference threads running, one per lane of the model.
     lanes: usize,
     pool: Option<WorkPool>,
-}
-
-/// Reused input tensors. An image's tensor is 600 KB: allocating and zeroing one per request,
-/// and the page faults of handing it back to the OS, cost more than the copy into a batch.
-struct TensorPool {
-    free: Mutex<Vec<Vec<f32>>>,
-    len: usize,
-    keep: usize,
-}
-
-impl TensorPool {
-    fn new(len: usize, keep: usize) -> Self {
-        Self { free: Mutex::new(Vec::with_capacity(keep)), len, keep }
-    }
-
-    /// A tensor of the right length; its contents are whatever the last user left.
-    fn take(&self) -> Vec<f32> {
-        let reused = self.free.lock().unwrap_or_else(PoisonError::into_inner).pop();
-        reused.unwrap_or_else(|| vec![0.0; self.len])
-    }
-
-    fn give(&self, tensor: Vec<f32>) {
-        if tensor.len() == self.len {
-            let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-            if free.len() < self.keep {
-                free.push(tensor);
-            }
-        }
-    }
 }
 
 impl Classifier {
@@ -553,27 +404,5 @@ fn collect_batch(queue: &Receiver<Request>, batch: &mut Vec<Request>, max_batch:
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn top_k_is_sorted_and_names_labels() {
-        let labels = Labels::parse("a\nb\nc\nd\n");
-        let p = Prediction::from_probabilities("m", &labels, &[0.1, 0.5, 0.15, 0.25], 3, 1.0);
-        assert_eq!(p.class_index, 1);
-        assert_eq!(p.label, "b");
-        let order: Vec<usize> = p.top_k.iter().map(|c| c.class_index).collect();
-        assert_eq!(order, vec![1, 3, 2]);
-    }
-
-    #[test]
-    fn top_k_larger_than_classes_is_clamped() {
-        let labels = Labels::parse("a\nb\n");
-        let p = Prediction::from_probabilities("m", &labels, &[0.4, 0.6], 10, 1.0);
-        assert_eq!(p.top_k.len(), 2);
     }
 }
