@@ -226,10 +226,6 @@ impl Model {
         Ok(lanes)
     }
 
-    pub fn num_classes(&self) -> usize {
-        self.num_classes
-    }
-
     /// Runs a batch of `n` preprocessed images laid end to end in `batch`, returning one row of
     /// class probabilities per image (softmax applied unless the model already outputs them).
     /// `alone`: nothing else is waiting for this model, so with [`Spin::Idle`] its threads may
