@@ -325,8 +325,8 @@ async fn predict_now(
     // the fast answer still goes out, with the reason instead of an id.
     let id = Uuid::new_v4();
     let (answer, staged) = tokio::join!(answer, state.inner.queue.stage(id, image, now_ms()));
-    let sync = match answer {
-        Ok(sync) => sync,
+    let fast = match answer {
+        Ok(fast) => fast,
         Err(err) => {
             staged.abandon().await;
             return Err(err.into());
@@ -336,7 +336,7 @@ async fn predict_now(
     // recorded when staging failed already: then nothing is tried).
     let tried = staged.is_staged();
     let committing = std::time::Instant::now();
-    let queued = staged.commit(&sync).await;
+    let queued = staged.commit(&fast).await;
     if tried {
         metrics::histogram!(crate::metrics::ENQUEUE_DURATION).record(committing.elapsed().as_secs_f64());
     }
@@ -355,7 +355,7 @@ async fn predict_now(
             (None, Some(err.to_string()))
         }
     };
-    Ok(Json(PredictResponse::new(&sync, top_k, job_id, async_error)))
+    Ok(Json(PredictResponse::new(&fast, top_k, job_id, async_error)))
 }
 
 async fn job(State(state): State<AppState>, Path(id): Path<String>, uri: Uri) -> Result<Json<JobResponse>, ApiError> {

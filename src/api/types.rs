@@ -88,11 +88,11 @@ pub struct PredictResponse {
 impl PredictResponse {
     /// The answer for the fast tier's `sync`, with the job queued as `job_id`, or not queued
     /// because of `async_error`.
-    pub fn new(sync: &Prediction, top_k: usize, job_id: Option<Uuid>, async_error: Option<String>) -> Self {
+    pub fn new(fast: &Prediction, top_k: usize, job_id: Option<Uuid>, async_error: Option<String>) -> Self {
         Self {
             job_id,
-            result_sync: sync.label.clone(),
-            sync: PredictionBody::new(sync, top_k),
+            result_sync: fast.label.clone(),
+            sync: PredictionBody::new(fast, top_k),
             status_url: job_id.map(|id| format!("/job/{id}")),
             async_error,
         }

@@ -15,6 +15,7 @@ pub mod models;
 pub mod serve;
 mod startup;
 pub mod tiers;
+mod values;
 pub mod worker;
 
 use clap::{Parser, Subcommand, ValueEnum};

@@ -37,18 +37,16 @@ pub struct ModelConfig {
 /// Spinning saves a thread wake-up per parallel operator (MobileNet v2 has about 50), which is
 /// most of the gap between a lone request and ORT at its fastest; but a spinning thread holds a
 /// core that request handling, decoding and the other tier need when the machine is busy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Spin {
     /// Never: threads sleep between operators and between runs.
-    #[value(alias = "false")]
     Off,
     /// Only inside a run that has the engine to itself (one request, nothing waiting behind
     /// it), and never between runs. Costs a second ORT session of the model (no extra
     /// weights: prepacked weights are shared).
     Idle,
     /// ORT's default: inside runs and for a while after each.
-    #[value(alias = "true")]
     Always,
 }
 

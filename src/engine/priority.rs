@@ -10,10 +10,8 @@
 //! else wants and is preempted at once by any waking normal thread (or nice 19, the gentler
 //! choice).
 
-use clap::ValueEnum;
-
-/// The accurate tier's priority, as the command line names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+/// The accurate tier's priority, as the command line names it (`cli::values`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Priority {
     /// Unchanged: compete for the CPU on equal terms.
     #[default]

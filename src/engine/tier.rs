@@ -1,7 +1,7 @@
 //! The two tiers: the fast model that answers a request, the accurate one that refines it.
 
 /// Which of the two models something belongs to: its settings, its metrics' `tier` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Tier {
     /// The fast model that answers a request at once.
     Fast,

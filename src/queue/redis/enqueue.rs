@@ -121,7 +121,7 @@ impl RedisQueue {
     pub(crate) async fn enqueue_staged(
         &self,
         id: JobId,
-        sync: &Prediction,
+        fast: &Prediction,
         created_at_ms: u64,
     ) -> Result<(), QueueError> {
         let inner = &self.inner;
@@ -140,7 +140,7 @@ impl RedisQueue {
             .arg(limit)
             .arg(ttl_ms(self.unfinished_ttl()))
             .arg(id.to_string())
-            .arg(to_json(sync)?)
+            .arg(to_json(fast)?)
             .arg(created_at_ms)
             .arg(byte_limit)
             .arg(deadline);

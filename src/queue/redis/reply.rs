@@ -141,8 +141,8 @@ pub(super) fn parse_record(id: JobId, fields: Vec<(String, String)>) -> Result<J
         match name.as_str() {
             "status" => status = Some(JobStatus::parse(&value).ok_or_else(|| format!("status {value:?}"))?),
             "sync" => {
-                let sync = serde_json::from_str(&value).map_err(|err| format!("sync: {err}"))?;
-                record = Some(JobRecord::new(id, sync, 0));
+                let fast = serde_json::from_str(&value).map_err(|err| format!("sync: {err}"))?;
+                record = Some(JobRecord::new(id, fast, 0));
             }
             "result" => result = Some(serde_json::from_str(&value).map_err(|err| format!("result: {err}"))?),
             "error" => error = Some(value),
