@@ -122,6 +122,7 @@ fn sibling_edges(sources: &[Source], parent: &[String]) -> BTreeMap<String, BTre
         .filter(|s| s.module.len() > parent.len() && s.module.starts_with(parent))
         .map(|s| s.module[parent.len()].clone())
         .collect();
+    let exported = reexports(sources, parent, &children);
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for source in sources.iter().filter(|s| s.module.len() > parent.len() && s.module.starts_with(parent)) {
         let from = &source.module[parent.len()];
@@ -143,12 +144,39 @@ fn sibling_edges(sources: &[Source], parent: &[String]) -> BTreeMap<String, BTre
             }
         }
         for target in targets {
+            // A name the parent re-exports (`pub use child::Thing`) stands for its child.
+            let target = exported.get(&target).cloned().unwrap_or(target);
             if &target != from && children.contains(&target) {
                 edges.entry(from.clone()).or_default().insert(target);
             }
         }
     }
     edges
+}
+
+/// The names `parent`'s own file re-exports from its children (`pub use child::{A, B as C}`),
+/// each with the child it comes from.
+fn reexports(sources: &[Source], parent: &[String], children: &BTreeSet<String>) -> BTreeMap<String, String> {
+    let mut names = BTreeMap::new();
+    let Some(own) = sources.iter().find(|s| s.module == parent && is_mod_file(s)) else { return names };
+    for statement in own.code.split(';') {
+        let Some(used) = statement.trim().strip_prefix("pub use ") else { continue };
+        let Some((child, rest)) = used.split_once("::") else { continue };
+        if !children.contains(child) {
+            continue;
+        }
+        for item in rest.replace(['{', '}'], ",").split(',') {
+            let item = item.trim();
+            let name = match item.split_once(" as ") {
+                Some((_, alias)) => alias.trim(),
+                None => item.rsplit("::").next().unwrap_or(item),
+            };
+            if !name.is_empty() && name != "self" && name != "*" {
+                names.insert(name.to_owned(), child.to_owned());
+            }
+        }
+    }
+    names
 }
 
 fn is_mod_file(source: &Source) -> bool {
@@ -235,6 +263,13 @@ fn the_cycle_check_sees_cycles() {
     assert_eq!(find_cycle(&sibling_edges(&layered, &[])), None);
     let siblings = [source(&["q", "x"], "use super::y::Y;"), source(&["q", "y"], "use super::x;")];
     assert!(find_cycle(&sibling_edges(&siblings, &["q".to_owned()])).is_some());
+    // Through the names the parent re-exports: `super::Y` is `y`'s, `crate::q::X` is `x`'s.
+    let mut parent = source(&["q"], "pub use x::{X, Other as Renamed};\npub use y::Y;");
+    parent.path = PathBuf::from("q/mod.rs");
+    let through_reexports =
+        [parent, source(&["q", "x"], "use super::Y;"), source(&["q", "y"], "fn f(_: crate::q::Renamed) {}")];
+    let edges = sibling_edges(&through_reexports, &["q".to_owned()]);
+    assert_eq!(find_cycle(&edges), Some(vec!["x".into(), "y".into(), "x".into()]));
 }
 
 #[test]

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt as _;
 
 use super::error::ApiError;
+use super::types::PredictRequest;
 
 /// A request body read whole, and which of the three forms it is. Parsing is a step of its
 /// own ([`Received::into_image`]), so that a large JSON body can be parsed off the runtime.
@@ -161,13 +162,16 @@ async fn drain(mut body: Body) {
     let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
+/// The image of a JSON body, a [`PredictRequest`]. Read as any JSON first, so that each way a
+/// body can be wrong (not JSON, no `image_data`, not a string) gets its own error.
 pub fn image_from_json(body: &[u8]) -> Result<Bytes, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let field = value.get("image_data").ok_or(ApiError::MissingField("image_data"))?;
-    let text = field
-        .as_str()
-        .ok_or_else(|| ApiError::InvalidField { field: "image_data", reason: "expected a base64 string".into() })?;
-    decode_base64(text).map(Bytes::from)
+    if !field.is_string() {
+        return Err(ApiError::InvalidField { field: "image_data", reason: "expected a base64 string".into() });
+    }
+    let request: PredictRequest = serde_json::from_value(value).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    decode_base64(&request.image_data).map(Bytes::from)
 }
 
 /// Standard base64, padded or not, with or without a `data:...;base64,` prefix; whitespace

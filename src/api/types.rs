@@ -1,4 +1,5 @@
-//! The wire format: every JSON body the HTTP API sends, as a named type.
+//! The wire format: every JSON body the HTTP API sends, and the JSON form of `POST /predict`
+//! it reads, as named types.
 //!
 //! Handlers build these structs and nothing else (no hand-built `serde_json::Value`), and the
 //! same types are read back by `tandem bench` and by the integration tests, so a change to the
@@ -16,6 +17,15 @@ use uuid::Uuid;
 
 use crate::engine::Prediction;
 use crate::jobs::{JobRecord, JobStatus, format_ms};
+
+/// `POST /predict`'s JSON form (`Content-Type: application/json`); the image may also come as
+/// the raw body or as a multipart `image` field. Other fields are ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictRequest {
+    /// The encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF), base64 (standard alphabet, padded or
+    /// not, line breaks ignored), optionally as a `data:<type>;base64,` URL.
+    pub image_data: String,
+}
 
 /// One class of a prediction's `top_k`, best first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,9 +5,10 @@
 //! fast tier answering `POST /predict` batches per lane at `--fast-nice` and decodes on its
 //! inference thread when idle; the accurate tier refining jobs batches up to
 //! `--accurate-max-batch` at `--accurate-priority` and decodes on its own thread, never beside
-//! the foreground; `classify` and `eval` run one image at a time on one lane. [`settings`] is the
-//! only place a [`ModelConfig`] and a [`BatchConfig`] are assembled; `serve`, `worker`,
-//! `classify`, `eval` and `bench --raw` all go through it.
+//! the foreground; `classify` and `eval` run one image at a time on one lane. [`settings`] (with
+//! [`model`]) is the only place a [`ModelConfig`] and a [`BatchConfig`] are assembled; `serve`,
+//! `worker`, `classify` and `eval` go through it, `bench --raw` through [`model`] (it times the
+//! ONNX Runtime session alone, without a lane or batching).
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -6,8 +6,8 @@
 //! share of the cores: a run on one thread needs no hand-off between threads inside the model,
 //! so it loses nothing when request handling takes a core for a moment, where a run spread
 //! over every core waits for the slowest of them at each operator. Where an image is
-//! decoded is a [`DecodeOn`] choice: the fast tier decodes on tokio's blocking pool, in
-//! parallel with the model, when the model is busy, and on its idle inference thread otherwise
+//! decoded is a [`DecodeOn`] choice: the fast tier decodes on its [`WorkPool`] (tokio's blocking
+//! pool without one), in parallel with the model, when the model is busy, and on its idle inference thread otherwise
 //! (two thread hand-offs fewer for a lone request); a background tier always decodes on its
 //! inference thread, at that thread's low priority.
 //! Batching is Triton-style: take whatever is already waiting, up to `max_batch`, and wait at

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use super::{Delivery, FailOutcome, QueueDepth, QueueError, QueuePolicy, Receipt, StagedJob};
+use super::{Delivery, FailOutcome, QueueDepth, QueueError, QueuePolicy, Receipt};
 use crate::engine::Prediction;
 use crate::jobs::{JobId, JobRecord, JobStatus, now_ms};
 
@@ -82,11 +82,6 @@ impl EmbeddedQueue {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic elsewhere while holding the lock leaves plain data behind; keep serving it.
         self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The first step of queueing a job: nothing to store yet, in memory (see `StagedJob`).
-    pub fn stage(&self, id: JobId, image: Bytes, created_at_ms: u64) -> StagedJob {
-        StagedJob::embedded(self.clone(), id, image, created_at_ms)
     }
 
     /// Queues a job with its fast answer (`StagedJob::commit`).

@@ -4,7 +4,8 @@
 //! A job enters the queue only with its fast answer, so every record has one; staging first
 //! lets the big write (the image, with Redis) overlap the fast model instead of adding to the
 //! request's latency. The request handler drives both steps and times the commit itself: the
-//! queue never sees the engine or the request.
+//! queue never sees the engine or the request. The backends' `stage` are here too: a backend
+//! stores and queues, and knows nothing of the two steps it is driven through.
 
 use bytes::Bytes;
 
@@ -29,12 +30,29 @@ enum Backend {
     Redis { queue: RedisQueue, staged: Result<(), QueueError> },
 }
 
+impl EmbeddedQueue {
+    /// The first step of queueing a job: nothing to store yet, in memory.
+    pub fn stage(&self, id: JobId, image: Bytes, created_at_ms: u64) -> StagedJob {
+        StagedJob::embedded(self.clone(), id, image, created_at_ms)
+    }
+}
+
+impl RedisQueue {
+    /// Stores a job's image ahead of the job (see `queue::redis::enqueue`), to run while the
+    /// fast model does; the job is queued only by [`StagedJob::commit`], where a staging error
+    /// comes out.
+    pub async fn stage(&self, id: JobId, image: Bytes, created_at_ms: u64) -> StagedJob {
+        let staged = self.stage_image(id, &image).await;
+        StagedJob::redis(self.clone(), id, created_at_ms, staged)
+    }
+}
+
 impl StagedJob {
-    pub(super) fn embedded(queue: EmbeddedQueue, id: JobId, image: Bytes, created_at_ms: u64) -> Self {
+    fn embedded(queue: EmbeddedQueue, id: JobId, image: Bytes, created_at_ms: u64) -> Self {
         Self { id, created_at_ms, backend: Backend::Embedded { queue, image } }
     }
 
-    pub(super) fn redis(queue: RedisQueue, id: JobId, created_at_ms: u64, staged: Result<(), QueueError>) -> Self {
+    fn redis(queue: RedisQueue, id: JobId, created_at_ms: u64, staged: Result<(), QueueError>) -> Self {
         Self { id, created_at_ms, backend: Backend::Redis { queue, staged } }
     }
 

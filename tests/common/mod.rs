@@ -241,10 +241,15 @@ pub fn get_json(url: &str) -> (u16, serde_json::Value) {
     read_json(agent().get(url).call().expect("GET"))
 }
 
-/// Reads a body as one of the API's wire types, failing the test with the body if it is not.
-pub fn parse<T: serde::de::DeserializeOwned>(body: &serde_json::Value) -> T {
-    serde_json::from_value(body.clone())
-        .unwrap_or_else(|e| panic!("not a {} ({e}): {body}", std::any::type_name::<T>()))
+/// Reads a body as one of the API's wire types, failing the test with the body if it is not
+/// exactly that: written back, the type must give the same JSON, so a field the type does not
+/// know, a missing one, or a `null` where the field should be absent fails here.
+pub fn parse<T: serde::de::DeserializeOwned + serde::Serialize>(body: &serde_json::Value) -> T {
+    let typed: T = serde_json::from_value(body.clone())
+        .unwrap_or_else(|e| panic!("not a {} ({e}): {body}", std::any::type_name::<T>()));
+    let again = serde_json::to_value(&typed).unwrap_or_else(|e| panic!("cannot write back ({e}): {body}"));
+    assert_eq!(&again, body, "not exactly a {}", std::any::type_name::<T>());
+    typed
 }
 
 /// A `POST /predict` 200 body.

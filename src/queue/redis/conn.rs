@@ -42,7 +42,7 @@ use crate::queue::outage::Transition;
 /// How long one attempt to open a TCP connection (and say hello) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long Redis may take to answer one ordinary command.
-pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// The bound on one whole call (connecting included), whatever happens underneath.
 pub(super) const OP_TIMEOUT: Duration = Duration::from_millis(2500);
 /// Consecutive failed calls after which a connection is thrown away and made anew.

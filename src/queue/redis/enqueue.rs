@@ -5,8 +5,8 @@
 //!
 //! `POST /predict` stores the image while the fast model runs (`stage`, then
 //! `stage_image`: `SET` with a short expiry), then queues the job with its fast answer
-//! (`StagedJob::commit`, then `enqueue_staged`: one small script). The image never passes through Lua: a 1 MB script argument costs Redis about 2 ms
-//! of copying, a plain `SET` 0.2 ms. An image staged by a request that then failed, or by a
+//! (`StagedJob::commit`, then `enqueue_staged`: one small script). The image never passes
+//! through Lua: a 1 MB script argument costs Redis about 2 ms of copying, a plain `SET` 0.2 ms. An image staged by a request that then failed, or by a
 //! process that died, expires by itself (`STAGED_IMAGE_TTL`); queueing the job removes the
 //! expiry.
 //!
@@ -38,7 +38,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::RedisQueue;
@@ -46,7 +45,7 @@ use super::conn::{OP_TIMEOUT, Retry};
 use super::{to_json, ttl_ms};
 use crate::engine::Prediction;
 use crate::jobs::JobId;
-use crate::queue::{QueueError, StagedJob};
+use crate::queue::QueueError;
 
 /// How late Redis may run an enqueue script: past this after the call started (on Redis' own
 /// clock, see "Enqueue outcome"), the script queues nothing. Well under `RESPONSE_TIMEOUT`, so an
@@ -60,17 +59,10 @@ const CANCEL_RETRY: Duration = Duration::from_secs(1);
 const STAGED_IMAGE_TTL: Duration = Duration::from_secs(300);
 
 impl RedisQueue {
-    /// Stores a job's image ahead of the job (see "Enqueueing"), to run while the fast model
-    /// does; the job is queued only by [`StagedJob::commit`]. A staging error comes out there.
-    pub async fn stage(&self, id: JobId, image: Bytes, created_at_ms: u64) -> StagedJob {
-        let staged = self.stage_image(id, &image).await;
-        StagedJob::redis(self.clone(), id, created_at_ms, staged)
-    }
-
     /// Stores a job's image ahead of the job, with a plain `SET` (see "Enqueueing" above). It
     /// expires after `STAGED_IMAGE_TTL` unless [`Self::enqueue_staged`] queues its job. Redis'
     /// `TIME` comes back in the same round trip, for the enqueue fence.
-    async fn stage_image(&self, id: JobId, image: &[u8]) -> Result<(), QueueError> {
+    pub(crate) async fn stage_image(&self, id: JobId, image: &[u8]) -> Result<(), QueueError> {
         let key = &self.inner.keys.image(id);
         let ttl = ttl_ms(STAGED_IMAGE_TTL);
         let time: (u64, u64) = self
