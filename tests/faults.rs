@@ -57,25 +57,10 @@ fn submit(base: &str, count: usize, clients: usize) -> Vec<String> {
 /// `XPENDING key group`: count, first id, last id, and (consumer, count) pairs.
 type PendingSummary = (u64, Option<String>, Option<String>, Option<Vec<(String, String)>>);
 
-/// Waits until the worker with this pid (its consumer name holds the pid) has jobs in flight.
+/// Waits until the worker with this pid (its consumer name holds the pid) has jobs in flight;
+/// returns how many it holds.
 fn wait_until_holding(url: &str, prefix: &str, pid: u32, timeout: Duration) -> u64 {
-    let client = redis::Client::open(url).expect("url");
-    let mut conn = client.get_connection().expect("redis");
-    let marker = format!("-{pid}-");
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        let summary: redis::RedisResult<PendingSummary> =
-            redis::cmd("XPENDING").arg(format!("{prefix}:jobs")).arg("workers").query(&mut conn);
-        if let Ok((_, _, _, Some(consumers))) = summary
-            && let Some((_, held)) = consumers.iter().find(|(name, _)| name.contains(&marker))
-            && let Ok(held) = held.parse::<u64>()
-            && held > 0
-        {
-            return held;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("worker {pid} never took a job");
+    holder(url, prefix, &[pid], timeout).1
 }
 
 #[test]
@@ -424,8 +409,9 @@ fn faultsuite_a_stalled_redis_runs_no_job_the_client_was_told_was_not_queued() {
     assert_eq!((queued, bytes), (0, None), "an empty queue holds no bytes");
 }
 
-/// The pid of whichever of `pids` holds a job of the stream (its consumer name holds the pid).
-fn holder(url: &str, prefix: &str, pids: &[u32], timeout: Duration) -> u32 {
+/// Whichever of `pids` holds jobs of the stream (its consumer name holds the pid), and how
+/// many: `XPENDING` lists only consumers that hold some.
+fn holder(url: &str, prefix: &str, pids: &[u32], timeout: Duration) -> (u32, u64) {
     let client = redis::Client::open(url).expect("url");
     let mut conn = client.get_connection().expect("redis");
     let deadline = Instant::now() + timeout;
@@ -433,14 +419,17 @@ fn holder(url: &str, prefix: &str, pids: &[u32], timeout: Duration) -> u32 {
         let summary: redis::RedisResult<PendingSummary> =
             redis::cmd("XPENDING").arg(format!("{prefix}:jobs")).arg("workers").query(&mut conn);
         if let Ok((_, _, _, Some(consumers))) = summary
-            && let Some(pid) =
-                pids.iter().find(|pid| consumers.iter().any(|(name, _)| name.contains(&format!("-{pid}-"))))
+            && let Some((pid, held)) = pids.iter().find_map(|pid| {
+                let marker = format!("-{pid}-");
+                let (_, held) = consumers.iter().find(|(name, _)| name.contains(&marker))?;
+                Some((*pid, held.parse::<u64>().ok().filter(|&n| n > 0)?))
+            })
         {
-            return *pid;
+            return (pid, held);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("no worker took the job");
+    panic!("no worker of {pids:?} took a job");
 }
 
 /// Issue 13 item 12. A job that runs three times longer than `--reclaim-after` stays with its
@@ -500,7 +489,7 @@ fn faultsuite_a_live_workers_slow_job_stays_with_it_and_a_killed_workers_is_take
         assert!(Instant::now() < deadline, "the job never started");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let victim = holder(&url, &prefix, &pids, Duration::from_secs(30));
+    let (victim, _) = holder(&url, &prefix, &pids, Duration::from_secs(30));
     let (v, survivor) = if victim == pids[0] { (0, 1) } else { (1, 0) };
     let _ = workers[v].child.kill();
     let _ = workers[v].child.wait();

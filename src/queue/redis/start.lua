@@ -4,6 +4,15 @@ local max_attempts = tonumber(ARGV[2])
 local now = ARGV[3]
 local out = {}
 local count = (#ARGV - 6) / 2
+-- An entry that will not run: acknowledged and deleted with its image, and `code` reported.
+local function drop_entry(entry, image, code)
+  redis.call('XACK', KEYS[1], group, entry)
+  redis.call('XDEL', KEYS[1], entry)
+  drop_image(image, KEYS[3])
+  out[#out + 1] = code
+  out[#out + 1] = 0
+  out[#out + 1] = ''
+end
 for i = 1, count do
   local entry = ARGV[5 + 2 * i]
   local job = ARGV[6 + 2 * i]
@@ -11,12 +20,7 @@ for i = 1, count do
   local image = KEYS[3 + 2 * i]
   local status = redis.call('HGET', hash, 'status')
   if (not status) or status == 'completed' or status == 'failed' then
-    redis.call('XACK', KEYS[1], group, entry)
-    redis.call('XDEL', KEYS[1], entry)
-    drop_image(image, KEYS[3])
-    out[#out + 1] = -1
-    out[#out + 1] = 0
-    out[#out + 1] = ''
+    drop_entry(entry, image, -1)
   else
     local attempt = redis.call('HINCRBY', hash, 'attempts', 1)
     local err = nil
@@ -30,12 +34,7 @@ for i = 1, count do
       redis.call('PEXPIRE', hash, ARGV[5])
       redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*',
         'id', job, 'error', err, 'attempts', max_attempts, 'failed_at_ms', now)
-      redis.call('XACK', KEYS[1], group, entry)
-      redis.call('XDEL', KEYS[1], entry)
-      drop_image(image, KEYS[3])
-      out[#out + 1] = -2
-      out[#out + 1] = 0
-      out[#out + 1] = ''
+      drop_entry(entry, image, -2)
     else
       redis.call('HSET', hash, 'status', 'running', 'started_at_ms', now)
       redis.call('PEXPIRE', hash, ARGV[4])
