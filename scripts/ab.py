@@ -14,26 +14,14 @@ and the medians, and new / old ratios taken round by round. Python standard libr
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.environ.get("TANDEM_SHARED_DIR", os.path.join(ROOT, "..", "shared"))
-MODELS = os.path.join(SHARED, "models")
-IMAGE = os.path.join(SHARED, "images", "sample_01.jpg")
-HUGE = os.path.join(SHARED, "images", "large", "photo_4000x3000.jpg")
-MODEL_ARGS = ["--model-dir", MODELS, "--accurate-model", "resnet50-untrained.onnx"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# The helpers and the upload probe of scripts/perf.py (beside this file), for the same figures.
+from perf import IMAGE, MODEL_ARGS, bench, free_port, start_redis, upload_probe
 
 
 def wait_ready(url, proc):
@@ -50,13 +38,6 @@ def wait_ready(url, proc):
     raise RuntimeError("serve not ready")
 
 
-def bench(tandem, *args):
-    out = subprocess.run([tandem, "bench", "--json", *args], capture_output=True, text=True)
-    if not out.stdout.strip():
-        raise RuntimeError(out.stderr[-2000:])
-    return json.loads(out.stdout)
-
-
 def measure(binary, bench_bin, redis_url, duration):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -67,23 +48,13 @@ def measure(binary, bench_bin, redis_url, duration):
     try:
         wait_ready(url, proc)
         d = str(duration)
-        c1 = bench(bench_bin, "--url", url, "--image", IMAGE, "--concurrency", "1", "--duration", d)
-        c8 = bench(bench_bin, "--url", url, "--image", IMAGE, "--concurrency", "8", "--duration", d)
-        # The upload load at nice 19 and the /health probe in a process of its own (see
-        # scripts/perf.py, target 8).
-        load = subprocess.Popen(["nice", "-n", "19", bench_bin, "bench", "--json", "--url", url, "--image", HUGE,
-                                 "--concurrency", "64", "--duration", str(duration + 2), "--warmup", "1"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
-        probe = bench(bench_bin, "--url", url, "--image", IMAGE, "--concurrency", "0", "--mix", "health:1",
-                      "--duration", d, "--warmup", "0")
-        up = json.loads(load.communicate()[0])
+        c1 = bench("--url", url, "--image", IMAGE, "--concurrency", "1", "--duration", d, tandem=bench_bin)
+        c8 = bench("--url", url, "--image", IMAGE, "--concurrency", "8", "--duration", d, tandem=bench_bin)
+        uploads = upload_probe(url, duration, tandem=bench_bin)
         return {
             "c1_p50_ms": c1["routes"]["predict"]["latency"]["p50_ms"],
             "c8_rps": c8["routes"]["predict"]["throughput_rps"],
-            "uploads_health_p99_ms": probe["routes"]["health"]["latency"]["p99_ms"],
-            "uploads_health_max_ms": probe["routes"]["health"]["latency"]["max_ms"],
-            "uploads_predict_rps": up["routes"]["predict"]["throughput_rps"],
+            **{k: uploads[k] for k in ("uploads_health_p99_ms", "uploads_health_max_ms", "uploads_predict_rps")},
         }
     finally:
         proc.terminate()
@@ -100,13 +71,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=6.0)
     args = ap.parse_args()
-    port = free_port()
-    redis_dir = tempfile.mkdtemp()
-    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", redis_dir],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
-    redis_url = f"redis://127.0.0.1:{port}/"
+    redis, redis_url = start_redis()
     rows = {"old": [], "new": []}
     try:
         for i in range(args.rounds):

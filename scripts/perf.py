@@ -22,7 +22,7 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(ROOT, "..", "shared")
+SHARED = os.environ.get("TANDEM_SHARED_DIR", os.path.join(ROOT, "..", "shared"))
 MODELS = os.path.join(SHARED, "models")
 IMAGE = os.path.join(SHARED, "images", "sample_01.jpg")
 LARGE = os.path.join(SHARED, "images", "large", "photo_1600x1200.jpg")
@@ -41,8 +41,18 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_bench(*args):
-    return subprocess.Popen([TANDEM, "bench", "--json", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+def start_redis():
+    """A private redis-server without persistence on a free port: (process, URL)."""
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", tempfile.mkdtemp()],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return redis, f"redis://127.0.0.1:{port}/"
+
+
+def start_bench(*args, tandem=TANDEM):
+    return subprocess.Popen([tandem, "bench", "--json", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
@@ -53,8 +63,8 @@ def finish_bench(p, args):
     return json.loads(out)
 
 
-def bench(*args):
-    return finish_bench(start_bench(*args), args)
+def bench(*args, tandem=TANDEM):
+    return finish_bench(start_bench(*args, tandem=tandem), args)
 
 
 def get(url):
@@ -175,14 +185,15 @@ def p50(report, route="predict"):
     return report["routes"][route]["latency"]["p50_ms"]
 
 
-def upload_probe(url, duration):
-    """/health latency from a probe process while 64 connections upload 12 MP photos."""
-    uploads = subprocess.Popen(["nice", "-n", "19", TANDEM, "bench", "--json", "--url", url, "--image", HUGE,
+def upload_probe(url, duration, tandem=TANDEM):
+    """/health latency from a probe process while 64 connections upload 12 MP photos (the
+    uploads at nice 19, so the load generator does not outrank the server it loads)."""
+    uploads = subprocess.Popen(["nice", "-n", "19", tandem, "bench", "--json", "--url", url, "--image", HUGE,
                                 "--concurrency", "64", "--duration", str(duration + 2), "--warmup", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.5)
     probe = bench("--url", url, "--image", IMAGE, "--concurrency", "0", "--mix", "health:1", "--duration",
-                  str(duration), "--warmup", "0")
+                  str(duration), "--warmup", "0", tandem=tandem)
     loaded = finish_bench(uploads, ["uploads"])
     health = probe["routes"]["health"]["latency"]
     errors = loaded["routes"]["predict"]["errors_by_status"]
@@ -350,16 +361,11 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     os.makedirs(args.out, exist_ok=True)
 
-    port = free_port()
-    redis_dir = tempfile.mkdtemp()
-    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", redis_dir],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
+    redis, redis_url = start_redis()
     rounds = []
     try:
         for i in range(args.rounds):
-            r = one_round(f"redis://127.0.0.1:{port}/", redis.pid, args.duration, i)
+            r = one_round(redis_url, redis.pid, args.duration, i)
             rounds.append(r)
             print(f"round {i + 1}: {json.dumps(r)}", file=sys.stderr, flush=True)
     finally:
