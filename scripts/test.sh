@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test, from a fresh clone: fetches ONNX Runtime if it is missing, makes sure a Redis
-# answers (starting a throw-away one on a free port if none does), then `cargo test`.
+# answers (starting a throw-away one on a free port if none does), then `cargo test`, then
+# scripts/container-test.sh (the image and compose files).
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test golden`).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,3 +44,10 @@ fi
 # runs several processes on a small machine) and with its figures printed.
 cargo test --locked -- --skip faultsuite_
 cargo test --locked --test faults -- --nocapture --test-threads=1
+# The container image and compose files, built and run for real (needs Docker, or root to use
+# podman; TANDEM_SKIP_CONTAINERS=1 skips it on a machine that has neither).
+if [ "${TANDEM_SKIP_CONTAINERS:-0}" = 1 ]; then
+  echo "test.sh: TANDEM_SKIP_CONTAINERS=1: scripts/container-test.sh skipped" >&2
+else
+  "$root/scripts/container-test.sh"
+fi

@@ -23,3 +23,18 @@ pub async fn signal() {
     }
     tracing::info!("shutdown signal received");
 }
+
+/// [`signal`], and when the work it stops must be done by: `drain` after the signal came. The
+/// deadline is set once the future has resolved, so whatever runs after it can wait for what is
+/// left of one budget instead of a fresh `drain` per phase.
+pub fn signal_with_deadline(
+    drain: std::time::Duration,
+) -> (impl Future<Output = ()>, std::sync::Arc<std::sync::OnceLock<tokio::time::Instant>>) {
+    let deadline = std::sync::Arc::new(std::sync::OnceLock::new());
+    let set = deadline.clone();
+    let stopping = async move {
+        signal().await;
+        let _ = set.set(tokio::time::Instant::now() + drain);
+    };
+    (stopping, deadline)
+}

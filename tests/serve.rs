@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{
     Tandem, as_error, as_predict, base64, get_json, images_dir, job_id, post_bytes, post_json, predict, redis_url,
@@ -332,4 +332,35 @@ fn metrics_follow_prometheus_conventions_and_count_what_happened() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
+}
+
+/// `--drain-timeout` bounds a worker's stop: told to stop while its job waits for a batch that
+/// will not fill for 20 s, it exits 0 within the drain time, and the job is left in Redis for
+/// another worker to take over.
+#[test]
+fn a_worker_stops_within_its_drain_timeout_and_leaves_its_job_to_another() {
+    let prefix = unique_prefix("drain");
+    let url = redis_url();
+    let redis = ["--redis-url", url.as_str(), "--redis-prefix", &prefix, "--reclaim-after", "1"];
+    let server = Tandem::serve(&redis);
+    let log = std::env::temp_dir().join(format!("{prefix}.log"));
+    let stuck = ["--accurate-max-batch", "8", "--accurate-max-batch-delay", "20000", "--drain-timeout", "1"];
+    let mut worker = Tandem::worker_with_log(&[&redis[..], &stuck[..]].concat(), &log);
+    let (status, body) = post_photo(&server.base, &photo("sample_03.jpg"), 1);
+    assert_eq!(status, 200, "{body}");
+    let id = job_id(&as_predict(&body));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get_json(&server.url(&format!("/job/{id}"))).1["status"] != "running" {
+        assert!(Instant::now() < deadline, "the job never started: {}", get_json(&server.url(&format!("/job/{id}"))).1);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopping = Instant::now();
+    assert_eq!(worker.terminate(Duration::from_secs(15)), Some(0), "the worker exits 0 on SIGTERM");
+    let stopped_in = stopping.elapsed();
+    assert!(stopped_in < Duration::from_secs(5), "stopped in {stopped_in:?}, past --drain-timeout 1");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("--drain-timeout"), "the worker says it left jobs behind: {text}");
+    let _taker = Tandem::worker(&redis);
+    let job = wait_for_job(&server.base, &id, Duration::from_secs(60));
+    assert_eq!(job["status"], "completed", "{job}");
 }

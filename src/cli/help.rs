@@ -32,6 +32,7 @@ pub const SERVE_HEADINGS: &[(&str, &[&str])] = &[
             "request_timeout",
             "body_timeout",
             "header_timeout",
+            "drain_timeout",
             "max_uploads",
             "upload_memory",
             "max_pixels",

@@ -1,4 +1,4 @@
-//! The command tree: `tandem serve | worker | classify | eval | bench | models pull`.
+//! The command tree: `tandem serve | worker | classify | eval | bench | healthcheck | models pull`.
 //!
 //! Each subcommand's module owns its arguments and its run function; flag groups shared by
 //! several live in [`args`], and what the flags mean for one tier in [`tiers`]. This is the
@@ -10,6 +10,7 @@ pub mod args;
 pub mod bench;
 pub mod classify;
 pub mod eval;
+pub mod healthcheck;
 pub mod help;
 pub mod models;
 pub mod serve;
@@ -63,6 +64,9 @@ pub enum Command {
     /// Prints throughput and p50/p90/p99 latency per route (`--mix health:N` adds health checks
     /// alongside `POST /predict`); `--jobs N` follows N jobs to completion instead.
     Bench(bench::BenchArgs),
+    /// Exit 0 if the local `serve` (or worker) answers `GET /health/live`: the container
+    /// image's HEALTHCHECK, which needs no curl.
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// Manage model files.
     Models {
         #[command(subcommand)]
@@ -79,6 +83,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<bool> {
         Command::Classify(args) => classify::run(args),
         Command::Eval(args) => eval::run(args).map(|()| true),
         Command::Bench(args) => bench::run(args),
+        Command::Healthcheck(args) => healthcheck::run(args),
         Command::Models { command } => models::run(command).map(|()| true),
     }
 }

@@ -16,9 +16,6 @@ use crate::engine::Tier;
 use crate::labels::Labels;
 use crate::queue::{EmbeddedQueue, JobQueue};
 
-/// How long `serve` waits for open requests once told to stop.
-const DRAIN: Duration = Duration::from_secs(30);
-
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on: `HOST:PORT`, the host a name or an IP (`0.0.0.0:8000`: every interface).
@@ -67,6 +64,12 @@ pub struct ServeArgs {
     /// Seconds a client has to send its request headers (against slow clients).
     #[arg(long, env = "TANDEM_HEADER_TIMEOUT", default_value_t = 10.0, value_parser = parse_seconds)]
     pub header_timeout: f64,
+
+    /// Seconds `serve` has, once told to stop (SIGTERM, Ctrl-C), to finish the requests in
+    /// flight and, on the embedded queue, the jobs running; set it below the stop timeout of
+    /// whatever stops the process (`docker stop`: 10 s by default).
+    #[arg(long, env = "TANDEM_DRAIN_TIMEOUT", default_value_t = 30.0, value_parser = parse_seconds)]
+    pub drain_timeout: f64,
 
     #[command(flatten)]
     pub access: AccessArgs,
@@ -132,18 +135,17 @@ async fn run_async(args: &ServeArgs) -> anyhow::Result<()> {
     let router = api::router(api::AppState::new(fast, queue.clone(), limits, access, pool));
     let local = listener.local_addr().map_or_else(|_| args.addr.clone(), |a| a.to_string());
     tracing::info!(addr = %local, queue = queue.backend(), "tandem serving");
-    api::server::serve(
-        listener,
-        router,
-        Duration::from_secs_f64(args.header_timeout.max(0.001)),
-        DRAIN,
-        crate::shutdown::signal(),
-    )
-    .await;
+    let drain = Duration::from_secs_f64(args.drain_timeout);
+    let (stopping, stop_asked) = crate::shutdown::signal_with_deadline(drain);
+    api::server::serve(listener, router, Duration::from_secs_f64(args.header_timeout.max(0.001)), drain, stopping)
+        .await;
 
     if let Some(handle) = embedded_worker {
         let _ = stop_workers.send(true);
-        let _ = handle.await;
+        let deadline = stop_asked.get().copied().unwrap_or_else(|| tokio::time::Instant::now() + drain);
+        if tokio::time::timeout_at(deadline, handle).await.is_err() {
+            tracing::warn!("embedded jobs still running after --drain-timeout; they are dropped");
+        }
     }
     tracing::info!("tandem stopped");
     Ok(())

@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use clap::Args;
 use tokio::sync::watch;
 
-use super::args::{ModelArgs, QueueArgs, WorkerPoolArgs};
+use super::args::{ModelArgs, QueueArgs, WorkerPoolArgs, parse_seconds};
 use super::startup::{bind, check_redis_url, connect_redis, runtime};
 use super::tiers::{self, Run};
 use crate::engine::{Classifier, Tier};
@@ -33,6 +33,12 @@ pub struct WorkerArgs {
 
     #[command(flatten)]
     pub workers: WorkerPoolArgs,
+
+    /// Seconds the worker has, once told to stop (SIGTERM, Ctrl-C), to finish the jobs it holds;
+    /// jobs still running then stay in Redis and another worker takes them over after
+    /// --reclaim-after. Set it below the stop timeout of whatever stops the process.
+    #[arg(long, env = "TANDEM_DRAIN_TIMEOUT", default_value_t = 30.0, value_parser = parse_seconds)]
+    pub drain_timeout: f64,
 }
 
 pub fn run(args: &WorkerArgs) -> anyhow::Result<()> {
@@ -82,7 +88,10 @@ async fn run_async(args: &WorkerArgs) -> anyhow::Result<()> {
     tracing::info!(concurrency = args.workers.concurrency, "tandem worker running");
     crate::shutdown::signal().await;
     let _ = stop.send(true);
-    let _ = handle.await;
+    let drain = Duration::from_secs_f64(args.drain_timeout);
+    if tokio::time::timeout(drain, handle).await.is_err() {
+        tracing::warn!(?drain, "jobs still running after --drain-timeout: left to be reclaimed by another worker");
+    }
     Ok(())
 }
 
