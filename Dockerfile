@@ -29,7 +29,9 @@ ARG JPEG_SIMD=true
 # No debug line tables in the image's binary (Cargo.toml keeps them for local builds): about a
 # fifth of the size; panics still name their functions.
 ENV CARGO_PROFILE_RELEASE_DEBUG=none CARGO_PROFILE_RELEASE_STRIP=debuginfo
-RUN apt-get update && apt-get install -y --no-install-recommends nasm && rm -rf /var/lib/apt/lists/*
+RUN if [ "$JPEG_SIMD" = true ]; then \
+        apt-get update && apt-get install -y --no-install-recommends nasm && rm -rf /var/lib/apt/lists/*; \
+    fi
 COPY --from=planner /src/recipe.json recipe.json
 RUN features="$([ "$JPEG_SIMD" = true ] || echo --no-default-features)" \
     && cargo chef cook --release --locked --bin tandem $features --recipe-path recipe.json
@@ -60,7 +62,8 @@ RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonex
 COPY --from=onnxruntime /ort/.onnxruntime/ /usr/local/lib/onnxruntime/
 COPY --from=builder /usr/local/bin/tandem /usr/local/bin/tandem
 # Every setting is a TANDEM_* variable (see `tandem serve --help`); these are the ones a
-# container needs to differ from the defaults. TANDEM_METRICS_ADDR is read by `worker` only.
+# container needs to differ from the defaults. TANDEM_METRICS_ADDR is the worker's listener (and
+# `tandem healthcheck` asks it); `serve` does not read it.
 ENV ORT_DYLIB_PATH=/usr/local/lib/onnxruntime/libonnxruntime.so \
     TANDEM_ADDR=0.0.0.0:8000 \
     TANDEM_METRICS_ADDR=0.0.0.0:9100 \
@@ -74,6 +77,7 @@ EXPOSE 8000 9100
 # SIGTERM starts the drain: `serve` finishes open requests, `worker` its jobs, within
 # TANDEM_DRAIN_TIMEOUT, which stays under `docker stop`'s default 10 s.
 STOPSIGNAL SIGTERM
-HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 CMD ["tandem", "healthcheck"]
+# The start period covers a first start that downloads the models (TANDEM_PULL_MISSING).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 CMD ["tandem", "healthcheck"]
 ENTRYPOINT ["tandem"]
 CMD ["serve"]

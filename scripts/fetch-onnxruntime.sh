@@ -23,8 +23,15 @@ trap 'rm -rf "$tmp"' EXIT
 
 # The wheel's native library does not depend on the Python version; pin one tag so pip
 # resolves the same file on every machine.
+# The machine's architecture (x86_64 or aarch64: the two the wheel is published for).
+arch="$(uname -m)"
+case "$arch" in
+  x86_64 | aarch64) ;;
+  arm64) arch=aarch64 ;;
+  *) echo "no onnxruntime wheel for $arch (x86_64 and aarch64 only)" >&2; exit 1 ;;
+esac
 "$python" -m pip download --quiet --no-deps --only-binary=:all: \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform "manylinux_2_28_$arch" --platform "manylinux_2_27_$arch" --platform "manylinux_2_17_$arch" \
   --python-version 3.11 --implementation cp \
   --dest "$tmp" "onnxruntime==$ORT_VERSION"
 

@@ -6,9 +6,9 @@
 
 With --at/--run, COMMAND (a bash line, e.g. `podman kill <worker>`) runs once K jobs have been
 accepted, while the rest are still being posted: the fault happens mid-run. Then every job is
-polled until it is final. Exits 0 only if all N posts got a job id and every job completed
-(none failed, none still pending at --timeout). Prints one JSON summary line; --out writes the
-job ids and their final states. Python's standard library only.
+polled until it is final; --out records each job's state and attempts. Exits 0 only if all N
+posts got a job id and every job completed (none failed, none still pending at --timeout).
+Prints one JSON summary line. Python's standard library only.
 """
 
 import argparse
@@ -22,14 +22,23 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 
+def parse(raw):
+    """The JSON body as a dict; anything else (no body, not JSON) as {"raw": ...}."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    return body if isinstance(body, dict) else {"raw": raw[:200].decode("utf-8", "replace")}
+
+
 def request(method, url, body=None, timeout=30.0):
     headers = {"content-type": "image/jpeg"} if body is not None else {}
     req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
+            return resp.status, parse(resp.read())
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
+        return err.code, parse(err.read())
 
 
 def main():
@@ -61,7 +70,7 @@ def main():
         for attempt in range(20):
             try:
                 status, body = request("POST", f"{base}/predict", image)
-            except OSError as err:
+            except OSError as err:  # refused, reset, timed out
                 status, body = 0, {"error": str(err)}
             if status == 200 and body.get("job_id"):
                 with lock:
@@ -85,6 +94,7 @@ def main():
     posted_s = time.monotonic() - started
 
     final = {}
+    attempts = {}
     deadline = time.monotonic() + args.timeout
     pending = list(accepted)
     while pending and time.monotonic() < deadline:
@@ -95,9 +105,10 @@ def main():
             except OSError:
                 still.append(job_id)
                 continue
-            state = body.get("status") if status == 200 and body else f"http {status}"
+            state = body.get("status") if status == 200 else f"http {status}"
             if state in ("completed", "failed"):
                 final[job_id] = state
+                attempts[job_id] = body.get("attempts")
             else:
                 still.append(job_id)
         pending = still
@@ -122,7 +133,7 @@ def main():
         print(f"refused: {refused[:3]}", file=sys.stderr)
     if args.out:
         with open(args.out, "w") as out:
-            json.dump({"final": final, "pending": pending, "refused": refused}, out)
+            json.dump({"final": final, "attempts": attempts, "pending": pending, "refused": refused}, out)
     ok = completed == args.jobs and (args.run is None or fault["rc"] == 0)
     sys.exit(0 if ok else 1)
 

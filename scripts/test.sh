@@ -44,10 +44,13 @@ fi
 # runs several processes on a small machine) and with its figures printed.
 cargo test --locked -- --skip faultsuite_
 cargo test --locked --test faults -- --nocapture --test-threads=1
-# The container image and compose files, built and run for real (needs Docker, or root to use
-# podman; TANDEM_SKIP_CONTAINERS=1 skips it on a machine that has neither).
+# The container image and compose files, built and run for real: with Docker, or as root with
+# podman (which scripts/container-test.sh installs from Debian's packages if missing).
+# TANDEM_SKIP_CONTAINERS=1 skips it; so does a machine with neither, loudly.
 if [ "${TANDEM_SKIP_CONTAINERS:-0}" = 1 ]; then
   echo "test.sh: TANDEM_SKIP_CONTAINERS=1: scripts/container-test.sh skipped" >&2
+elif ! docker info >/dev/null 2>&1 && [ "$(id -u)" != 0 ]; then
+  echo "test.sh: WARNING: scripts/container-test.sh skipped: no Docker engine, and not root (for podman)" >&2
 else
   "$root/scripts/container-test.sh"
 fi
