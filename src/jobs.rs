@@ -26,6 +26,11 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// Completed or failed: nothing changes a job after this.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobStatus::Completed | JobStatus::Failed)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobStatus::Queued => "queued",

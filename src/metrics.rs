@@ -25,6 +25,7 @@ pub const TIER_AGREEMENT: &str = "tandem_tier_agreement_total";
 pub const JOB_QUEUE_WAIT: &str = "tandem_job_queue_wait_seconds";
 pub const INFERENCE_WAIT: &str = "tandem_inference_wait_seconds";
 pub const WORKERS_LIVE: &str = "tandem_workers_live";
+pub const WATCHERS: &str = "tandem_watchers";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -55,6 +56,7 @@ pub fn install() -> Option<PrometheusHandle> {
 /// `absent()`) expect every known series to exist before its first event.
 pub fn register_serve_series() {
     metrics::gauge!(UPLOADS_IN_PROGRESS).set(0.0);
+    metrics::gauge!(WATCHERS).set(0.0);
     metrics::counter!(JOBS_ENQUEUED).absolute(0);
     for reason in ["full", "unavailable"] {
         metrics::counter!(JOBS_REJECTED, "reason" => reason).absolute(0);
@@ -100,4 +102,5 @@ fn describe() {
         "an image handed to a tier until its batch starts: earlier batches, decoding, waiting for a CPU"
     );
     describe_gauge!(WORKERS_LIVE, "workers taking jobs from the queue now (read at scrape time)");
+    describe_gauge!(WATCHERS, "clients waiting for a job now: long-polls and event streams");
 }

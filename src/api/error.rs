@@ -43,6 +43,9 @@ pub enum ApiError {
     JobNotFound(String),
     #[error("too many requests in flight; retry shortly")]
     Overloaded,
+    /// `--max-watchers`: long-polls and event streams open at once.
+    #[error("too many clients waiting for jobs ({limit}); retry shortly, or poll GET /job/{{id}}")]
+    TooManyWatchers { limit: usize },
     /// The configured `--request-timeout`, shown as the operator gave it.
     #[error("the request took longer than {0} s")]
     Timeout(f64),
@@ -82,7 +85,7 @@ impl ApiError {
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             JobNotFound(_) => StatusCode::NOT_FOUND,
-            Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            Overloaded | TooManyWatchers { .. } => StatusCode::TOO_MANY_REQUESTS,
             Timeout(_) | Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
             Inference(_) | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -112,6 +115,7 @@ impl ApiError {
             InvalidJobId(_) => "invalid_job_id",
             JobNotFound(_) => "job_not_found",
             Overloaded => "overloaded",
+            TooManyWatchers { .. } => "too_many_watchers",
             Timeout(_) => "timeout",
             Unauthorized => "unauthorized",
             BodyTimeout(_) => "body_timeout",

@@ -12,6 +12,7 @@ pub mod input;
 pub mod middleware;
 pub mod server;
 pub mod types;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,10 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// Classes in an answer's `top_k` (what the models compute); `?top_k=` may ask for fewer.
     pub top_k: usize,
+    /// The longest `GET /job/{id}?wait=` holds a request (longer asks are cut to it).
+    pub max_wait: Duration,
+    /// Long-polls and event streams open at once; more get 429.
+    pub max_watchers: usize,
 }
 
 #[derive(Clone)]
@@ -70,6 +75,7 @@ struct Inner {
     upload_kib: Arc<Semaphore>,
     /// Where large JSON bodies are parsed, off the runtime's threads.
     pool: WorkPool,
+    watchers: watch::Watchers,
 }
 
 impl AppState {
@@ -78,7 +84,8 @@ impl AppState {
         let uploads = Arc::new(Semaphore::new(limits.max_uploads.max(1)));
         let upload_kib = Arc::new(Semaphore::new(kib(limits.upload_memory.max(limits.max_body))));
         let access = Arc::new(access);
-        Self { inner: Arc::new(Inner { fast, queue, limits, access, inflight, uploads, upload_kib, pool }) }
+        let watchers = watch::Watchers::new(limits.max_watchers);
+        Self { inner: Arc::new(Inner { fast, queue, limits, access, inflight, uploads, upload_kib, pool, watchers }) }
     }
 }
 
@@ -96,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(ready))
         .route("/predict", post(predict))
         .route("/job/{id}", get(job))
+        .route("/job/{id}/events", get(job_events))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .with_state(state)
@@ -200,6 +208,15 @@ struct PredictQuery {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JobQuery {
+    top_k: Option<usize>,
+    /// Seconds to wait for the job to be final before answering (long-poll).
+    wait: Option<f64>,
+}
+
+/// `GET /job/{id}/events`' query.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
     top_k: Option<usize>,
 }
 
@@ -362,9 +379,30 @@ async fn job(State(state): State<AppState>, Path(id): Path<String>, uri: Uri) ->
     let query: JobQuery = parse_query(&uri)?;
     let top_k = wanted_top_k(query.top_k, state.inner.limits.top_k)?;
     let uuid = Uuid::try_parse(&id).map_err(|_| ApiError::InvalidJobId(id.clone()))?;
-    let record = state.inner.queue.get(uuid).await.map_err(ApiError::Queue)?;
+    let record = match query.wait {
+        None => state.inner.queue.get(uuid).await.map_err(ApiError::Queue)?,
+        Some(seconds) if seconds.is_finite() && seconds >= 0.0 => {
+            let wait = Duration::from_secs_f64(seconds.min(state.inner.limits.max_wait.as_secs_f64()));
+            watch::wait_until_final(&state, uuid, wait).await?
+        }
+        Some(_) => return Err(ApiError::InvalidQuery("wait: expected a number of seconds, 0 or more".into())),
+    };
     let record = record.ok_or(ApiError::JobNotFound(id))?;
     Ok(Json(JobResponse::new(&record, top_k)))
+}
+
+/// `GET /job/{id}/events`: the job's states as server-sent events (see [`watch`]).
+async fn job_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let query: EventsQuery = parse_query(&uri)?;
+    let top_k = wanted_top_k(query.top_k, state.inner.limits.top_k)?;
+    let uuid = Uuid::try_parse(&id).map_err(|_| ApiError::InvalidJobId(id.clone()))?;
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    Ok(watch::events(&state, uuid, top_k, last_event_id).await?.into_response())
 }
 
 /// Prometheus text format. Queue depth is read now rather than tracked, so it is exact for

@@ -33,6 +33,8 @@ pub const SERVE_HEADINGS: &[(&str, &[&str])] = &[
             "body_timeout",
             "header_timeout",
             "drain_timeout",
+            "max_wait",
+            "max_watchers",
             "max_uploads",
             "upload_memory",
             "max_pixels",

@@ -61,6 +61,16 @@ pub struct ServeArgs {
     #[arg(long, env = "TANDEM_UPLOAD_MEMORY", default_value = "512MiB", value_name = "BYTES")]
     pub upload_memory: bytesize::ByteSize,
 
+    /// Longest a `GET /job/{id}?wait=SECONDS` waits for the job to finish (longer asks are cut
+    /// to it), in seconds.
+    #[arg(long, env = "TANDEM_MAX_WAIT", default_value_t = 30.0, value_parser = parse_seconds)]
+    pub max_wait: f64,
+
+    /// Clients waiting for jobs at once (long-polls and `GET /job/{id}/events` streams); more
+    /// get 429.
+    #[arg(long, env = "TANDEM_MAX_WATCHERS", default_value_t = 10_000)]
+    pub max_watchers: usize,
+
     /// Seconds a client has to send its request headers (against slow clients).
     #[arg(long, env = "TANDEM_HEADER_TIMEOUT", default_value_t = 10.0, value_parser = parse_seconds)]
     pub header_timeout: f64,
@@ -131,6 +141,8 @@ async fn run_async(args: &ServeArgs) -> anyhow::Result<()> {
         upload_memory: usize::try_from(args.upload_memory.as_u64()).unwrap_or(usize::MAX),
         body_timeout: Duration::from_secs_f64(args.body_timeout.max(0.001)),
         top_k: tiers::TOP_K,
+        max_wait: Duration::from_secs_f64(args.max_wait),
+        max_watchers: args.max_watchers.max(1),
     };
     let router = api::router(api::AppState::new(fast, queue.clone(), limits, access, pool));
     let local = listener.local_addr().map_or_else(|_| args.addr.clone(), |a| a.to_string());

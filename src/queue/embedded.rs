@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use super::events::JobEvents;
 use super::{Delivery, FailOutcome, QueueDepth, QueueError, QueuePolicy, Receipt};
 use crate::engine::Prediction;
 use crate::jobs::{JobId, JobRecord, JobStatus, now_ms};
@@ -39,6 +40,8 @@ struct Inner {
     policy: QueuePolicy,
     /// Workers taking from this queue now (the one inside `serve`, while it runs).
     workers: AtomicU64,
+    /// Told of every state change, after the lock is released.
+    events: JobEvents,
 }
 
 #[derive(Default)]
@@ -65,6 +68,7 @@ impl EmbeddedQueue {
                 arrived: Notify::new(),
                 policy,
                 workers: AtomicU64::new(0),
+                events: JobEvents::default(),
             }),
         }
     }
@@ -77,6 +81,11 @@ impl EmbeddedQueue {
 
     pub fn live_workers(&self) -> u64 {
         self.inner.workers.load(Ordering::Relaxed)
+    }
+
+    /// Where this queue announces its jobs' state changes.
+    pub fn events(&self) -> &JobEvents {
+        &self.inner.events
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -147,6 +156,9 @@ impl EmbeddedQueue {
             let arrived = self.inner.arrived.notified();
             let taken = self.take_now(max);
             if !taken.is_empty() {
+                for delivery in &taken {
+                    self.inner.events.changed(delivery.id);
+                }
                 return Ok(taken);
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
@@ -186,6 +198,8 @@ impl EmbeddedQueue {
             record.result = Some(result.clone());
             record.error = None;
         });
+        drop(state);
+        self.inner.events.changed(delivery.id);
         Ok(())
     }
 
@@ -198,6 +212,8 @@ impl EmbeddedQueue {
                 record.status = JobStatus::Failed;
                 record.error = Some(error.to_owned());
             });
+            drop(state);
+            self.inner.events.changed(delivery.id);
             return Ok(FailOutcome::Dead);
         }
         if let Some(entry) = state.records.get_mut(&delivery.id) {
@@ -207,6 +223,7 @@ impl EmbeddedQueue {
         state.waiting.push_back(delivery.clone());
         drop(state);
         self.inner.arrived.notify_one();
+        self.inner.events.changed(delivery.id);
         Ok(FailOutcome::Retrying)
     }
 }

@@ -10,6 +10,7 @@
 
 mod delivery;
 pub mod embedded;
+pub mod events;
 mod outage;
 pub mod presence;
 pub mod redis;
@@ -21,6 +22,7 @@ use bytes::Bytes;
 
 pub use delivery::{Delivery, FailOutcome, Receipt};
 pub use embedded::EmbeddedQueue;
+pub use events::{JobEvents, JobWatch};
 pub use presence::WorkerPresence;
 pub use redis::{RedisQueue, RedisQueueConfig};
 pub use staged::StagedJob;
@@ -99,6 +101,15 @@ impl JobQueue {
         match self {
             JobQueue::Embedded(q) => Ok(q.get(id)),
             JobQueue::Redis(q) => q.get(id).await,
+        }
+    }
+
+    /// Starts watching a job's state changes, in this process or (Redis) any other. Watch
+    /// first, then [`Self::get`]: a change in between still wakes the watch.
+    pub fn watch(&self, id: JobId) -> JobWatch {
+        match self {
+            JobQueue::Embedded(q) => q.events().watch(id),
+            JobQueue::Redis(q) => q.watch(id),
         }
     }
 

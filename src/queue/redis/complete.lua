@@ -9,6 +9,8 @@ if status and status ~= 'completed' and status ~= 'failed' then
   redis.call('HDEL', KEYS[2], 'error')
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
   stored = 1
+  -- The job hash is `{prefix}:job:{uuid}`: its last part is the job id.
+  redis.call('PUBLISH', KEYS[1] .. ':events', string.match(KEYS[2], '[^:]+$'))
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])

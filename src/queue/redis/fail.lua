@@ -18,6 +18,7 @@ if tonumber(ARGV[3]) < tonumber(ARGV[4]) then
     redis.call('XDEL', KEYS[1], ARGV[2])
     redis.call('HSET', KEYS[2], 'status', 'queued', 'error', ARGV[5])
     redis.call('PEXPIRE', KEYS[2], ARGV[8])
+    redis.call('PUBLISH', KEYS[1] .. ':events', ARGV[9])
     return 1
   end
 end
@@ -28,4 +29,5 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[10], '*',
   'id', ARGV[9], 'error', ARGV[5], 'attempts', attempts, 'failed_at_ms', ARGV[6])
 redis.call('XDEL', KEYS[1], ARGV[2])
 drop_image(KEYS[4], KEYS[5])
+redis.call('PUBLISH', KEYS[1] .. ':events', ARGV[9])
 return 2

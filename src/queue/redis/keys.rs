@@ -30,6 +30,11 @@
 //!   until the queue drains. Staged images are not counted: there are at most `--max-inflight`
 //!   of them per `serve`, each for the length of one request.
 //!
+//! Not a key but named alike: `{prefix}:jobs:events`, the pub/sub channel on which every script
+//! that changes a job's state (to running, queued again, completed, failed) publishes the job's
+//! UUID, in the same atomic step (`events.rs`). Always the stream's name plus `:events`, so
+//! the scripts derive it from `KEYS[1]`.
+//!
 //! The consumer group every worker reads `{prefix}:jobs` through is [`GROUP`].
 
 use crate::jobs::JobId;
@@ -43,6 +48,8 @@ pub(super) struct Keys {
     pub dead: String,
     pub workers: String,
     pub queued_bytes: String,
+    /// The job-events channel: `stream` + `:events` (the scripts build it so).
+    pub events: String,
     job_prefix: String,
     image_prefix: String,
 }
@@ -54,6 +61,7 @@ impl Keys {
             dead: format!("{prefix}:dead"),
             workers: format!("{prefix}:workers"),
             queued_bytes: format!("{prefix}:queued_bytes"),
+            events: format!("{prefix}:jobs:events"),
             job_prefix: format!("{prefix}:job:"),
             image_prefix: format!("{prefix}:image:"),
         }

@@ -42,6 +42,7 @@
 mod clock;
 mod conn;
 mod enqueue;
+mod events;
 mod heartbeat;
 mod keys;
 mod reply;
@@ -50,12 +51,13 @@ mod take;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use redis::{Client, Value};
 use tokio::time::Instant;
 
+use super::events::{JobEvents, JobWatch};
 use super::outage::Outage;
 use super::{Delivery, FailOutcome, QueueDepth, QueueError, QueuePolicy};
 use crate::engine::Prediction;
@@ -116,6 +118,11 @@ struct Inner {
     /// The stream entries of the jobs this process is running, each with its job and how many
     /// deliveries of it are running: the heartbeat renews their lease (see "Taking over jobs").
     held: Mutex<HashMap<String, (JobId, u32)>>,
+    /// This process's watchers, and the one subscription that wakes them (`events.rs`),
+    /// started by the first watch.
+    events: JobEvents,
+    subscribed: Once,
+    client: Client,
 }
 
 struct ReclaimState {
@@ -134,7 +141,7 @@ impl RedisQueue {
         let addr = client.get_connection_info().addr().to_string();
         let main = Conn::new(client.clone(), Duration::ZERO).map_err(|err| unavailable("connect", &err))?;
         let beat = Conn::new(client.clone(), Duration::ZERO).map_err(|err| unavailable("connect", &err))?;
-        let blocking = Conn::new(client, BLOCK_CHUNK).map_err(|err| unavailable("connect", &err))?;
+        let blocking = Conn::new(client.clone(), BLOCK_CHUNK).map_err(|err| unavailable("connect", &err))?;
         let keys = Keys::new(&config.prefix);
         let scripts = Scripts::new();
         Ok(Self {
@@ -152,8 +159,21 @@ impl RedisQueue {
                 addr,
                 clock: RedisClock::new(),
                 held: Mutex::new(HashMap::new()),
+                events: JobEvents::default(),
+                subscribed: Once::new(),
+                client,
             }),
         })
+    }
+
+    /// Watches a job's state changes made by any process (see `events.rs`). Must be called on
+    /// a tokio runtime (the first call starts the subscription there).
+    pub fn watch(&self, id: JobId) -> JobWatch {
+        let inner = &self.inner;
+        inner.subscribed.call_once(|| {
+            events::spawn_subscriber(inner.client.clone(), inner.keys.events.clone(), inner.events.clone());
+        });
+        inner.events.watch(id)
     }
 
     pub async fn get(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {

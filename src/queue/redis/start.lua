@@ -35,9 +35,11 @@ for i = 1, count do
       redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*',
         'id', job, 'error', err, 'attempts', max_attempts, 'failed_at_ms', now)
       drop_entry(entry, image, -2)
+      redis.call('PUBLISH', KEYS[1] .. ':events', job)
     else
       redis.call('HSET', hash, 'status', 'running', 'started_at_ms', now)
       redis.call('PEXPIRE', hash, ARGV[4])
+      redis.call('PUBLISH', KEYS[1] .. ':events', job)
       out[#out + 1] = attempt
       out[#out + 1] = tonumber(redis.call('HGET', hash, 'created_at_ms') or '0') or 0
       -- The fast answer, for the worker's tier agreement once the accurate one is in.
