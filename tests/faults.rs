@@ -63,6 +63,35 @@ fn wait_until_holding(url: &str, prefix: &str, pid: u32, timeout: Duration) -> u
     holder(url, prefix, &[pid], timeout).1
 }
 
+/// Leaves the worker with this pid frozen (SIGSTOP) while it holds jobs, and returns how many:
+/// what a frozen worker holds cannot finish before the kill that follows, so the kill is sure
+/// to cut jobs off (a worker that is only seen holding jobs may finish them before the kill).
+fn freeze_holding(url: &str, prefix: &str, pid: u32, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    let target = i32::try_from(pid).expect("pid");
+    loop {
+        wait_until_holding(url, prefix, pid, deadline.saturating_duration_since(Instant::now()));
+        // SAFETY: signals to a child this test started and still owns.
+        unsafe { libc::kill(target, libc::SIGSTOP) };
+        std::thread::sleep(Duration::from_millis(20));
+        let client = redis::Client::open(url).expect("url");
+        let mut conn = client.get_connection().expect("redis");
+        let summary: redis::RedisResult<PendingSummary> =
+            redis::cmd("XPENDING").arg(format!("{prefix}:jobs")).arg("workers").query(&mut conn);
+        let marker = format!("-{pid}-");
+        let held = summary.ok().and_then(|(_, _, _, consumers)| {
+            let consumers = consumers?;
+            let (_, held) = consumers.iter().find(|(name, _)| name.contains(&marker))?;
+            held.parse::<u64>().ok()
+        });
+        if let Some(held @ 1..) = held {
+            return held;
+        }
+        unsafe { libc::kill(target, libc::SIGCONT) };
+        assert!(Instant::now() < deadline, "worker {pid} never caught holding a job");
+    }
+}
+
 #[test]
 fn faultsuite_worker_killed_twice_loses_and_duplicates_nothing() {
     let prefix = unique_prefix("kill9");
@@ -80,7 +109,7 @@ fn faultsuite_worker_killed_twice_loses_and_duplicates_nothing() {
     // followed by a restart.
     let mut killed_holding = Vec::new();
     for _ in 0..2 {
-        let held = wait_until_holding(&url, &prefix, victim.child.id(), Duration::from_secs(120));
+        let held = freeze_holding(&url, &prefix, victim.child.id(), Duration::from_secs(120));
         let _ = victim.child.kill();
         let _ = victim.child.wait();
         killed_holding.push(held);
