@@ -128,6 +128,10 @@ impl Follow {
                         let event = Event::default().event(job.status.as_str()).id(id);
                         return Some(event.json_data(body).unwrap_or_else(|_| Event::default().comment("unencodable")));
                     }
+                    if job.status.is_final() {
+                        // A reconnecting client that has seen the end: nothing more will come.
+                        return None;
+                    }
                     self.watch.changed().await;
                 }
                 Err(_) => tokio::time::sleep(RETRY_READ).await,

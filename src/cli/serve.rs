@@ -61,13 +61,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TANDEM_UPLOAD_MEMORY", default_value = "512MiB", value_name = "BYTES")]
     pub upload_memory: bytesize::ByteSize,
 
-    /// Longest a `GET /job/{id}?wait=SECONDS` waits for the job to finish (longer asks are cut
-    /// to it), in seconds.
+    /// Seconds a `GET /job/{id}?wait=` may wait for the job to finish.
+    ///
+    /// A longer `wait` is cut to it.
     #[arg(long, env = "TANDEM_MAX_WAIT", default_value_t = 30.0, value_parser = parse_seconds)]
     pub max_wait: f64,
 
-    /// Clients waiting for jobs at once (long-polls and `GET /job/{id}/events` streams); more
-    /// get 429.
+    /// Clients waiting for jobs at once (long-polls and event streams); more get 429.
     #[arg(long, env = "TANDEM_MAX_WATCHERS", default_value_t = 10_000)]
     pub max_watchers: usize,
 
@@ -75,8 +75,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TANDEM_HEADER_TIMEOUT", default_value_t = 10.0, value_parser = parse_seconds)]
     pub header_timeout: f64,
 
-    /// Seconds `serve` has, once told to stop (SIGTERM, Ctrl-C), to finish the requests in
-    /// flight and, on the embedded queue, the jobs running; set it below the stop timeout of
+    /// Seconds to finish open requests (and embedded jobs) once told to stop.
+    ///
+    /// On SIGTERM or Ctrl-C, `serve` stops accepting, then has this long for the requests in
+    /// flight and, on the embedded queue, the jobs running. Set it below the stop timeout of
     /// whatever stops the process (`docker stop`: 10 s by default).
     #[arg(long, env = "TANDEM_DRAIN_TIMEOUT", default_value_t = 30.0, value_parser = parse_seconds)]
     pub drain_timeout: f64,

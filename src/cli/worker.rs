@@ -34,8 +34,10 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub workers: WorkerPoolArgs,
 
-    /// Seconds the worker has, once told to stop (SIGTERM, Ctrl-C), to finish the jobs it holds;
-    /// jobs still running then stay in Redis and another worker takes them over after
+    /// Seconds to finish the jobs it holds once told to stop.
+    ///
+    /// On SIGTERM or Ctrl-C the worker takes no more jobs and has this long for those it runs;
+    /// any still running then stay in Redis, and another worker takes them over after
     /// --reclaim-after. Set it below the stop timeout of whatever stops the process.
     #[arg(long, env = "TANDEM_DRAIN_TIMEOUT", default_value_t = 30.0, value_parser = parse_seconds)]
     pub drain_timeout: f64,
