@@ -1,4 +1,5 @@
-//! HTTP API: `POST /predict`, `GET /job/{id}`, health and readiness.
+//! HTTP API: `POST /predict`, `GET /job/{id}` (and its long-poll and event stream, [`watch`]),
+//! health and readiness.
 //!
 //! Handlers only move data between HTTP and the engine/queue: the fast tier answers, the job
 //! is durably enqueued *before* the response is sent, and every error goes through
