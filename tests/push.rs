@@ -31,16 +31,23 @@ struct SseEvent {
 /// Opens an event stream; its events arrive on the channel, which disconnects when the server
 /// closes the stream. Returns the status too (the channel is empty unless it is 200).
 fn open_events(url: &str, last_event_id: Option<&str>) -> (u16, mpsc::Receiver<SseEvent>) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(90)))
-        .build()
-        .into();
-    let mut request = agent.get(url).header("accept", "text/event-stream");
+    let mut request = stream_agent().get(url).header("accept", "text/event-stream");
     if let Some(id) = last_event_id {
         request = request.header("last-event-id", id);
     }
-    let response = request.call().expect("GET events");
+    read_stream(request.call().expect("GET events"))
+}
+
+fn stream_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(90)))
+        .build()
+        .into()
+}
+
+/// A response's events, as [`open_events`] gives them.
+fn read_stream(response: ureq::http::Response<ureq::Body>) -> (u16, mpsc::Receiver<SseEvent>) {
     let status = response.status().as_u16();
     let (send, receive) = mpsc::channel();
     if status == 200 {
@@ -218,4 +225,31 @@ fn waiting_clients_past_max_watchers_get_429() {
     // A plain GET is not a watcher.
     let (status, _) = get_json(&server.url(&format!("/job/{id}")));
     assert_eq!(status, 200);
+}
+
+/// `POST /predict` with `Accept: text/event-stream`: the fast answer first, the refined one
+/// last, in one connection (here with the worker in another process).
+#[test]
+fn predict_can_stream_the_fast_answer_then_the_refined_one() {
+    let prefix = unique_prefix("push-predict");
+    let url = redis_url();
+    let redis = ["--redis-url", url.as_str(), "--redis-prefix", &prefix];
+    let server = Tandem::serve(&redis);
+    let _worker = Tandem::worker(&redis);
+    let response = stream_agent()
+        .post(&server.url("/predict"))
+        .header("content-type", "image/jpeg")
+        .header("accept", "text/event-stream")
+        .send(&photo("sample_04.jpg")[..])
+        .expect("POST");
+    let (status, events) = read_stream(response);
+    assert_eq!(status, 200);
+    let seen = all_events(&events, Duration::from_secs(60));
+    assert_eq!(seen.first().map(|e| e.event.as_str()), Some("fast"), "{seen:?}");
+    let fast = common::as_predict(&seen[0].data);
+    assert_eq!(seen.last().map(|e| e.event.as_str()), Some("completed"), "{seen:?}");
+    let job = as_job(&seen[seen.len() - 1].data);
+    assert_eq!(Some(job.job_id), fast.job_id);
+    assert_eq!(job.sync.label, fast.sync.label);
+    assert!(job.result.is_some());
 }

@@ -237,8 +237,13 @@ fn parse_query<T: serde::de::DeserializeOwned + Default>(uri: &Uri) -> Result<T,
     Query::<T>::try_from_uri(uri).map(|Query(q)| q).map_err(|e| ApiError::InvalidQuery(e.body_text()))
 }
 
-async fn predict(State(state): State<AppState>, request: Request<Body>) -> Result<Json<PredictResponse>, ApiError> {
+async fn predict(State(state): State<AppState>, request: Request<Body>) -> Result<Response, ApiError> {
     let uri = request.uri().clone();
+    let streamed = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"));
     let received = receive(&state, request).await?;
     // Checked after the body is in, so that a client still writing gets the 400.
     let query: PredictQuery = parse_query(&uri)?;
@@ -251,9 +256,13 @@ async fn predict(State(state): State<AppState>, request: Request<Body>) -> Resul
     };
     let permit = Arc::new(permit);
     let timeout = state.inner.limits.request_timeout;
-    tokio::time::timeout(timeout, predict_now(&state, received, top_k, permit))
+    let Json(answer) = tokio::time::timeout(timeout, predict_now(&state, received, top_k, permit))
         .await
-        .map_err(|_| ApiError::Timeout(timeout.as_secs_f64()))?
+        .map_err(|_| ApiError::Timeout(timeout.as_secs_f64()))??;
+    if streamed {
+        return Ok(watch::predict_events(&state, &answer, top_k).await.into_response());
+    }
+    Ok(Json(answer).into_response())
 }
 
 /// One body being received: its upload slot, and the memory its bytes hold so far, counted in

@@ -1,5 +1,6 @@
-//! Waiting for a job instead of polling it: `GET /job/{id}?wait=SECONDS` (long-poll) and
-//! `GET /job/{id}/events` (server-sent events).
+//! Waiting for a job instead of polling it: `GET /job/{id}?wait=SECONDS` (long-poll),
+//! `GET /job/{id}/events` (server-sent events), and `POST /predict` with
+//! `Accept: text/event-stream` (the fast answer, then the job's events, in one connection).
 //!
 //! Both hold a watcher permit (`--max-watchers`; past it, 429) and a queue watch
 //! ([`crate::queue::JobWatch`]), and read the job again each time the watch wakes, never on a
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::AppState;
@@ -84,6 +85,40 @@ pub async fn events(
     top_k: usize,
     last_event_id: Option<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>> + use<>>, ApiError> {
+    Ok(sse(job_events(state, id, top_k, last_event_id).await?))
+}
+
+/// `POST /predict` asked for `text/event-stream`: the fast answer as the first event (`fast`,
+/// the same JSON as the plain answer), then the job's events, in one connection. Without a job
+/// (the queue could not take it), or past `--max-watchers`, the fast answer is the only event.
+pub async fn predict_events(
+    state: &AppState,
+    answer: &super::types::PredictResponse,
+    top_k: usize,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<>> {
+    let fast =
+        Event::default().event("fast").json_data(answer).unwrap_or_else(|_| Event::default().comment("unencodable"));
+    let first = futures_util::stream::once(std::future::ready(Ok(fast)));
+    let rest = match answer.job_id {
+        Some(id) => job_events(state, id, top_k, None).await.ok(),
+        None => None,
+    };
+    sse(first.chain(futures_util::stream::iter(rest).flatten()))
+}
+
+fn sse<S>(stream: S) -> Sse<axum::response::sse::KeepAliveStream<S>>
+where
+    S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
+{
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+}
+
+async fn job_events(
+    state: &AppState,
+    id: JobId,
+    top_k: usize,
+    last_event_id: Option<String>,
+) -> Result<impl Stream<Item = Result<Event, Infallible>> + use<>, ApiError> {
     let permit = state.inner.watchers.admit()?;
     let watch = state.inner.queue.watch(id);
     // A job that does not exist is a 404 now, not an empty stream.
@@ -91,11 +126,10 @@ pub async fn events(
         return Err(ApiError::JobNotFound(id.to_string()));
     }
     let follow = Follow { state: state.clone(), watch, top_k, last: last_event_id, done: false, _permit: permit };
-    let stream = futures_util::stream::unfold(follow, |mut follow| async move {
+    Ok(futures_util::stream::unfold(follow, |mut follow| async move {
         let event = follow.next_event().await?;
         Some((Ok(event), follow))
-    });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+    }))
 }
 
 /// One client's stream: what it was last sent, and whether the job has ended.
