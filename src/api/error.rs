@@ -43,6 +43,9 @@ pub enum ApiError {
     JobNotFound(String),
     #[error("too many requests in flight; retry shortly")]
     Overloaded,
+    /// An event stream reconnecting after the job's final event: nothing more will come (204).
+    #[error("the job has ended and its final event was already sent")]
+    NothingNew,
     /// `--max-watchers`: long-polls and event streams open at once.
     #[error("too many clients waiting for jobs ({limit}); retry shortly, or poll GET /job/{{id}}")]
     TooManyWatchers { limit: usize },
@@ -85,6 +88,7 @@ impl ApiError {
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             JobNotFound(_) => StatusCode::NOT_FOUND,
+            NothingNew => StatusCode::NO_CONTENT,
             Overloaded | TooManyWatchers { .. } => StatusCode::TOO_MANY_REQUESTS,
             Timeout(_) | Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
             Inference(_) | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -114,6 +118,7 @@ impl ApiError {
             Image(ImageError::Internal(_)) => "internal",
             InvalidJobId(_) => "invalid_job_id",
             JobNotFound(_) => "job_not_found",
+            NothingNew => "nothing_new",
             Overloaded => "overloaded",
             TooManyWatchers { .. } => "too_many_watchers",
             Timeout(_) => "timeout",
@@ -164,6 +169,9 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        if status == StatusCode::NO_CONTENT {
+            return status.into_response();
+        }
         if status.is_server_error() {
             tracing::warn!(code = self.code(), error = %self, "request failed");
         }

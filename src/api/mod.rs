@@ -77,6 +77,9 @@ struct Inner {
     /// Where large JSON bodies are parsed, off the runtime's threads.
     pool: WorkPool,
     watchers: watch::Watchers,
+    /// Turns true when the process is stopping: waiting clients are answered (long-poll) or
+    /// their streams closed, so they do not hold the drain open.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -86,7 +89,15 @@ impl AppState {
         let upload_kib = Arc::new(Semaphore::new(kib(limits.upload_memory.max(limits.max_body))));
         let access = Arc::new(access);
         let watchers = watch::Watchers::new(limits.max_watchers);
-        Self { inner: Arc::new(Inner { fast, queue, limits, access, inflight, uploads, upload_kib, pool, watchers }) }
+        let stopping = tokio::sync::watch::Sender::new(false);
+        let inner = Inner { fast, queue, limits, access, inflight, uploads, upload_kib, pool, watchers, stopping };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// The process is stopping: long-polls answer now, event streams close (a client
+    /// reconnects, to another `serve`, with `Last-Event-ID`).
+    pub fn release_watchers(&self) {
+        self.inner.stopping.send_replace(true);
     }
 }
 
@@ -243,7 +254,7 @@ async fn predict(State(state): State<AppState>, request: Request<Body>) -> Resul
         .headers()
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/event-stream"));
+        .is_some_and(|accept| accept.split(',').any(|kind| kind.trim().starts_with("text/event-stream")));
     let received = receive(&state, request).await?;
     // Checked after the body is in, so that a client still writing gets the 400.
     let query: PredictQuery = parse_query(&uri)?;
@@ -390,8 +401,8 @@ async fn job(State(state): State<AppState>, Path(id): Path<String>, uri: Uri) ->
     let top_k = wanted_top_k(query.top_k, state.inner.limits.top_k)?;
     let uuid = Uuid::try_parse(&id).map_err(|_| ApiError::InvalidJobId(id.clone()))?;
     let record = match query.wait {
-        None => state.inner.queue.get(uuid).await.map_err(ApiError::Queue)?,
-        Some(seconds) if seconds.is_finite() && seconds >= 0.0 => {
+        None | Some(0.0) => state.inner.queue.get(uuid).await.map_err(ApiError::Queue)?,
+        Some(seconds) if seconds.is_finite() && seconds > 0.0 => {
             let wait = Duration::from_secs_f64(seconds.min(state.inner.limits.max_wait.as_secs_f64()));
             watch::wait_until_final(&state, uuid, wait).await?
         }

@@ -63,15 +63,17 @@ pub async fn wait_until_final(state: &AppState, id: JobId, wait: Duration) -> Re
     let queue = &state.inner.queue;
     let _permit = state.inner.watchers.admit()?;
     let mut watch = queue.watch(id);
+    let mut stopping = state.inner.stopping.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let record = queue.get(id).await.map_err(ApiError::Queue)?;
         match &record {
-            Some(job) if !job.status.is_final() => {}
+            Some(job) if !job.status.is_final() && !*stopping.borrow() => {}
             _ => return Ok(record),
         }
         tokio::select! {
             () = watch.changed() => {}
+            _ = stopping.changed() => {}
             () = tokio::time::sleep_until(deadline) => return Ok(record),
         }
     }
@@ -99,11 +101,23 @@ pub async fn predict_events(
     let fast =
         Event::default().event("fast").json_data(answer).unwrap_or_else(|_| Event::default().comment("unencodable"));
     let first = futures_util::stream::once(std::future::ready(Ok(fast)));
-    let rest = match answer.job_id {
-        Some(id) => job_events(state, id, top_k, None).await.ok(),
-        None => None,
+    // No job (the queue could not take it: `async_error` in the fast event says why): the fast
+    // answer is all there is. A job that cannot be followed: an `error` event says why.
+    let (rest, error) = match answer.job_id {
+        Some(id) => match job_events(state, id, top_k, None).await {
+            Ok(events) => (Some(events), None),
+            Err(err) => (None, Some(error_event(&err))),
+        },
+        None => (None, None),
     };
-    sse(first.chain(futures_util::stream::iter(rest).flatten()))
+    let error = futures_util::stream::iter(error.map(Ok));
+    sse(first.chain(futures_util::stream::iter(rest).flatten()).chain(error))
+}
+
+/// An `error` event with the API's error JSON.
+fn error_event(err: &ApiError) -> Event {
+    let body = super::types::ErrorBody::new(err.code(), err.to_string());
+    Event::default().event("error").json_data(body).unwrap_or_else(|_| Event::default().comment("unencodable"))
 }
 
 fn sse<S>(stream: S) -> Sse<axum::response::sse::KeepAliveStream<S>>
@@ -121,11 +135,19 @@ async fn job_events(
 ) -> Result<impl Stream<Item = Result<Event, Infallible>> + use<>, ApiError> {
     let permit = state.inner.watchers.admit()?;
     let watch = state.inner.queue.watch(id);
-    // A job that does not exist is a 404 now, not an empty stream.
-    if state.inner.queue.get(id).await.map_err(ApiError::Queue)?.is_none() {
-        return Err(ApiError::JobNotFound(id.to_string()));
+    let stopping = state.inner.stopping.subscribe();
+    // A job that does not exist is a 404 now, not an empty stream; one whose end the client has
+    // seen (it reconnected with the final event's id) is a 204, which tells an EventSource to
+    // stop reconnecting.
+    match state.inner.queue.get(id).await.map_err(ApiError::Queue)? {
+        None => return Err(ApiError::JobNotFound(id.to_string())),
+        Some(job) if job.status.is_final() && last_event_id.as_deref() == Some(event_id(&job).as_str()) => {
+            return Err(ApiError::NothingNew);
+        }
+        Some(_) => {}
     }
-    let follow = Follow { state: state.clone(), watch, top_k, last: last_event_id, done: false, _permit: permit };
+    let follow =
+        Follow { state: state.clone(), watch, stopping, top_k, last: last_event_id, done: false, _permit: permit };
     Ok(futures_util::stream::unfold(follow, |mut follow| async move {
         let event = follow.next_event().await?;
         Some((Ok(event), follow))
@@ -136,6 +158,7 @@ async fn job_events(
 struct Follow {
     state: AppState,
     watch: JobWatch,
+    stopping: tokio::sync::watch::Receiver<bool>,
     top_k: usize,
     /// The id of the last event sent (or the client's `Last-Event-ID`).
     last: Option<String>,
@@ -147,10 +170,10 @@ impl Follow {
     /// The next state to send; `None` ends the stream (after the final state, or if the job
     /// has gone: expired or undone).
     async fn next_event(&mut self) -> Option<Event> {
-        if self.done {
-            return None;
-        }
         loop {
+            if self.done || *self.stopping.borrow() {
+                return None;
+            }
             match self.state.inner.queue.get(self.watch.id()).await {
                 Ok(None) => return None,
                 Ok(Some(job)) => {
@@ -166,9 +189,17 @@ impl Follow {
                         // A reconnecting client that has seen the end: nothing more will come.
                         return None;
                     }
-                    self.watch.changed().await;
+                    tokio::select! {
+                        () = self.watch.changed() => {}
+                        _ = self.stopping.changed() => {}
+                    }
                 }
-                Err(_) => tokio::time::sleep(RETRY_READ).await,
+                // Redis down: the subscription wakes every watcher once it is back; until
+                // then, a slow retry so that a stream does not hang on a missed wake-up.
+                Err(_) => tokio::select! {
+                    () = tokio::time::sleep(RETRY_READ) => {}
+                    _ = self.stopping.changed() => {}
+                },
             }
         }
     }

@@ -146,11 +146,16 @@ async fn run_async(args: &ServeArgs) -> anyhow::Result<()> {
         max_wait: Duration::from_secs_f64(args.max_wait),
         max_watchers: args.max_watchers.max(1),
     };
-    let router = api::router(api::AppState::new(fast, queue.clone(), limits, access, pool));
+    let state = api::AppState::new(fast, queue.clone(), limits, access, pool);
+    let router = api::router(state.clone());
     let local = listener.local_addr().map_or_else(|_| args.addr.clone(), |a| a.to_string());
     tracing::info!(addr = %local, queue = queue.backend(), "tandem serving");
     let drain = Duration::from_secs_f64(args.drain_timeout);
     let (stopping, stop_asked) = crate::shutdown::signal_with_deadline(drain);
+    let stopping = async move {
+        stopping.await;
+        state.release_watchers();
+    };
     api::server::serve(listener, router, Duration::from_secs_f64(args.header_timeout.max(0.001)), drain, stopping)
         .await;
 

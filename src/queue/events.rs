@@ -28,7 +28,7 @@ impl JobEvents {
     /// Starts watching `id`: changes from now on wake [`JobWatch::changed`].
     pub fn watch(&self, id: JobId) -> JobWatch {
         let receiver = self.watched().entry(id).or_insert_with(|| watch::channel(0).0).subscribe();
-        JobWatch { id, receiver, events: self.clone() }
+        JobWatch { id, receiver: Some(receiver), events: self.clone() }
     }
 
     /// `id` may have changed: its watchers look again.
@@ -55,7 +55,8 @@ impl JobEvents {
 /// One waiter on one job; dropping it stops the watch.
 pub struct JobWatch {
     id: JobId,
-    receiver: watch::Receiver<u64>,
+    /// Always `Some` until dropped: taken out under the map's lock in `drop`.
+    receiver: Option<watch::Receiver<u64>>,
     events: JobEvents,
 }
 
@@ -66,7 +67,8 @@ impl JobWatch {
 
     /// Resolves once the job may have changed since the last call (or since the watch began).
     pub async fn changed(&mut self) {
-        if self.receiver.changed().await.is_err() {
+        let Some(receiver) = self.receiver.as_mut() else { return std::future::pending().await };
+        if receiver.changed().await.is_err() {
             // The sender is only removed with its last watcher, which is this one: cannot end.
             std::future::pending::<()>().await;
         }
@@ -76,8 +78,10 @@ impl JobWatch {
 impl Drop for JobWatch {
     fn drop(&mut self) {
         let mut watched = self.events.watched();
-        // Under the lock no new watcher can subscribe: the count is exact, and includes this one.
-        if watched.get(&self.id).is_some_and(|sender| sender.receiver_count() <= 1) {
+        // This receiver goes under the lock, so two watchers of one job leaving at once cannot
+        // both count the other and leave the channel behind; nor can a new one subscribe.
+        drop(self.receiver.take());
+        if watched.get(&self.id).is_some_and(|sender| sender.receiver_count() == 0) {
             watched.remove(&self.id);
         }
     }
@@ -110,6 +114,20 @@ mod tests {
         drop(other);
         assert_eq!(events.watched_jobs(), 0);
         events.changed(a);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watchers_leaving_together_free_the_channel() {
+        let events = JobEvents::default();
+        for _ in 0..200 {
+            let id = uuid::Uuid::new_v4();
+            let watches: Vec<JobWatch> = (0..4).map(|_| events.watch(id)).collect();
+            let tasks: Vec<_> = watches.into_iter().map(|w| tokio::spawn(async move { drop(w) })).collect();
+            for task in tasks {
+                task.await.expect("drop task");
+            }
+        }
+        assert_eq!(events.watched_jobs(), 0);
     }
 
     #[tokio::test]

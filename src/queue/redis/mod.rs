@@ -51,7 +51,7 @@ mod take;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::{Client, Value};
@@ -121,7 +121,8 @@ struct Inner {
     /// This process's watchers, and the one subscription that wakes them (`events.rs`),
     /// started by the first watch.
     events: JobEvents,
-    subscribed: Once,
+    /// The subscription task, started by the first watch and started again if it ever ends.
+    subscriber: Mutex<Option<tokio::task::JoinHandle<()>>>,
     client: Client,
 }
 
@@ -160,20 +161,26 @@ impl RedisQueue {
                 clock: RedisClock::new(),
                 held: Mutex::new(HashMap::new()),
                 events: JobEvents::default(),
-                subscribed: Once::new(),
+                subscriber: Mutex::new(None),
                 client,
             }),
         })
     }
 
-    /// Watches a job's state changes made by any process (see `events.rs`). Must be called on
-    /// a tokio runtime (the first call starts the subscription there).
+    /// Watches a job's state changes made by any process (see `events.rs`). The first call on
+    /// a tokio runtime starts the subscription there (off one, the watch only wakes on
+    /// `changed_all`); a subscription task that ended is started again.
     pub fn watch(&self, id: JobId) -> JobWatch {
         let inner = &self.inner;
-        inner.subscribed.call_once(|| {
-            events::spawn_subscriber(inner.client.clone(), inner.keys.events.clone(), inner.events.clone());
-        });
-        inner.events.watch(id)
+        let watch = inner.events.watch(id);
+        let mut subscriber = inner.subscriber.lock().unwrap_or_else(PoisonError::into_inner);
+        if subscriber.as_ref().is_none_or(tokio::task::JoinHandle::is_finished)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let (client, channel, events) = (inner.client.clone(), inner.keys.events.clone(), inner.events.clone());
+            *subscriber = Some(events::spawn_subscriber(&runtime, client, channel, events));
+        }
+        watch
     }
 
     pub async fn get(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {

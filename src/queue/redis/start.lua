@@ -21,6 +21,8 @@ for i = 1, count do
   local status = redis.call('HGET', hash, 'status')
   if (not status) or status == 'completed' or status == 'failed' then
     drop_entry(entry, image, -1)
+    -- A record gone (expired) while queued: whoever waits on it learns it is gone.
+    if not status then redis.call('PUBLISH', KEYS[1] .. ':events', job) end
   else
     local attempt = redis.call('HINCRBY', hash, 'attempts', 1)
     local err = nil
