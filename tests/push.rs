@@ -210,9 +210,10 @@ fn a_failed_job_ends_its_stream_with_a_failed_event() {
     let mut seen = vec![first];
     seen.extend(all_events(&events, Duration::from_secs(60)));
     let ids: Vec<&str> = seen.iter().map(|e| e.id.as_str()).collect();
-    // The retry after the first failed attempt is an event (`queued-1`); a `running` event may
-    // be folded into the next state if both land before the stream reads the job.
-    assert!(ids.contains(&"queued-1"), "{ids:?}");
+    // The retry after the first failed attempt shows (`queued-1`, or `running-2` when the second
+    // attempt starts before the stream reads the job: states that pass faster than that are
+    // folded into the next).
+    assert!(ids.contains(&"queued-1") || ids.contains(&"running-2"), "{ids:?}");
     assert_eq!(ids.last(), Some(&"failed-2"), "{ids:?}");
     assert_eq!(as_job(&seen[seen.len() - 1].data).status, JobStatus::Failed);
 }
