@@ -59,7 +59,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tandem::api::types::{ErrorBody, JobResponse, PredictResponse};
-use tandem::jobs::JobStatus;
 
 /// The Redis the tests share (`scripts/test.sh` makes sure one answers).
 pub fn redis_url() -> String {
@@ -285,7 +284,7 @@ pub fn wait_for_job(base: &str, id: &str, timeout: Duration) -> serde_json::Valu
     loop {
         let (status, body) = get_json(&format!("{base}/job/{id}"));
         assert_eq!(status, 200, "GET /job/{id}: {body}");
-        if matches!(as_job(&body).status, JobStatus::Completed | JobStatus::Failed) {
+        if as_job(&body).status.is_final() {
             return body;
         }
         assert!(Instant::now() < deadline, "job {id} not finished within {timeout:?}: {body}");

@@ -254,7 +254,7 @@ fn poll_jobs(target: &Target, incoming: Receiver<Pending>, interval: Duration, j
             let url = target.url(&format!("/job/{}", pending[i].id));
             match target.get(&agent, &url) {
                 Ok((200, body)) => match serde_json::from_slice::<JobResponse>(&body) {
-                    Ok(job) if matches!(job.status, JobStatus::Completed | JobStatus::Failed) => {
+                    Ok(job) if job.status.is_final() => {
                         let Some(done) = pending.remove(i) else { break };
                         if job.status == JobStatus::Completed {
                             stats.completed += 1;
