@@ -23,12 +23,18 @@ pub enum JobStatus {
     Running,
     Completed,
     Failed,
+    /// Withdrawn by `DELETE /job/{id}` before any worker started it.
+    Canceled,
 }
 
 impl JobStatus {
-    /// Completed or failed: nothing changes a job after this.
+    /// Every status, in the order a job can pass through them.
+    pub const ALL: [JobStatus; 5] =
+        [JobStatus::Queued, JobStatus::Running, JobStatus::Completed, JobStatus::Failed, JobStatus::Canceled];
+
+    /// Completed, failed or canceled: nothing changes a job after this.
     pub fn is_final(self) -> bool {
-        matches!(self, JobStatus::Completed | JobStatus::Failed)
+        matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Canceled)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -37,13 +43,12 @@ impl JobStatus {
             JobStatus::Running => "running",
             JobStatus::Completed => "completed",
             JobStatus::Failed => "failed",
+            JobStatus::Canceled => "canceled",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [JobStatus::Queued, JobStatus::Running, JobStatus::Completed, JobStatus::Failed]
-            .into_iter()
-            .find(|status| status.as_str() == text)
+        JobStatus::ALL.into_iter().find(|status| status.as_str() == text)
     }
 }
 
@@ -78,6 +83,8 @@ pub struct JobRecord {
     /// When the latest attempt started.
     pub started_at_ms: Option<u64>,
     pub completed_at_ms: Option<u64>,
+    /// Where the job's final state is POSTed (a webhook), if the client asked.
+    pub callback_url: Option<String>,
 }
 
 impl JobRecord {
@@ -92,6 +99,7 @@ impl JobRecord {
             created_at_ms,
             started_at_ms: None,
             completed_at_ms: None,
+            callback_url: None,
         }
     }
 
@@ -116,7 +124,7 @@ mod tests {
 
     #[test]
     fn a_status_is_spelled_one_way_in_json_and_in_text() {
-        for status in [JobStatus::Queued, JobStatus::Running, JobStatus::Completed, JobStatus::Failed] {
+        for status in JobStatus::ALL {
             let json = serde_json::to_string(&status).expect("serialize");
             assert_eq!(json, format!("\"{}\"", status.as_str()));
             assert_eq!(serde_json::from_str::<JobStatus>(&json).expect("deserialize"), status);

@@ -32,4 +32,5 @@ pub mod models;
 pub mod pipeline;
 pub mod queue;
 pub mod shutdown;
+pub mod webhooks;
 pub mod worker;

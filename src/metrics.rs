@@ -26,6 +26,10 @@ pub const JOB_QUEUE_WAIT: &str = "tandem_job_queue_wait_seconds";
 pub const INFERENCE_WAIT: &str = "tandem_inference_wait_seconds";
 pub const WORKERS_LIVE: &str = "tandem_workers_live";
 pub const WATCHERS: &str = "tandem_watchers";
+pub const JOBS_CANCELED: &str = "tandem_jobs_canceled_total";
+pub const WEBHOOK_ATTEMPTS: &str = "tandem_webhook_attempts_total";
+pub const WEBHOOKS_IN_FLIGHT: &str = "tandem_webhooks_in_flight";
+pub const WEBHOOK_DURATION: &str = "tandem_webhook_duration_seconds";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -58,6 +62,7 @@ pub fn register_serve_series() {
     metrics::gauge!(UPLOADS_IN_PROGRESS).set(0.0);
     metrics::gauge!(WATCHERS).set(0.0);
     metrics::counter!(JOBS_ENQUEUED).absolute(0);
+    metrics::counter!(JOBS_CANCELED).absolute(0);
     for reason in ["full", "unavailable"] {
         metrics::counter!(JOBS_REJECTED, "reason" => reason).absolute(0);
     }
@@ -73,7 +78,15 @@ pub fn register_worker_series() {
     for agree in ["true", "false"] {
         metrics::counter!(TIER_AGREEMENT, "agree" => agree).absolute(0);
     }
+    for outcome in WEBHOOK_OUTCOMES {
+        metrics::counter!(WEBHOOK_ATTEMPTS, "outcome" => outcome).absolute(0);
+    }
+    metrics::gauge!(WEBHOOKS_IN_FLIGHT).set(0.0);
 }
+
+/// `outcome` of a webhook attempt: answered 2xx; answered otherwise or unreachable (retried);
+/// the last attempt failed (given up); not sent, its host not allowed by the sending process.
+pub const WEBHOOK_OUTCOMES: [&str; 4] = ["delivered", "failed", "given_up", "refused"];
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -103,4 +116,11 @@ fn describe() {
     );
     describe_gauge!(WORKERS_LIVE, "workers taking jobs from the queue now (read at scrape time)");
     describe_gauge!(WATCHERS, "clients waiting for a job now: long-polls and event streams");
+    describe_counter!(JOBS_CANCELED, "jobs canceled by DELETE /job/{id} before they started");
+    describe_counter!(
+        WEBHOOK_ATTEMPTS,
+        "webhook attempts by outcome: delivered (2xx), failed (retried), given_up (the last failed), refused (host not allowed)"
+    );
+    describe_gauge!(WEBHOOKS_IN_FLIGHT, "webhook POSTs being sent now");
+    describe_histogram!(WEBHOOK_DURATION, Unit::Seconds, "webhook POST time, every attempt");
 }

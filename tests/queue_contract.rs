@@ -9,7 +9,9 @@
 use std::time::{Duration, Instant};
 
 use tandem::jobs::JobStatus;
-use tandem::queue::{EmbeddedQueue, FailOutcome, JobQueue, QueueDepth, QueueError, QueuePolicy, Receipt};
+use tandem::queue::{
+    CancelOutcome, EmbeddedQueue, FailOutcome, JobQueue, QueueDepth, QueueError, QueuePolicy, Receipt,
+};
 use uuid::Uuid;
 
 mod queue_support;
@@ -43,7 +45,7 @@ impl Backend {
 
 /// Stages and commits a job, as `POST /predict` does.
 async fn enqueue(q: &JobQueue, job: NewJob) -> Result<(), QueueError> {
-    q.stage(job.id, job.image, job.created_at_ms).await.commit(&job.fast).await
+    q.stage(job.id, job.image, job.created_at_ms).await.commit(&job.fast, None).await
 }
 
 /// Runs each named case against each backend, as `case::embedded` and `case::redis`.
@@ -69,6 +71,8 @@ contract!(
     the_queue_is_bounded,
     a_failing_job_is_retried_behind_others_then_fails_for_good,
     finished_records_expire_after_result_ttl,
+    only_a_waiting_job_can_be_canceled,
+    an_ended_job_with_a_callback_gives_one_webhook,
 );
 
 async fn a_job_goes_queued_running_completed(kind: Kind) {
@@ -253,4 +257,86 @@ async fn finished_records_expire_after_result_ttl(kind: Kind) {
             redis::cmd("EXISTS").arg(keys.job(id)).query_async(&mut keys.raw().await).await.expect("EXISTS");
         assert_eq!(exists, 0);
     }
+}
+
+async fn only_a_waiting_job_can_be_canceled(kind: Kind) {
+    let backend = Backend::open(kind, policy(10, 3, Duration::from_secs(60))).await;
+    let q = &backend.queue;
+    let (first, second, third) = (job(), job(), job());
+    let (first_id, second_id, third_id) = (first.id, second.id, third.id);
+    for j in [first, second, third] {
+        enqueue(q, j).await.expect("enqueue");
+    }
+    let mut watch = q.watch(second_id);
+    assert_eq!(q.cancel(second_id).await.expect("cancel"), CancelOutcome::Canceled);
+    tokio::time::timeout(Duration::from_secs(5), watch.changed()).await.expect("the cancel wakes the job's watchers");
+    let record = q.get(second_id).await.expect("get").expect("record");
+    assert_eq!((record.status, record.attempts), (JobStatus::Canceled, 0));
+    assert!(record.completed_at_ms.is_some());
+    assert_eq!(q.cancel(second_id).await.expect("cancel again"), CancelOutcome::Canceled, "a second cancel is a no-op");
+    assert_eq!(q.cancel(Uuid::new_v4()).await.expect("cancel"), CancelOutcome::Unknown);
+    assert_eq!(q.depth().await.expect("depth"), QueueDepth { waiting: 2, pending: 0 }, "it left the queue");
+    if let Some(keys) = &backend.redis {
+        assert_eq!(keys.xlen().await, 2, "its stream entry is deleted");
+        assert_eq!(keys.pttl(&keys.image(second_id)).await, -2, "its image is deleted");
+        let ttl = keys.pttl(&keys.job(second_id)).await;
+        assert!(ttl > 0 && ttl <= 60_000, "the canceled record expires after result_ttl (PTTL {ttl})");
+    }
+
+    // A running job is left to finish; so is one that has ended.
+    let taken = q.take(1, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(taken[0].id, first_id);
+    assert_eq!(q.cancel(first_id).await.expect("cancel"), CancelOutcome::TooLate(JobStatus::Running));
+    q.complete(&taken[0], &prediction("done")).await.expect("complete");
+    assert_eq!(q.get(first_id).await.expect("get").expect("record").status, JobStatus::Completed);
+    assert_eq!(q.cancel(first_id).await.expect("cancel"), CancelOutcome::TooLate(JobStatus::Completed));
+
+    // The canceled job is never handed out.
+    let rest = q.take(4, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(rest.iter().map(|d| d.id).collect::<Vec<_>>(), vec![third_id], "the canceled job never runs");
+    q.complete(&rest[0], &prediction("done")).await.expect("complete");
+    assert_eq!(q.depth().await.expect("depth"), QueueDepth::default());
+    if let Some(keys) = &backend.redis {
+        assert_eq!(keys.images().await, 0);
+        assert_eq!(keys.queued_bytes().await, None, "the canceled job's bytes were given back");
+    }
+}
+
+async fn an_ended_job_with_a_callback_gives_one_webhook(kind: Kind) {
+    let backend = Backend::open(kind, policy(10, 1, Duration::from_secs(60))).await;
+    let q = &backend.queue;
+    let url = "http://127.0.0.1:9/hook";
+    let (done, dead, canceled, plain) = (job(), job(), job(), job());
+    let ids = [done.id, dead.id, canceled.id];
+    for j in [done, dead, canceled] {
+        q.stage(j.id, j.image, j.created_at_ms).await.commit(&j.fast, Some(url)).await.expect("enqueue");
+    }
+    enqueue(q, plain).await.expect("enqueue");
+    assert_eq!(q.get(ids[0]).await.expect("get").expect("record").callback_url.as_deref(), Some(url));
+    assert!(q.take_webhooks(4, Duration::from_millis(200)).await.expect("take").is_empty(), "nothing has ended");
+
+    q.cancel(ids[2]).await.expect("cancel");
+    let taken = q.take(2, Duration::from_secs(1)).await.expect("take");
+    q.complete(&taken[0], &prediction("done")).await.expect("complete");
+    assert_eq!(q.fail(&taken[1], "boom").await.expect("fail"), FailOutcome::Dead);
+    let rest = q.take(1, Duration::from_secs(1)).await.expect("take");
+    q.complete(&rest[0], &prediction("plain")).await.expect("complete");
+
+    let mut webhooks = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while webhooks.len() < 3 && Instant::now() < deadline {
+        webhooks.extend(q.take_webhooks(4, Duration::from_millis(500)).await.expect("take"));
+    }
+    let mut got: Vec<Uuid> = webhooks.iter().map(|t| t.id).collect();
+    got.sort();
+    let mut want = ids.to_vec();
+    want.sort();
+    assert_eq!(got, want, "one webhook per ended job with a callback (canceled, failed, completed), none without");
+    for task in &mut webhooks {
+        assert_eq!(q.count_webhook_attempt(task).await.expect("count"), 1);
+        assert_eq!(q.count_webhook_attempt(task).await.expect("count"), 2, "attempts are counted");
+        q.renew_webhook(task).await.expect("renew");
+        q.webhook_done(task).await.expect("done");
+    }
+    assert!(q.take_webhooks(4, Duration::from_millis(200)).await.expect("take").is_empty(), "each is handed out once");
 }

@@ -41,6 +41,9 @@ pub enum ApiError {
     InvalidJobId(String),
     #[error("no job {0} (unknown or expired)")]
     JobNotFound(String),
+    /// `DELETE /job/{id}` of a job a worker has started, or that has ended.
+    #[error("job {id} is {status}: only a queued job can be canceled (a running one finishes and keeps its result)")]
+    NotCancelable { id: String, status: &'static str },
     #[error("too many requests in flight; retry shortly")]
     Overloaded,
     /// An event stream reconnecting after the job's final event: nothing more will come (204).
@@ -59,6 +62,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    #[error(transparent)]
+    Callback(#[from] crate::webhooks::CallbackError),
     #[error(
         "request headers are too large ({0}); at most {HEADER_COUNT_LIMIT} headers of {HEADER_BYTES_LIMIT} bytes in all"
     )]
@@ -81,13 +86,14 @@ impl ApiError {
             }
             Image(ImageError::DecodeBusy { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            MissingField(_) | InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            MissingField(_) | InvalidField { .. } | Callback(_) => StatusCode::UNPROCESSABLE_ENTITY,
             BodyRead(_) | InvalidJson(_) | InvalidBase64(_) | InvalidMultipart(_) | Image(_) | InvalidJobId(_)
             | InvalidQuery(_) => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             JobNotFound(_) => StatusCode::NOT_FOUND,
+            NotCancelable { .. } => StatusCode::CONFLICT,
             NothingNew => StatusCode::NO_CONTENT,
             Overloaded | TooManyWatchers { .. } => StatusCode::TOO_MANY_REQUESTS,
             Timeout(_) | Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -118,6 +124,10 @@ impl ApiError {
             Image(ImageError::Internal(_)) => "internal",
             InvalidJobId(_) => "invalid_job_id",
             JobNotFound(_) => "job_not_found",
+            NotCancelable { .. } => "job_not_cancelable",
+            Callback(crate::webhooks::CallbackError::Disabled) => "webhooks_disabled",
+            Callback(crate::webhooks::CallbackError::Malformed(_)) => "invalid_callback_url",
+            Callback(crate::webhooks::CallbackError::NotAllowed(_)) => "callback_not_allowed",
             NothingNew => "nothing_new",
             Overloaded => "overloaded",
             TooManyWatchers { .. } => "too_many_watchers",

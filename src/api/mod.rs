@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::engine::{Classifier, WorkPool};
 use crate::jobs::now_ms;
-use crate::queue::JobQueue;
+use crate::queue::{CancelOutcome, JobQueue};
 use error::ApiError;
 pub use middleware::Access;
 use types::{ErrorBody, Health, JobResponse, PredictResponse};
@@ -58,6 +58,8 @@ pub struct Limits {
     pub max_wait: Duration,
     /// Long-polls and event streams open at once; more get 429.
     pub max_watchers: usize,
+    /// Hosts a `callback_url` may name (`--webhook-allow`); empty: webhooks are off.
+    pub webhook_allow: crate::webhooks::AllowList,
 }
 
 #[derive(Clone)]
@@ -114,7 +116,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/predict", post(predict))
-        .route("/job/{id}", get(job))
+        .route("/job/{id}", get(job).delete(cancel_job))
         .route("/job/{id}/events", get(job_events))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
@@ -154,7 +156,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([Method::GET, Method::POST])
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
             .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, request_id.clone()])
             .expose_headers([request_id, header::RETRY_AFTER])
             .max_age(Duration::from_secs(600)),
@@ -214,6 +216,8 @@ async fn ready(State(state): State<AppState>) -> Response {
 struct PredictQuery {
     /// Classes in the answer's `top_k`, 1 to what the models compute ([`Limits::top_k`]).
     top_k: Option<usize>,
+    /// Where to POST the job's final state (a webhook), on a host `--webhook-allow` allows.
+    callback_url: Option<String>,
 }
 
 /// `GET /job/{id}`'s query.
@@ -259,6 +263,9 @@ async fn predict(State(state): State<AppState>, request: Request<Body>) -> Resul
     // Checked after the body is in, so that a client still writing gets the 400.
     let query: PredictQuery = parse_query(&uri)?;
     let top_k = wanted_top_k(query.top_k, state.inner.limits.top_k)?;
+    if let Some(url) = &query.callback_url {
+        state.inner.limits.webhook_allow.check(url)?;
+    }
     // Only a request whose body is in takes an in-flight permit; past the bound, refuse at
     // once rather than queue without limit. The permit is shared with the decode (and a big
     // body's parse), which keep it until they end even if the request times out first.
@@ -267,7 +274,8 @@ async fn predict(State(state): State<AppState>, request: Request<Body>) -> Resul
     };
     let permit = Arc::new(permit);
     let timeout = state.inner.limits.request_timeout;
-    let Json(answer) = tokio::time::timeout(timeout, predict_now(&state, received, top_k, permit))
+    let callback = query.callback_url.as_deref();
+    let Json(answer) = tokio::time::timeout(timeout, predict_now(&state, received, top_k, callback, permit))
         .await
         .map_err(|_| ApiError::Timeout(timeout.as_secs_f64()))??;
     if streamed {
@@ -338,6 +346,7 @@ async fn predict_now(
     state: &AppState,
     received: input::Received,
     top_k: usize,
+    callback_url: Option<&str>,
     permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<Json<PredictResponse>, ApiError> {
     let image = match received {
@@ -374,7 +383,7 @@ async fn predict_now(
     // recorded when staging failed already: then nothing is tried).
     let tried = staged.is_staged();
     let committing = std::time::Instant::now();
-    let queued = staged.commit(&fast).await;
+    let queued = staged.commit(&fast, callback_url).await;
     if tried {
         metrics::histogram!(crate::metrics::ENQUEUE_DURATION).record(committing.elapsed().as_secs_f64());
     }
@@ -412,6 +421,22 @@ async fn job(State(state): State<AppState>, Path(id): Path<String>, uri: Uri) ->
     Ok(Json(JobResponse::new(&record, top_k)))
 }
 
+/// `DELETE /job/{id}`: cancels a job no worker has started (200 with its `canceled` body,
+/// also when it was canceled already); a running or ended job is left as it is (409).
+async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobResponse>, ApiError> {
+    let uuid = Uuid::try_parse(&id).map_err(|_| ApiError::InvalidJobId(id.clone()))?;
+    let queue = &state.inner.queue;
+    match queue.cancel(uuid).await.map_err(ApiError::Queue)? {
+        CancelOutcome::Unknown => Err(ApiError::JobNotFound(id)),
+        CancelOutcome::TooLate(status) => Err(ApiError::NotCancelable { id, status: status.as_str() }),
+        CancelOutcome::Canceled => {
+            metrics::counter!(crate::metrics::JOBS_CANCELED).increment(1);
+            let record = queue.get(uuid).await.map_err(ApiError::Queue)?.ok_or(ApiError::JobNotFound(id))?;
+            Ok(Json(JobResponse::new(&record, state.inner.limits.top_k)))
+        }
+    }
+}
+
 /// `GET /job/{id}/events`: the job's states as server-sent events (see [`watch`]).
 async fn job_events(
     State(state): State<AppState>,
@@ -424,6 +449,11 @@ async fn job_events(
     let uuid = Uuid::try_parse(&id).map_err(|_| ApiError::InvalidJobId(id.clone()))?;
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     Ok(watch::events(&state, uuid, top_k, last_event_id).await?.into_response())
+}
+
+/// A job's webhook body: the JSON `GET /job/{id}` gives, with every class the models computed.
+pub fn webhook_body(record: &crate::jobs::JobRecord) -> Option<Vec<u8>> {
+    serde_json::to_vec(&JobResponse::new(record, usize::MAX)).ok()
 }
 
 /// Prometheus text format. Queue depth is read now rather than tracked, so it is exact for

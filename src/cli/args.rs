@@ -377,3 +377,65 @@ mod tests {
         assert!(Cli::try_parse_from(["tandem", "serve", "--max-batch", "2", "--fast-max-batch", "3"]).is_err());
     }
 }
+
+/// Webhooks: a job's final state POSTed to the `callback_url` its `POST /predict` gave.
+/// `serve` checks callback URLs against --webhook-allow; whoever runs the accurate tier
+/// (`serve` on the embedded queue, `tandem worker` with Redis) sends them, signed.
+#[derive(Debug, Clone, Args)]
+pub struct WebhookArgs {
+    /// Host(s) webhooks may be sent to: `host`, `host:port` or `*.domain` (comma-separated or
+    /// repeated; unset: webhooks are off and a callback_url is refused with 422).
+    #[arg(long = "webhook-allow", env = "TANDEM_WEBHOOK_ALLOW", value_delimiter = ',', value_name = "HOST")]
+    pub allow: Vec<String>,
+
+    /// Key that signs webhooks (HMAC-SHA256, Standard Webhooks headers): `whsec_<base64>` or
+    /// any text of 16 bytes or more. Needed wherever webhooks are sent.
+    #[arg(long = "webhook-secret", env = "TANDEM_WEBHOOK_SECRET", hide_env_values = true, value_name = "SECRET")]
+    pub secret: Option<String>,
+
+    /// Attempts at each webhook before it is given up; the pause after a failed one starts at
+    /// a second and doubles, up to a minute.
+    #[arg(long = "webhook-attempts", env = "TANDEM_WEBHOOK_ATTEMPTS", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub attempts: u32,
+
+    /// Seconds one webhook attempt may take (connect, send, the receiver's answer).
+    #[arg(long = "webhook-timeout", env = "TANDEM_WEBHOOK_TIMEOUT", default_value_t = 10.0, value_parser = parse_seconds)]
+    pub timeout: f64,
+
+    /// Webhook POSTs in flight at once, per process.
+    #[arg(long = "webhook-concurrency", env = "TANDEM_WEBHOOK_CONCURRENCY", default_value_t = 32)]
+    pub concurrency: usize,
+}
+
+impl WebhookArgs {
+    /// The allow list, checked.
+    pub fn allow_list(&self) -> anyhow::Result<crate::webhooks::AllowList> {
+        crate::webhooks::AllowList::parse(&self.allow).map_err(anyhow::Error::msg)
+    }
+
+    /// The sender's settings, if webhooks are on here; they need --webhook-secret.
+    /// `reclaim_after`: another process takes over a webhook its sender stopped renewing.
+    pub fn sender(&self, reclaim_after: Duration) -> anyhow::Result<Option<crate::webhooks::WebhookConfig>> {
+        let allow = self.allow_list()?;
+        if !allow.is_enabled() {
+            return Ok(None);
+        }
+        let Some(secret) = &self.secret else {
+            anyhow::bail!(
+                "--webhook-allow needs --webhook-secret (TANDEM_WEBHOOK_SECRET) here: webhooks are sent signed"
+            );
+        };
+        let secret = crate::webhooks::Secret::parse(secret).map_err(anyhow::Error::msg)?;
+        let timeout = Duration::from_secs_f64(self.timeout.max(0.001));
+        Ok(Some(crate::webhooks::WebhookConfig {
+            allow,
+            secret,
+            max_attempts: self.attempts,
+            timeout,
+            concurrency: self.concurrency.max(1),
+            first_pause: Duration::from_secs(1),
+            renew_every: (reclaim_after / 3).max(Duration::from_millis(10)),
+            render: crate::api::webhook_body,
+        }))
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use tokio::sync::watch;
 
-use super::args::{AccessArgs, FastTierArgs, ModelArgs, QueueArgs, WorkerPoolArgs, parse_seconds};
+use super::args::{AccessArgs, FastTierArgs, ModelArgs, QueueArgs, WebhookArgs, WorkerPoolArgs, parse_seconds};
 use super::startup::{bind, check_redis_url, connect_redis, runtime};
 use super::tiers::{self, Run};
 use super::worker::{start_accurate, worker_config};
@@ -85,6 +85,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub access: AccessArgs,
+
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
 }
 
 impl ServeArgs {
@@ -106,6 +109,12 @@ async fn run_async(args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.queue.redis_url {
         check_redis_url(url)?;
     }
+    let webhook_allow = args.webhooks.allow_list()?;
+    // With Redis the workers send webhooks; embedded, this process does, so it needs the secret.
+    let webhook_sender = match args.queue.redis_url {
+        Some(_) => None,
+        None => args.webhooks.sender(args.queue.reclaim_after())?,
+    };
     let listener = bind(&args.addr).await?;
     // Then the model files: missing ones are named (and pulled, with --pull-missing).
     tiers::ensure_files(&args.models, args.tiers(), "--labels")?;
@@ -120,6 +129,7 @@ async fn run_async(args: &ServeArgs) -> anyhow::Result<()> {
     tracing::info!(model = fast.model_name(), "fast tier loaded");
 
     let (stop_workers, workers_stopped) = watch::channel(false);
+    let stop_webhooks = watch::Sender::new(false);
     let (queue, embedded_worker) = match &args.queue.redis_url {
         Some(url) => (connect_redis(url, &args.queue).await?, None),
         None => {
@@ -131,6 +141,9 @@ async fn run_async(args: &ServeArgs) -> anyhow::Result<()> {
                 worker_config(&args.workers),
                 workers_stopped,
             ));
+            if let Some(config) = webhook_sender {
+                tokio::spawn(crate::webhooks::run(queue.clone(), config, stop_webhooks.subscribe()));
+            }
             (queue, Some(handle))
         }
     };
@@ -145,6 +158,7 @@ async fn run_async(args: &ServeArgs) -> anyhow::Result<()> {
         top_k: tiers::TOP_K,
         max_wait: Duration::from_secs_f64(args.max_wait),
         max_watchers: args.max_watchers.max(1),
+        webhook_allow,
     };
     let state = api::AppState::new(fast, queue.clone(), limits, access, pool);
     let router = api::router(state.clone());
@@ -161,6 +175,8 @@ async fn run_async(args: &ServeArgs) -> anyhow::Result<()> {
 
     if let Some(handle) = embedded_worker {
         let _ = stop_workers.send(true);
+        // Jobs finishing in the drain still send their webhooks until the process ends.
+        stop_webhooks.send_replace(true);
         let deadline = stop_asked.get().copied().unwrap_or_else(|| tokio::time::Instant::now() + drain);
         if tokio::time::timeout_at(deadline, handle).await.is_err() {
             tracing::warn!("embedded jobs still running after --drain-timeout; they are dropped");

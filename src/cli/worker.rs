@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use clap::Args;
 use tokio::sync::watch;
 
-use super::args::{ModelArgs, QueueArgs, WorkerPoolArgs, parse_seconds};
+use super::args::{ModelArgs, QueueArgs, WebhookArgs, WorkerPoolArgs, parse_seconds};
 use super::startup::{bind, check_redis_url, connect_redis, runtime};
 use super::tiers::{self, Run};
 use crate::engine::{Classifier, Tier};
@@ -41,6 +41,9 @@ pub struct WorkerArgs {
     /// --reclaim-after. Set it below the stop timeout of whatever stops the process.
     #[arg(long, env = "TANDEM_DRAIN_TIMEOUT", default_value_t = 30.0, value_parser = parse_seconds)]
     pub drain_timeout: f64,
+
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
 }
 
 pub fn run(args: &WorkerArgs) -> anyhow::Result<()> {
@@ -62,6 +65,7 @@ async fn run_async(args: &WorkerArgs) -> anyhow::Result<()> {
         );
     };
     check_redis_url(url)?;
+    let webhook_sender = args.webhooks.sender(args.queue.reclaim_after())?;
     let metrics_listener = match &args.metrics_addr {
         Some(addr) => Some(bind(addr).await?),
         None => None,
@@ -86,6 +90,9 @@ async fn run_async(args: &WorkerArgs) -> anyhow::Result<()> {
         tracing::info!(%addr, "worker metrics listening");
     }
     let (stop, stopped) = watch::channel(false);
+    if let Some(config) = webhook_sender {
+        tokio::spawn(crate::webhooks::run(queue.clone(), config, stopped.clone()));
+    }
     let handle = tokio::spawn(worker::run(queue, accurate, worker_config(&args.workers), stopped));
     tracing::info!(concurrency = args.workers.concurrency, "tandem worker running");
     crate::shutdown::signal().await;

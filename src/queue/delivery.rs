@@ -49,3 +49,13 @@ pub enum FailOutcome {
     /// It used up its attempts: it is `failed` and copied to the dead-letter stream.
     Dead,
 }
+
+/// A webhook to send: the job whose final state goes to its `callback_url`. Like a
+/// [`Delivery`], handed back to the queue (`renew_webhook`, `webhook_done`) by whoever sends it.
+#[derive(Debug, Clone)]
+pub struct WebhookTask {
+    pub id: JobId,
+    /// Embedded: attempts made so far (Redis counts them in the job's record, across processes).
+    pub(super) attempts: u32,
+    pub(super) receipt: Receipt,
+}

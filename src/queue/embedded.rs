@@ -24,7 +24,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::events::JobEvents;
-use super::{Delivery, FailOutcome, QueueDepth, QueueError, QueuePolicy, Receipt};
+use super::{CancelOutcome, Delivery, FailOutcome, QueueDepth, QueueError, QueuePolicy, Receipt, WebhookTask};
 use crate::engine::Prediction;
 use crate::jobs::{JobId, JobRecord, JobStatus, now_ms};
 
@@ -42,6 +42,8 @@ struct Inner {
     workers: AtomicU64,
     /// Told of every state change, after the lock is released.
     events: JobEvents,
+    /// Wakes the webhook sender when a job with a callback ends.
+    webhook_ready: Notify,
 }
 
 #[derive(Default)]
@@ -53,6 +55,8 @@ struct State {
     expiries: VecDeque<(Instant, JobId)>,
     /// Bytes of the images of queued jobs (see "Counting image bytes").
     image_bytes: Arc<AtomicU64>,
+    /// Jobs with a callback that have ended: their webhooks, to send.
+    webhooks: VecDeque<JobId>,
 }
 
 struct Entry {
@@ -69,6 +73,7 @@ impl EmbeddedQueue {
                 policy,
                 workers: AtomicU64::new(0),
                 events: JobEvents::default(),
+                webhook_ready: Notify::new(),
             }),
         }
     }
@@ -100,6 +105,7 @@ impl EmbeddedQueue {
         image: Bytes,
         fast: &Prediction,
         created_at_ms: u64,
+        callback_url: Option<&str>,
     ) -> Result<(), QueueError> {
         let mut state = self.state();
         state.expire(Instant::now());
@@ -111,7 +117,8 @@ impl EmbeddedQueue {
         let held = HeldBytes::take(&state.image_bytes, image.len() as u64, byte_limit)
             .ok_or(QueueError::FullBytes { limit: byte_limit })?;
         let image = Bytes::from_owner(QueuedImage { image, _held: held });
-        let record = JobRecord::new(id, fast.clone(), created_at_ms);
+        let mut record = JobRecord::new(id, fast.clone(), created_at_ms);
+        record.callback_url = callback_url.map(str::to_owned);
         state.records.insert(id, Entry { record, expires_at: None });
         state.waiting.push_back(Delivery {
             id,
@@ -199,8 +206,53 @@ impl EmbeddedQueue {
             record.error = None;
         });
         drop(state);
-        self.inner.events.changed(delivery.id);
+        self.job_ended(delivery.id);
         Ok(())
+    }
+
+    /// Tells a job's watchers, and the webhook sender, that it has ended.
+    fn job_ended(&self, id: JobId) {
+        self.inner.events.changed(id);
+        self.inner.webhook_ready.notify_one();
+    }
+
+    /// Up to `max` webhooks of ended jobs, waiting at most `wait` for the first.
+    pub async fn take_webhooks(&self, max: usize, wait: Duration) -> Vec<WebhookTask> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let ready = self.inner.webhook_ready.notified();
+            let taken: Vec<WebhookTask> = {
+                let mut state = self.state();
+                let count = max.min(state.webhooks.len());
+                state
+                    .webhooks
+                    .drain(..count)
+                    .map(|id| WebhookTask { id, attempts: 0, receipt: Receipt::default() })
+                    .collect()
+            };
+            if !taken.is_empty() || tokio::time::timeout_at(deadline, ready).await.is_err() {
+                return taken;
+            }
+        }
+    }
+
+    pub fn cancel(&self, id: JobId) -> CancelOutcome {
+        let mut state = self.state();
+        state.expire(Instant::now());
+        let Some(entry) = state.records.get(&id) else { return CancelOutcome::Unknown };
+        match entry.record.status {
+            JobStatus::Queued => {}
+            JobStatus::Canceled => return CancelOutcome::Canceled,
+            other => return CancelOutcome::TooLate(other),
+        }
+        // Queued means waiting (a retried job is put back before its status says queued):
+        // dropping its delivery lets go of its image and the bytes it counted.
+        let withdrawn = state.waiting.iter().position(|d| d.id == id).and_then(|at| state.waiting.remove(at));
+        state.finish(id, self.inner.policy.result_ttl, |record| record.status = JobStatus::Canceled);
+        drop(state);
+        drop(withdrawn);
+        self.job_ended(id);
+        CancelOutcome::Canceled
     }
 
     pub fn fail(&self, delivery: &Delivery, error: &str) -> Result<FailOutcome, QueueError> {
@@ -213,7 +265,7 @@ impl EmbeddedQueue {
                 record.error = Some(error.to_owned());
             });
             drop(state);
-            self.inner.events.changed(delivery.id);
+            self.job_ended(delivery.id);
             return Ok(FailOutcome::Dead);
         }
         if let Some(entry) = state.records.get_mut(&delivery.id) {
@@ -284,6 +336,9 @@ impl State {
             entry.record.completed_at_ms = Some(now_ms());
             entry.expires_at = Some(now + ttl);
             self.expiries.push_back((now + ttl, id));
+            if entry.record.callback_url.is_some() {
+                self.webhooks.push_back(id);
+            }
         }
     }
 
@@ -322,7 +377,7 @@ mod tests {
     /// Stages and commits a job with an image of `size` bytes.
     async fn enqueue_of(q: &EmbeddedQueue, size: usize) -> Result<JobId, QueueError> {
         let id = Uuid::new_v4();
-        q.stage(id, Bytes::from(vec![7; size]), now_ms()).commit(&prediction("fast")).await?;
+        q.stage(id, Bytes::from(vec![7; size]), now_ms()).commit(&prediction("fast"), None).await?;
         Ok(id)
     }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-pub use delivery::{Delivery, FailOutcome, Receipt};
+pub use delivery::{Delivery, FailOutcome, Receipt, WebhookTask};
 pub use embedded::EmbeddedQueue;
 pub use events::{JobEvents, JobWatch};
 pub use presence::WorkerPresence;
@@ -28,7 +28,7 @@ pub use redis::{RedisQueue, RedisQueueConfig};
 pub use staged::StagedJob;
 
 use crate::engine::Prediction;
-use crate::jobs::{JobId, JobRecord};
+use crate::jobs::{JobId, JobRecord, JobStatus};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
@@ -41,6 +41,17 @@ pub enum QueueError {
     Unavailable(String),
     #[error("the job queue is shutting down")]
     Closed,
+}
+
+/// What [`JobQueue::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job was waiting and is now `canceled` (or was canceled already).
+    Canceled,
+    /// A worker has started it, or it has ended: it is left as it is, in this status.
+    TooLate(JobStatus),
+    /// No such job (unknown or expired).
+    Unknown,
 }
 
 /// How many jobs are in the queue.
@@ -101,6 +112,15 @@ impl JobQueue {
         match self {
             JobQueue::Embedded(q) => Ok(q.get(id)),
             JobQueue::Redis(q) => q.get(id).await,
+        }
+    }
+
+    /// Withdraws a job no worker has started: it ends `canceled`, its image is let go, and no
+    /// worker will run it. A running job is left to finish (its result is stored).
+    pub async fn cancel(&self, id: JobId) -> Result<CancelOutcome, QueueError> {
+        match self {
+            JobQueue::Embedded(q) => Ok(q.cancel(id)),
+            JobQueue::Redis(q) => q.cancel(id).await,
         }
     }
 
@@ -168,6 +188,45 @@ impl JobQueue {
     pub fn release(&self, delivery: &Delivery) {
         if let JobQueue::Redis(q) = self {
             q.release(delivery);
+        }
+    }
+
+    /// Up to `max` webhooks to send (jobs with a `callback_url` that have ended), waiting at
+    /// most `wait` for the first. With Redis, webhooks whose sender stopped renewing them for
+    /// `reclaim_after` are taken over first.
+    pub async fn take_webhooks(&self, max: usize, wait: Duration) -> Result<Vec<WebhookTask>, QueueError> {
+        match self {
+            JobQueue::Embedded(q) => Ok(q.take_webhooks(max, wait).await),
+            JobQueue::Redis(q) => q.take_webhooks(max, wait).await,
+        }
+    }
+
+    /// Counts one more attempt at a webhook; returns the count (from 1), or 0 if the job's
+    /// record is gone. With Redis the count is in the record, so a sender that takes over a
+    /// webhook goes on from it.
+    pub async fn count_webhook_attempt(&self, task: &mut WebhookTask) -> Result<u32, QueueError> {
+        match self {
+            JobQueue::Embedded(_) => {
+                task.attempts += 1;
+                Ok(task.attempts)
+            }
+            JobQueue::Redis(q) => q.count_webhook_attempt(task).await,
+        }
+    }
+
+    /// The sender is still at this webhook (between attempts): with Redis, it is not taken over.
+    pub async fn renew_webhook(&self, task: &WebhookTask) -> Result<(), QueueError> {
+        match self {
+            JobQueue::Embedded(_) => Ok(()),
+            JobQueue::Redis(q) => q.renew_webhook(task).await,
+        }
+    }
+
+    /// The webhook was delivered or given up.
+    pub async fn webhook_done(&self, task: &WebhookTask) -> Result<(), QueueError> {
+        match self {
+            JobQueue::Embedded(_) => Ok(()),
+            JobQueue::Redis(q) => q.webhook_done(task).await,
         }
     }
 

@@ -63,12 +63,14 @@ impl StagedJob {
 
     /// Queues the job with its fast answer; returns once it is stored. An error (the staging's
     /// own, a full queue, an unreachable Redis) means the job is not queued, ever.
-    pub async fn commit(self, fast: &Prediction) -> Result<(), QueueError> {
+    /// `callback_url`: where the job's final state is POSTed (a webhook), already checked
+    /// against `--webhook-allow`.
+    pub async fn commit(self, fast: &Prediction, callback_url: Option<&str>) -> Result<(), QueueError> {
         match self.backend {
-            Backend::Embedded { queue, image } => queue.enqueue(self.id, image, fast, self.created_at_ms),
+            Backend::Embedded { queue, image } => queue.enqueue(self.id, image, fast, self.created_at_ms, callback_url),
             Backend::Redis { queue, staged } => {
                 staged?;
-                queue.enqueue_staged(self.id, fast, self.created_at_ms).await
+                queue.enqueue_staged(self.id, fast, self.created_at_ms, callback_url).await
             }
         }
     }

@@ -4,13 +4,13 @@ local stored = 0
 if status then
   redis.call('HINCRBY', KEYS[2], 'results_reported', 1)
 end
-if status and status ~= 'completed' and status ~= 'failed' then
+if status and status ~= 'completed' and status ~= 'failed' and status ~= 'canceled' then
   redis.call('HSET', KEYS[2], 'status', 'completed', 'result', ARGV[3], 'completed_at_ms', ARGV[4])
   redis.call('HDEL', KEYS[2], 'error')
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
   stored = 1
   -- The job hash is `{prefix}:job:{uuid}`: its last part is the job id.
-  redis.call('PUBLISH', KEYS[1] .. ':events', string.match(KEYS[2], '[^:]+$'))
+  ended(KEYS[1], KEYS[2], string.match(KEYS[2], '[^:]+$'))
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])

@@ -317,6 +317,6 @@ pub(super) fn unavailable(what: &str, err: &RedisError) -> QueueError {
     QueueError::Unavailable(format!("{what}: {err}"))
 }
 
-fn has_code(err: &RedisError, code: &str) -> bool {
+pub(super) fn has_code(err: &RedisError, code: &str) -> bool {
     err.code() == Some(code) || err.to_string().contains(code)
 }

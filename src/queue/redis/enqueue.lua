@@ -33,6 +33,8 @@ redis.call('INCRBY', KEYS[4], size)
 redis.call('PERSIST', KEYS[3])
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'status', 'queued', 'sync', ARGV[4], 'attempts', 0, 'created_at_ms', ARGV[5])
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[2], 'callback', ARGV[8]) end
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-redis.call('XADD', KEYS[1], '*', 'id', ARGV[3])
+-- The entry's id is kept in the record, so a cancel can take the entry out of the stream.
+redis.call('HSET', KEYS[2], 'entry', redis.call('XADD', KEYS[1], '*', 'id', ARGV[3]))
 return 1

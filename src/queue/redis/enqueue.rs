@@ -115,6 +115,7 @@ impl RedisQueue {
         id: JobId,
         fast: &Prediction,
         created_at_ms: u64,
+        callback_url: Option<&str>,
     ) -> Result<(), QueueError> {
         let inner = &self.inner;
         let limit = inner.config.policy.max_queue;
@@ -135,7 +136,8 @@ impl RedisQueue {
             .arg(to_json(fast)?)
             .arg(created_at_ms)
             .arg(byte_limit)
-            .arg(deadline);
+            .arg(deadline)
+            .arg(callback_url.unwrap_or(""));
         let invocation = &invocation;
         let queued: i64 = match self
             .call(&inner.main, "enqueue", OP_TIMEOUT, Retry::Unsent, |mut conn| async move {

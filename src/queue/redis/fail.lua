@@ -5,7 +5,7 @@ if acked == 0 then
   if status == 'failed' then return 3 end
   return 0
 end
-if (not status) or status == 'completed' or status == 'failed' then
+if (not status) or status == 'completed' or status == 'failed' or status == 'canceled' then
   redis.call('XDEL', KEYS[1], ARGV[2])
   drop_image(KEYS[4], KEYS[5])
   if status == 'failed' then return 3 end
@@ -14,9 +14,9 @@ end
 if tonumber(ARGV[3]) < tonumber(ARGV[4]) then
   local found = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
   if #found > 0 then
-    redis.call('XADD', KEYS[1], '*', unpack(found[1][2]))
+    local entry = redis.call('XADD', KEYS[1], '*', unpack(found[1][2]))
     redis.call('XDEL', KEYS[1], ARGV[2])
-    redis.call('HSET', KEYS[2], 'status', 'queued', 'error', ARGV[5])
+    redis.call('HSET', KEYS[2], 'status', 'queued', 'error', ARGV[5], 'entry', entry)
     redis.call('PEXPIRE', KEYS[2], ARGV[8])
     redis.call('PUBLISH', KEYS[1] .. ':events', ARGV[9])
     return 1
@@ -29,5 +29,5 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[10], '*',
   'id', ARGV[9], 'error', ARGV[5], 'attempts', attempts, 'failed_at_ms', ARGV[6])
 redis.call('XDEL', KEYS[1], ARGV[2])
 drop_image(KEYS[4], KEYS[5])
-redis.call('PUBLISH', KEYS[1] .. ':events', ARGV[9])
+ended(KEYS[1], KEYS[2], ARGV[9])
 return 2

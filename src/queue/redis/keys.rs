@@ -35,12 +35,20 @@
 //! UUID, in the same atomic step (`events.rs`). Always the stream's name plus `:events`, so
 //! the scripts derive it from `KEYS[1]`.
 //!
+//! - `{prefix}:jobs:webhooks` — a stream of webhooks to send, one entry (`id`) per job with a
+//!   `callback` that has ended, added by the script that ends it (`ended.lua`). Consumer group
+//!   `webhooks` ([`WEBHOOK_GROUP`]); an entry is acknowledged and deleted once delivered or given
+//!   up, and taken over by another process if its sender stops renewing it (`webhooks.rs`).
+//!   The job hash holds the webhook's `callback` URL, its stream `entry`, and `webhook_attempts`.
+//!
 //! The consumer group every worker reads `{prefix}:jobs` through is [`GROUP`].
 
 use crate::jobs::JobId;
 
 /// The consumer group every worker reads through.
 pub(super) const GROUP: &str = "workers";
+/// The consumer group webhook senders read `{prefix}:jobs:webhooks` through.
+pub(super) const WEBHOOK_GROUP: &str = "webhooks";
 
 /// The names of one deployment's keys (see the module's header).
 pub(super) struct Keys {
@@ -50,6 +58,8 @@ pub(super) struct Keys {
     pub queued_bytes: String,
     /// The job-events channel: `stream` + `:events` (the scripts build it so).
     pub events: String,
+    /// Webhooks to send: `stream` + `:webhooks` (the scripts build it so).
+    pub webhooks: String,
     job_prefix: String,
     image_prefix: String,
 }
@@ -62,6 +72,7 @@ impl Keys {
             workers: format!("{prefix}:workers"),
             queued_bytes: format!("{prefix}:queued_bytes"),
             events: format!("{prefix}:jobs:events"),
+            webhooks: format!("{prefix}:jobs:webhooks"),
             job_prefix: format!("{prefix}:job:"),
             image_prefix: format!("{prefix}:image:"),
         }

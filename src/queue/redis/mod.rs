@@ -48,6 +48,7 @@ mod keys;
 mod reply;
 mod scripts;
 mod take;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -59,9 +60,9 @@ use tokio::time::Instant;
 
 use super::events::{JobEvents, JobWatch};
 use super::outage::Outage;
-use super::{Delivery, FailOutcome, QueueDepth, QueueError, QueuePolicy};
+use super::{CancelOutcome, Delivery, FailOutcome, QueueDepth, QueueError, QueuePolicy};
 use crate::engine::Prediction;
-use crate::jobs::{JobId, JobRecord, now_ms};
+use crate::jobs::{JobId, JobRecord, JobStatus, now_ms};
 use clock::RedisClock;
 use conn::{Conn, OP_TIMEOUT, Retry, unavailable};
 use keys::{GROUP, Keys};
@@ -105,6 +106,9 @@ struct Inner {
     /// read never waits out another's block inside its own response timeout.
     blocking: Conn,
     blocking_lock: tokio::sync::Mutex<()>,
+    /// Only for the webhook sender's `XREADGROUP ... BLOCK` (connected on first use).
+    hooks: Conn,
+    webhook_group_ready: AtomicBool,
     /// Whether this process has made sure the consumer group exists.
     group_ready: AtomicBool,
     reclaim: Mutex<ReclaimState>,
@@ -143,6 +147,7 @@ impl RedisQueue {
         let main = Conn::new(client.clone(), Duration::ZERO).map_err(|err| unavailable("connect", &err))?;
         let beat = Conn::new(client.clone(), Duration::ZERO).map_err(|err| unavailable("connect", &err))?;
         let blocking = Conn::new(client.clone(), BLOCK_CHUNK).map_err(|err| unavailable("connect", &err))?;
+        let hooks = Conn::new(client.clone(), BLOCK_CHUNK).map_err(|err| unavailable("connect", &err))?;
         let keys = Keys::new(&config.prefix);
         let scripts = Scripts::new();
         Ok(Self {
@@ -153,6 +158,8 @@ impl RedisQueue {
                 beat,
                 blocking,
                 blocking_lock: tokio::sync::Mutex::new(()),
+                hooks,
+                webhook_group_ready: AtomicBool::new(false),
                 group_ready: AtomicBool::new(false),
                 reclaim: Mutex::new(ReclaimState { next_at: None, cursor: "0-0".into() }),
                 scripts,
@@ -260,6 +267,36 @@ impl RedisQueue {
             tracing::info!(job = %delivery.id, "job already finished or expired; this result was not stored");
         }
         Ok(())
+    }
+
+    /// Cancels a job no worker has started, in one script (`WITHDRAW_LUA`).
+    pub async fn cancel(&self, id: JobId) -> Result<CancelOutcome, QueueError> {
+        let inner = &self.inner;
+        let mut invocation = inner.scripts.withdraw.prepare_invoke();
+        invocation
+            .key(&inner.keys.stream)
+            .key(inner.keys.job(id))
+            .key(inner.keys.image(id))
+            .key(&inner.keys.queued_bytes)
+            .arg(GROUP)
+            .arg(now_ms())
+            .arg(ttl_ms(inner.config.policy.result_ttl))
+            .arg(id.to_string());
+        let invocation = &invocation;
+        // Running it twice is harmless (the second finds `canceled`), so it may be retried.
+        let before: String = self
+            .call(&inner.main, "cancel", OP_TIMEOUT, Retry::Outcome, |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        Ok(match before.as_str() {
+            "" => CancelOutcome::Unknown,
+            "queued" | "canceled" => CancelOutcome::Canceled,
+            other => match JobStatus::parse(other) {
+                Some(status) => CancelOutcome::TooLate(status),
+                None => return Err(QueueError::Unavailable(format!("cancel: unknown job status {other:?}"))),
+            },
+        })
     }
 
     /// Records a failed attempt: the job is retried, or dead-lettered once out of attempts.

@@ -136,6 +136,7 @@ pub(super) fn parse_record(id: JobId, fields: Vec<(String, String)>) -> Result<J
     let mut created_at_ms = 0;
     let mut started_at_ms = None;
     let mut completed_at_ms = None;
+    let mut callback_url = None;
     let number = |name: &str, text: &str| text.parse::<u64>().map_err(|err| format!("{name}: {err}"));
     for (name, value) in fields {
         match name.as_str() {
@@ -150,6 +151,7 @@ pub(super) fn parse_record(id: JobId, fields: Vec<(String, String)>) -> Result<J
             "created_at_ms" => created_at_ms = number("created_at_ms", &value)?,
             "started_at_ms" => started_at_ms = Some(number("started_at_ms", &value)?),
             "completed_at_ms" => completed_at_ms = Some(number("completed_at_ms", &value)?),
+            "callback" => callback_url = Some(value),
             _ => {}
         }
     }
@@ -161,5 +163,6 @@ pub(super) fn parse_record(id: JobId, fields: Vec<(String, String)>) -> Result<J
     record.created_at_ms = created_at_ms;
     record.started_at_ms = started_at_ms;
     record.completed_at_ms = completed_at_ms;
+    record.callback_url = callback_url;
     Ok(record)
 }

@@ -2,8 +2,9 @@
 //! the module above), each read from its own `.lua` file beside this one.
 //!
 //! Every script that deletes a queued job's image has `drop_image.lua` prepended, so the image
-//! and its bytes in `{prefix}:queued_bytes` always go together. Scripts are sent as `EVALSHA`
-//! and reloaded by the client after a Redis restart (`NOSCRIPT`).
+//! and its bytes in `{prefix}:queued_bytes` always go together; every script that ends a job
+//! has `ended.lua`, which tells the job's watchers and queues its webhook in the same step.
+//! Scripts are sent as `EVALSHA` and reloaded by the client after a Redis restart (`NOSCRIPT`).
 
 use redis::Script;
 
@@ -24,7 +25,7 @@ const ENQUEUE_LUA: &str = include_str!("enqueue.lua");
 /// already finished (its entry is dropped), (-2, 0, '') for one that used up its attempts on
 /// workers that died, or whose image is missing (ended `failed`, dead-lettered). The fast
 /// answer comes back here, where the record is read anyway, for the worker's tier agreement.
-const START_LUA: &str = concat!(include_str!("drop_image.lua"), include_str!("start.lua"));
+const START_LUA: &str = concat!(include_str!("drop_image.lua"), include_str!("ended.lua"), include_str!("start.lua"));
 
 /// Stores the result and removes the entry, in one step. A job already finished (by a worker
 /// that was thought dead but was only slow) keeps its first outcome.
@@ -33,7 +34,8 @@ const START_LUA: &str = concat!(include_str!("drop_image.lua"), include_str!("st
 /// Returns 1 if the result was stored, 0 if the job was already finished or gone.
 /// `results_reported` counts every result a worker hands in, stored or not: above 1 means the
 /// job was computed more than once (a duplicate), which operators and the fault suite watch.
-const COMPLETE_LUA: &str = concat!(include_str!("drop_image.lua"), include_str!("complete.lua"));
+const COMPLETE_LUA: &str =
+    concat!(include_str!("drop_image.lua"), include_str!("ended.lua"), include_str!("complete.lua"));
 
 /// Records a failed attempt: back of the queue as a new entry (the image stays where it is),
 /// or `failed` + dead letter (image deleted); the old entry is acknowledged and deleted either way.
@@ -42,7 +44,7 @@ const COMPLETE_LUA: &str = concat!(include_str!("drop_image.lua"), include_str!(
 /// job id, dead-letter maxlen.
 /// Returns 1 retrying, 2 dead, 0 when this delivery no longer held the job (nothing changed),
 /// 3 when it no longer held it and the job had already failed.
-const FAIL_LUA: &str = concat!(include_str!("drop_image.lua"), include_str!("fail.lua"));
+const FAIL_LUA: &str = concat!(include_str!("drop_image.lua"), include_str!("ended.lua"), include_str!("fail.lua"));
 
 /// Removes what an enqueue whose answer was lost may have queued (see "Enqueue outcome" in
 /// `enqueue.rs`): the record, so a worker drops the entry (`START_LUA`) or does not store its
@@ -51,6 +53,14 @@ const FAIL_LUA: &str = concat!(include_str!("drop_image.lua"), include_str!("fai
 /// no image).
 /// KEYS: job hash, image, queued bytes. Returns 1 if there was a record.
 const CANCEL_LUA: &str = concat!(include_str!("drop_image.lua"), include_str!("cancel.lua"));
+
+/// Cancels a job no worker has started (`DELETE /job/{id}`): `canceled`, its entry out of the
+/// stream (acknowledged too, for one read but not yet started), its image dropped.
+/// KEYS: stream, job hash, image, queued bytes. ARGV: group, now ms, final ttl ms, job id.
+/// Returns the status the job had: `queued` (now canceled), another (left as it is), or ''
+/// (no record).
+const WITHDRAW_LUA: &str =
+    concat!(include_str!("drop_image.lua"), include_str!("ended.lua"), include_str!("withdraw.lua"));
 
 /// A worker's heartbeat and lease renewal (KEYS, ARGV and reply in the file).
 const HEARTBEAT_LUA: &str = include_str!("heartbeat.lua");
@@ -62,6 +72,7 @@ const LIVE_WORKERS_LUA: &str = include_str!("live_workers.lua");
 pub(super) struct Scripts {
     pub enqueue: Script,
     pub cancel: Script,
+    pub withdraw: Script,
     pub start: Script,
     pub complete: Script,
     pub fail: Script,
@@ -74,6 +85,7 @@ impl Scripts {
         Self {
             enqueue: Script::new(ENQUEUE_LUA),
             cancel: Script::new(CANCEL_LUA),
+            withdraw: Script::new(WITHDRAW_LUA),
             start: Script::new(START_LUA),
             complete: Script::new(COMPLETE_LUA),
             fail: Script::new(FAIL_LUA),

@@ -19,7 +19,7 @@ for i = 1, count do
   local hash = KEYS[2 + 2 * i]
   local image = KEYS[3 + 2 * i]
   local status = redis.call('HGET', hash, 'status')
-  if (not status) or status == 'completed' or status == 'failed' then
+  if (not status) or status == 'completed' or status == 'failed' or status == 'canceled' then
     drop_entry(entry, image, -1)
     -- A record gone (expired) while queued: whoever waits on it learns it is gone.
     if not status then redis.call('PUBLISH', KEYS[1] .. ':events', job) end
@@ -37,7 +37,7 @@ for i = 1, count do
       redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*',
         'id', job, 'error', err, 'attempts', max_attempts, 'failed_at_ms', now)
       drop_entry(entry, image, -2)
-      redis.call('PUBLISH', KEYS[1] .. ':events', job)
+      ended(KEYS[1], hash, job)
     else
       redis.call('HSET', hash, 'status', 'running', 'started_at_ms', now)
       redis.call('PEXPIRE', hash, ARGV[4])
