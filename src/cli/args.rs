@@ -386,31 +386,31 @@ pub struct WebhookArgs {
     /// Host(s) webhooks may be sent to: `host`, `host:port` or `*.domain` (comma-separated or
     /// repeated; unset: webhooks are off and a callback_url is refused with 422).
     #[arg(long = "webhook-allow", env = "TANDEM_WEBHOOK_ALLOW", value_delimiter = ',', value_name = "HOST")]
-    pub allow: Vec<String>,
+    pub webhook_allow: Vec<String>,
 
     /// Key that signs webhooks (HMAC-SHA256, Standard Webhooks headers): `whsec_<base64>` or
     /// any text of 16 bytes or more. Needed wherever webhooks are sent.
     #[arg(long = "webhook-secret", env = "TANDEM_WEBHOOK_SECRET", hide_env_values = true, value_name = "SECRET")]
-    pub secret: Option<String>,
+    pub webhook_secret: Option<String>,
 
     /// Attempts at each webhook before it is given up; the pause after a failed one starts at
     /// a second and doubles, up to a minute.
     #[arg(long = "webhook-attempts", env = "TANDEM_WEBHOOK_ATTEMPTS", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub attempts: u32,
+    pub webhook_attempts: u32,
 
     /// Seconds one webhook attempt may take (connect, send, the receiver's answer).
     #[arg(long = "webhook-timeout", env = "TANDEM_WEBHOOK_TIMEOUT", default_value_t = 10.0, value_parser = parse_seconds)]
-    pub timeout: f64,
+    pub webhook_timeout: f64,
 
     /// Webhook POSTs in flight at once, per process.
     #[arg(long = "webhook-concurrency", env = "TANDEM_WEBHOOK_CONCURRENCY", default_value_t = 32)]
-    pub concurrency: usize,
+    pub webhook_concurrency: usize,
 }
 
 impl WebhookArgs {
     /// The allow list, checked.
     pub fn allow_list(&self) -> anyhow::Result<crate::webhooks::AllowList> {
-        crate::webhooks::AllowList::parse(&self.allow).map_err(anyhow::Error::msg)
+        crate::webhooks::AllowList::parse(&self.webhook_allow).map_err(anyhow::Error::msg)
     }
 
     /// The sender's settings, if webhooks are on here; they need --webhook-secret.
@@ -420,19 +420,19 @@ impl WebhookArgs {
         if !allow.is_enabled() {
             return Ok(None);
         }
-        let Some(secret) = &self.secret else {
+        let Some(secret) = &self.webhook_secret else {
             anyhow::bail!(
                 "--webhook-allow needs --webhook-secret (TANDEM_WEBHOOK_SECRET) here: webhooks are sent signed"
             );
         };
         let secret = crate::webhooks::Secret::parse(secret).map_err(anyhow::Error::msg)?;
-        let timeout = Duration::from_secs_f64(self.timeout.max(0.001));
+        let timeout = Duration::from_secs_f64(self.webhook_timeout.max(0.001));
         Ok(Some(crate::webhooks::WebhookConfig {
             allow,
             secret,
-            max_attempts: self.attempts,
+            max_attempts: self.webhook_attempts,
             timeout,
-            concurrency: self.concurrency.max(1),
+            concurrency: self.webhook_concurrency.max(1),
             first_pause: Duration::from_secs(1),
             renew_every: (reclaim_after / 3).max(Duration::from_millis(10)),
             render: crate::api::webhook_body,

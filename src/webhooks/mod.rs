@@ -155,7 +155,7 @@ async fn deliver(queue: &JobQueue, config: &WebhookConfig, agent: &ureq::Agent, 
         }
         let Some(body) = (config.render)(&record) else { break };
         let started = Instant::now();
-        let outcome = post(agent, &config.secret, &url, &id.to_string(), body).await;
+        let outcome = renewing(queue, config, &task, post(agent, &config.secret, &url, &id.to_string(), body)).await;
         metrics::histogram!(crate::metrics::WEBHOOK_DURATION).record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(()) => {
@@ -172,7 +172,7 @@ async fn deliver(queue: &JobQueue, config: &WebhookConfig, agent: &ureq::Agent, 
                 metrics::counter!(crate::metrics::WEBHOOK_ATTEMPTS, "outcome" => "failed").increment(1);
                 let pause = config.pause_after(attempt);
                 tracing::info!(job = %id, attempt, error = %err, ?pause, "webhook attempt failed; retrying");
-                wait_renewing(queue, config, &task, pause).await;
+                renewing(queue, config, &task, tokio::time::sleep(pause)).await;
             }
         }
     }
@@ -183,18 +183,19 @@ async fn deliver(queue: &JobQueue, config: &WebhookConfig, agent: &ureq::Agent, 
     }
 }
 
-/// Sleeps `pause`, renewing the task's hold on the queue as it goes.
-async fn wait_renewing(queue: &JobQueue, config: &WebhookConfig, task: &WebhookTask, pause: Duration) {
-    let until = tokio::time::Instant::now() + pause;
+/// Runs `work` (an attempt, or the pause after one) while renewing the task's hold on the
+/// queue every `renew_every`, so that no other sender (nor this one) takes it over meanwhile.
+async fn renewing<F: Future>(queue: &JobQueue, config: &WebhookConfig, task: &WebhookTask, work: F) -> F::Output {
+    let mut work = std::pin::pin!(work);
     loop {
-        if let Err(err) = queue.renew_webhook(task).await {
-            tracing::debug!(job = %task.id, error = %err, "cannot renew a webhook's hold");
+        tokio::select! {
+            out = &mut work => return out,
+            () = tokio::time::sleep(config.renew_every) => {
+                if let Err(err) = queue.renew_webhook(task).await {
+                    tracing::debug!(job = %task.id, error = %err, "cannot renew a webhook's hold");
+                }
+            }
         }
-        let now = tokio::time::Instant::now();
-        if now >= until {
-            return;
-        }
-        tokio::time::sleep_until(until.min(now + config.renew_every)).await;
     }
 }
 
