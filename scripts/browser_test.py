@@ -13,6 +13,7 @@ was expected and what was seen, and leaves a screenshot in target/.
 import argparse
 import csv
 import json
+import signal
 import sys
 import time
 import urllib.request
@@ -396,6 +397,8 @@ def main():
     parser.add_argument("--docs", required=True, help="where the screenshots go")
     parser.add_argument("--only", action="append", choices=[name for name, _ in TESTS], help="run only these")
     args = parser.parse_args()
+    # A SIGTERM (the caller's timeout) unwinds through `finally`, so the browser is quit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("browser_test: FAIL: stopped by SIGTERM (timed out?)"))
     ctx = Ctx(args)
     chosen = [(n, f) for n, f in TESTS if not args.only or n in args.only]
     started = time.monotonic()
