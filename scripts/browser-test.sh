@@ -3,8 +3,9 @@
 # `tandem serve` with the shared test models (embedded queue, no Redis, no network).
 #   scripts/browser-test.sh [ARGS...]   (ARGS go to scripts/browser_test.py, e.g. --only phone)
 # Installs Debian's chromium and chromium-driver when missing (as root), keeps a venv with the
-# pinned selenium in target/browser-venv, builds target/debug/tandem, and writes the page's
-# screenshots to docs/page-desktop.png and docs/page-phone.png.
+# pinned selenium in target/browser-venv, builds target/debug/tandem. The page's screenshots
+# (page-desktop.png, page-phone.png) go to target/screenshots, so a test run leaves the tree
+# clean; `scripts/browser-test.sh --docs docs` refreshes the README's copies in docs/.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -73,7 +74,7 @@ if [ "$ready" != 1 ]; then
 fi
 
 echo "browser-test: tandem serve at $base"
-if ! timeout 300 "$venv/bin/python" "$root/scripts/browser_test.py" --base "$base" --shared "$shared" --docs "$root/docs" "$@"; then
+if ! timeout 300 "$venv/bin/python" "$root/scripts/browser_test.py" --base "$base" --shared "$shared" --docs "$root/target/screenshots" "$@"; then
   echo "browser-test: FAILED; the server's log:" >&2
   tail -n 40 "$log" >&2
   exit 1

@@ -26,6 +26,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+REPO = Path(__file__).resolve().parent.parent
 FAST_MODEL = "mobilenet_v2.onnx"
 ACCURATE_MODEL = "efficientnet_lite2.onnx"
 DESKTOP = (1280, 800)
@@ -56,6 +57,11 @@ class Ctx:
             for row in csv.DictReader(f):
                 self.golden.setdefault(row["file"], {})[row["model"]] = int(row["top1"])
         self.driver = None
+
+    def screenshot(self, path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Selenium reports a file it cannot write by returning False, not by raising.
+        check(self.driver.get_screenshot_as_file(str(path)), f"could not write the screenshot {path}")
 
     def start_browser(self):
         options = Options()
@@ -215,8 +221,7 @@ def test_desktop_refined(ctx):
     photo = pick_photo(ctx)
     classify_and_check(ctx, photo)
     time.sleep(1.3)  # The refined answer's glow fades before the picture is taken.
-    ctx.docs.mkdir(parents=True, exist_ok=True)
-    ctx.driver.get_screenshot_as_file(str(ctx.docs / "page-desktop.png"))
+    ctx.screenshot(ctx.docs / "page-desktop.png")
     print(f"  ok: screenshot {ctx.docs / 'page-desktop.png'} ({DESKTOP[0]}x{DESKTOP[1]})")
 
 
@@ -247,7 +252,7 @@ def test_phone(ctx):
     classify_and_check(ctx, photo)
     time.sleep(1.3)
     ctx.no_horizontal_scroll("phone, with the refined answer")
-    ctx.driver.get_screenshot_as_file(str(ctx.docs / "page-phone.png"))
+    ctx.screenshot(ctx.docs / "page-phone.png")
     print(f"  ok: screenshot {ctx.docs / 'page-phone.png'} ({PHONE[0]}x{PHONE[1]})")
 
 
@@ -341,7 +346,8 @@ def test_failure_paths(ctx):
                      and ctx.el("state").is_displayed())
             check(ctx.el("tier").text.strip().lower() == "fast", f"{name}: marked {ctx.el('tier').text!r}")
             check("Queued" in ctx.el("state").text, f"{name}: the state reads {ctx.el('state').text!r}")
-            ctx.driver.get_screenshot_as_file(str(Path(__file__).resolve().parent.parent / "target" / "page-queued.png"))
+            # For a person to look at; the stubbed answer does not belong in docs/.
+            ctx.screenshot(REPO / "target" / "page-queued.png")
             print(f"  ok: {name}: fast answer and {ctx.el('state').text!r} shown while waiting")
         if where == "refined":
             ctx.wait(f"{name}: the refined answer", lambda: ctx.el("result").get_attribute("data-tier") == "refined")
@@ -414,7 +420,7 @@ def main():
                 test(ctx)
             except (Failure, WebDriverException) as err:
                 message = err.msg if isinstance(err, WebDriverException) else str(err)
-                shot = Path(__file__).resolve().parent.parent / "target" / f"browser-failure-{name}.png"
+                shot = REPO / "target" / f"browser-failure-{name}.png"
                 try:
                     ctx.driver.get_screenshot_as_file(str(shot))
                     print(f"  (screenshot of the failure: {shot})", file=sys.stderr)
