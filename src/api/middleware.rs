@@ -154,9 +154,12 @@ pub async fn json_errors(request: Request<Body>, next: Next) -> Response {
 }
 
 /// Refuses a request without one of the configured bearer tokens, except on the open routes.
+/// The page (`GET /`) is always open: it is the same static bytes for everyone, and a browser
+/// cannot send a key when it navigates; the page sends the user's key with its API calls.
 pub async fn require_api_key(State(access): State<Arc<Access>>, request: Request<Body>, next: Next) -> Response {
     let path = request.uri().path();
-    let open = (access.open_health && (path == "/health" || path.starts_with("/health/")))
+    let open = path == "/"
+        || (access.open_health && (path == "/health" || path.starts_with("/health/")))
         || (access.open_metrics && path == "/metrics");
     if open || access.api_keys.is_empty() {
         return next.run(request).await;

@@ -11,6 +11,7 @@ pub mod error;
 pub mod health;
 pub mod input;
 pub mod middleware;
+pub mod page;
 pub mod server;
 pub mod types;
 pub mod watch;
@@ -112,6 +113,7 @@ pub fn router(state: AppState) -> Router {
     // The Multipart extractor has its own 2 MB default: `--max-body` is the one limit.
     let max_body = state.inner.limits.max_body;
     let routes = Router::new()
+        .route("/", get(page::index))
         .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
