@@ -26,6 +26,10 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// Every status, in the order of a job's life: what `parse` accepts, and the values of the
+    /// `JobStatus` schema in the API document (`api::openapi`), so a status added here is in both.
+    pub const ALL: [JobStatus; 4] = [JobStatus::Queued, JobStatus::Running, JobStatus::Completed, JobStatus::Failed];
+
     /// Completed or failed: nothing changes a job after this.
     pub fn is_final(self) -> bool {
         matches!(self, JobStatus::Completed | JobStatus::Failed)
@@ -41,15 +45,42 @@ impl JobStatus {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [JobStatus::Queued, JobStatus::Running, JobStatus::Completed, JobStatus::Failed]
-            .into_iter()
-            .find(|status| status.as_str() == text)
+        JobStatus::ALL.into_iter().find(|status| status.as_str() == text)
     }
 }
 
 impl From<JobStatus> for &'static str {
     fn from(status: JobStatus) -> Self {
         status.as_str()
+    }
+}
+
+/// The API document's schema: a string, one of [`JobStatus::ALL`]'s names. Written by hand
+/// (serde goes through `as_str`, which a derive would not see), from `ALL`, so it cannot miss a
+/// status.
+impl utoipa::PartialSchema for JobStatus {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(JobStatus::ALL.map(JobStatus::as_str)))
+            .description(Some(format!(
+                "Where a job is in its life (also the name of its server-sent events); final, nothing \
+                 changes after: {}.",
+                JobStatus::ALL
+                    .into_iter()
+                    .filter(|s| s.is_final())
+                    .map(|s| format!("`{}`", s.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for JobStatus {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "JobStatus".into()
     }
 }
 
@@ -116,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_status_is_spelled_one_way_in_json_and_in_text() {
-        for status in [JobStatus::Queued, JobStatus::Running, JobStatus::Completed, JobStatus::Failed] {
+        for status in JobStatus::ALL {
             let json = serde_json::to_string(&status).expect("serialize");
             assert_eq!(json, format!("\"{}\"", status.as_str()));
             assert_eq!(serde_json::from_str::<JobStatus>(&json).expect("deserialize"), status);
