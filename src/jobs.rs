@@ -28,7 +28,8 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    /// Every status, in the order a job can pass through them.
+    /// Every status, in the order of a job's life: what `parse` accepts, and the values of the
+    /// `JobStatus` schema in the API document (`api::openapi`), so a status added here is in both.
     pub const ALL: [JobStatus; 5] =
         [JobStatus::Queued, JobStatus::Running, JobStatus::Completed, JobStatus::Failed, JobStatus::Canceled];
 
@@ -55,6 +56,35 @@ impl JobStatus {
 impl From<JobStatus> for &'static str {
     fn from(status: JobStatus) -> Self {
         status.as_str()
+    }
+}
+
+/// The API document's schema: a string, one of [`JobStatus::ALL`]'s names. Written by hand
+/// (serde goes through `as_str`, which a derive would not see), from `ALL`, so it cannot miss a
+/// status.
+impl utoipa::PartialSchema for JobStatus {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(JobStatus::ALL.map(JobStatus::as_str)))
+            .description(Some(format!(
+                "Where a job is in its life (also the name of its server-sent events); final, nothing \
+                 changes after: {}.",
+                JobStatus::ALL
+                    .into_iter()
+                    .filter(|s| s.is_final())
+                    .map(|s| format!("`{}`", s.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for JobStatus {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "JobStatus".into()
     }
 }
 

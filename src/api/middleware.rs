@@ -153,12 +153,17 @@ pub async fn json_errors(request: Request<Body>, next: Next) -> Response {
     Response::from_parts(parts, body)
 }
 
+/// Routes open even with `--api-key`: the page (`/`), the API document and Swagger UI. They
+/// are the same static bytes for everyone, and a browser cannot send a key when it navigates;
+/// the page and Swagger UI send the user's key with the API calls they make.
+pub fn always_open(path: &str) -> bool {
+    path == "/" || path == "/openapi.json" || path == "/docs" || path.starts_with("/docs/")
+}
+
 /// Refuses a request without one of the configured bearer tokens, except on the open routes.
-/// The page (`GET /`) is always open: it is the same static bytes for everyone, and a browser
-/// cannot send a key when it navigates; the page sends the user's key with its API calls.
 pub async fn require_api_key(State(access): State<Arc<Access>>, request: Request<Body>, next: Next) -> Response {
     let path = request.uri().path();
-    let open = path == "/"
+    let open = always_open(path)
         || (access.open_health && (path == "/health" || path.starts_with("/health/")))
         || (access.open_metrics && path == "/metrics");
     if open || access.api_keys.is_empty() {

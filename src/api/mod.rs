@@ -1,5 +1,5 @@
 //! HTTP API: `POST /predict`, `GET /job/{id}` (and its long-poll and event stream, [`watch`]),
-//! health and readiness.
+//! health and readiness, and the API's own document ([`openapi`]: `/openapi.json`, `/docs`).
 //!
 //! Handlers only move data between HTTP and the engine/queue: the fast tier answers, the job
 //! is durably enqueued *before* the response is sent, and every error goes through
@@ -11,6 +11,7 @@ pub mod error;
 pub mod health;
 pub mod input;
 pub mod middleware;
+pub mod openapi;
 pub mod page;
 pub mod server;
 pub mod types;
@@ -23,12 +24,15 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::engine::{Classifier, WorkPool};
@@ -36,7 +40,7 @@ use crate::jobs::now_ms;
 use crate::queue::{CancelOutcome, JobQueue};
 use error::ApiError;
 pub use middleware::Access;
-use types::{ErrorBody, Health, JobResponse, PredictResponse};
+use types::{ErrorBody, Health, JobResponse, NotReady, PredictRequest, PredictResponse, Ready};
 
 /// Limits applied to `POST /predict`.
 #[derive(Debug, Clone)]
@@ -112,19 +116,39 @@ pub fn router(state: AppState) -> Router {
     let access = Arc::clone(&state.inner.access);
     // The Multipart extractor has its own 2 MB default: `--max-body` is the one limit.
     let max_body = state.inner.limits.max_body;
-    let routes = Router::new()
-        .route("/", get(page::index))
-        .route("/health", get(health))
-        .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
-        .route("/predict", post(predict))
-        .route("/job/{id}", get(job).delete(cancel_job))
-        .route("/job/{id}/events", get(job_events))
-        .route("/metrics", get(metrics_text))
-        .fallback(not_found)
-        .with_state(state)
-        .layer(DefaultBodyLimit::max(max_body));
+    let routes = served_routes().with_state(state).layer(DefaultBodyLimit::max(max_body));
     with_common_layers(routes, &access)
+}
+
+/// What [`router`] routes: [`api_routes`], and the 404 for anything else.
+fn served_routes() -> Router<AppState> {
+    let (routes, _document) = api_routes().split_for_parts();
+    routes.fallback(not_found)
+}
+
+/// Every route `serve` answers, each registered together with its entry in the API document
+/// (`routes!` takes the method and path from the handler's `#[utoipa::path]`): a route cannot
+/// be served undocumented, nor documented and not served. This is the one list of paths: add
+/// a route here, with `routes!`, never with a plain `.route()` (the tests in [`openapi`] read
+/// the paths the router registers and fail on one the document does not have).
+pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        // The web page.
+        .routes(routes!(page::index))
+        // Predictions and their jobs.
+        .routes(routes!(predict))
+        .routes(routes!(job, cancel_job))
+        .routes(routes!(job_events))
+        // Health and operations.
+        .routes(routes!(health))
+        .routes(routes!(live))
+        .routes(routes!(ready))
+        .routes(routes!(metrics_text))
+        // The API document and Swagger UI.
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(openapi::docs_redirect))
+        .routes(routes!(openapi::docs_index))
+        .routes(routes!(openapi::docs_file))
 }
 
 /// Layers every route gets (innermost first): a panic becomes a 500 JSON error (the process
@@ -199,42 +223,83 @@ pub fn worker_router(queue: JobQueue) -> Router {
     with_common_layers(routes, &Arc::new(Access::default()))
 }
 
+/// The process answers (`"healthy"`).
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    security((), ("api_key" = [])),
+    responses((status = 200, description = "`{\"status\": \"healthy\"}`.", body = Health)),
+)]
 async fn health() -> Json<Health> {
     Json(Health::new("healthy"))
 }
 
+/// Liveness: the process answers (`"alive"`).
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "health",
+    security((), ("api_key" = [])),
+    responses((status = 200, description = "`{\"status\": \"alive\"}`.", body = Health)),
+)]
 async fn live() -> Json<Health> {
     Json(Health::new("alive"))
 }
 
-/// Ready when the models are loaded and the queue answers; the body counts live workers.
+/// Readiness: the models are loaded and the queue answers.
+///
+/// Ready when the models are loaded and the queue answers; the body counts live workers. A
+/// `serve` with no live worker stays ready (it still gives every fast answer), with a `warning`.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "health",
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "Ready.", body = Ready),
+        (status = 503, description = "Not ready: the queue does not answer (`queue_unavailable`).", body = NotReady),
+    ),
+)]
 async fn ready(State(state): State<AppState>) -> Response {
     health::ready(&state.inner.queue, health::Role::Serve).await
 }
 
 /// `POST /predict`'s query: everything else is refused, so a typo is not silently ignored.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PredictQuery {
-    /// Classes in the answer's `top_k`, 1 to what the models compute ([`Limits::top_k`]).
+    /// Classes in the answer's `top_k`, 1 to what the models compute (`--top-k`, the default).
+    #[param(minimum = 1)]
     top_k: Option<usize>,
-    /// Where to POST the job's final state (a webhook), on a host `--webhook-allow` allows.
+    /// Where to POST the job's final state (a webhook, signed in the Standard Webhooks layout)
+    /// once it is completed, failed or canceled: an http(s) URL on a host `--webhook-allow`
+    /// allows, percent-encoded.
     callback_url: Option<String>,
 }
 
 /// `GET /job/{id}`'s query.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct JobQuery {
+    /// Classes in each answer's `top_k`, 1 to what the models compute (`--top-k`, the default).
+    #[param(minimum = 1)]
     top_k: Option<usize>,
-    /// Seconds to wait for the job to be final before answering (long-poll).
+    /// Seconds to wait for the job to be final before answering (long-poll), cut to
+    /// `--max-wait`; absent or 0: answer now.
+    #[param(minimum = 0)]
     wait: Option<f64>,
 }
 
 /// `GET /job/{id}/events`' query.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
+    /// Classes in each answer's `top_k`, 1 to what the models compute (`--top-k`, the default).
+    #[param(minimum = 1)]
     top_k: Option<usize>,
 }
 
@@ -254,6 +319,61 @@ fn parse_query<T: serde::de::DeserializeOwned + Default>(uri: &Uri) -> Result<T,
     Query::<T>::try_from_uri(uri).map(|Query(q)| q).map_err(|e| ApiError::InvalidQuery(e.body_text()))
 }
 
+/// Classify an image: the fast model's answer now, and a job for the accurate one.
+///
+/// The image comes in one of three forms, by `Content-Type`. The job is queued before the
+/// answer is sent, so its `job_id` always resolves; if the queue cannot take it, the fast answer
+/// still comes, with `job_id: null` and `async_error`. With `Accept: text/event-stream` the
+/// answer is a stream instead: the fast answer, then the job's states, in one connection.
+#[utoipa::path(
+    post,
+    path = "/predict",
+    tag = "predict",
+    params(PredictQuery),
+    request_body(
+        description = "The image: JSON with `image_data` (base64), the raw image bytes (`image/*` or \
+            `application/octet-stream`), or `multipart/form-data` with an `image` file part.",
+        content(
+            (PredictRequest = "application/json"),
+            (openapi::RawImage = "image/*"),
+            (openapi::RawImage = "application/octet-stream"),
+            (openapi::ImageUpload = "multipart/form-data"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "The fast answer (JSON); or, when the request's `Accept` has \
+            `text/event-stream`, server-sent events: first `fast` (data: the same `PredictResponse`), \
+            then the job's states as in `GET /job/{id}/events` (`queued`, `running`, then a final one \
+            `completed`, `failed` or `canceled`; data: `JobResponse`, id: `<status>-<attempts>`), after which \
+            the stream ends. Without a job (`job_id: null`) `fast` is the only event; if the job cannot \
+            be followed (past `--max-watchers`, queue down) an `error` event (data: `ErrorBody`) ends it.",
+            content(
+                (PredictResponse = "application/json"),
+                (String = "text/event-stream", example = json!(openapi::PREDICT_EVENTS_EXAMPLE)),
+            ),
+        ),
+        (status = 400, description = "The body or query is malformed: `invalid_json`, `invalid_base64`, \
+            `invalid_multipart`, `body_unreadable`, `empty_image`, `not_an_image`, `truncated_image`, \
+            `unsupported_format`, `image_too_complex`, `invalid_query`.", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within `--body-timeout` (`body_timeout`).",
+            body = ErrorBody),
+        (status = 413, description = "The body is over `--max-body` (`body_too_large`), or the image over \
+            the pixel or memory bounds (`image_too_large`).", body = ErrorBody),
+        (status = 415, description = "Not one of the three forms (`unsupported_media_type`).", body = ErrorBody),
+        (status = 422, description = "JSON without `image_data` (`missing_field`) or with it not a string \
+            (`invalid_field`); a `callback_url` on a host `--webhook-allow` does not allow \
+            (`callback_not_allowed`), not an http(s) URL (`invalid_callback_url`), or given to a server \
+            without webhooks (`webhooks_disabled`).", body = ErrorBody),
+        (status = 429, description = "Too many requests at once, or bodies being received (`overloaded`).",
+            body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        (status = 431, description = "Over 100 headers or 32 KiB of them (`headers_too_large`).", body = ErrorBody),
+        (status = 500, description = "The model failed (`inference_failed`) or another fault (`internal`).",
+            body = ErrorBody),
+        (status = 503, description = "No answer within `--request-timeout` (`timeout`), or the decoders are \
+            all busy (`decode_busy`).", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    ),
+)]
 async fn predict(State(state): State<AppState>, request: Request<Body>) -> Result<Response, ApiError> {
     let uri = request.uri().clone();
     let streamed = request
@@ -407,6 +527,30 @@ async fn predict_now(
     Ok(Json(PredictResponse::new(&fast, top_k, job_id, async_error)))
 }
 
+/// A job: its state, the fast answer, and the accurate one once completed.
+///
+/// With `?wait=SECONDS`, a job not yet final is answered as soon as it is (or when the wait runs
+/// out, as it is then); such a wait counts against `--max-watchers`.
+#[utoipa::path(
+    get,
+    path = "/job/{id}",
+    tag = "jobs",
+    params(
+        ("id" = Uuid, Path, description = "The `job_id` `POST /predict` gave.",
+            example = "0b3e6a4e-6f1e-4c43-9a57-8f3f7f7d2a11"),
+        JobQuery,
+    ),
+    responses(
+        (status = 200, description = "The job.", body = JobResponse),
+        (status = 400, description = "The id is not a UUID (`invalid_job_id`) or the query is wrong \
+            (`invalid_query`).", body = ErrorBody),
+        (status = 404, description = "No such job: unknown, or expired (`job_not_found`).", body = ErrorBody),
+        (status = 429, description = "`?wait` past `--max-watchers` (`too_many_watchers`).", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        (status = 503, description = "The queue does not answer (`queue_unavailable`).", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    ),
+)]
 async fn job(State(state): State<AppState>, Path(id): Path<String>, uri: Uri) -> Result<Json<JobResponse>, ApiError> {
     let query: JobQuery = parse_query(&uri)?;
     let top_k = wanted_top_k(query.top_k, state.inner.limits.top_k)?;
@@ -423,8 +567,29 @@ async fn job(State(state): State<AppState>, Path(id): Path<String>, uri: Uri) ->
     Ok(Json(JobResponse::new(&record, top_k)))
 }
 
-/// `DELETE /job/{id}`: cancels a job no worker has started (200 with its `canceled` body,
-/// also when it was canceled already); a running or ended job is left as it is (409).
+/// Cancels a job no worker has started.
+///
+/// 200 with its `canceled` body (also when it was canceled already); it never runs, and a
+/// `callback_url` is told. A running or ended job is left as it is (409): a running one
+/// finishes and keeps its result.
+#[utoipa::path(
+    delete,
+    path = "/job/{id}",
+    tag = "jobs",
+    params(
+        ("id" = Uuid, Path, description = "The `job_id` `POST /predict` gave.",
+            example = "0b3e6a4e-6f1e-4c43-9a57-8f3f7f7d2a11"),
+    ),
+    responses(
+        (status = 200, description = "The job, now `canceled`.", body = JobResponse),
+        (status = 400, description = "The id is not a UUID (`invalid_job_id`).", body = ErrorBody),
+        (status = 404, description = "No such job: unknown, or expired (`job_not_found`).", body = ErrorBody),
+        (status = 409, description = "A worker has started the job, or it has ended (`job_not_cancelable`).",
+            body = ErrorBody),
+        (status = 503, description = "The queue does not answer (`queue_unavailable`).", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    ),
+)]
 async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobResponse>, ApiError> {
     let uuid = Uuid::try_parse(&id).map_err(|_| ApiError::InvalidJobId(id.clone()))?;
     let queue = &state.inner.queue;
@@ -439,7 +604,36 @@ async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Re
     }
 }
 
-/// `GET /job/{id}/events`: the job's states as server-sent events (see [`watch`]).
+/// A job's states as server-sent events: the state now, then each change, closed after the
+/// final one (see [`watch`]).
+#[utoipa::path(
+    get,
+    path = "/job/{id}/events",
+    tag = "jobs",
+    params(
+        ("id" = Uuid, Path, description = "The `job_id` `POST /predict` gave.",
+            example = "0b3e6a4e-6f1e-4c43-9a57-8f3f7f7d2a11"),
+        EventsQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "A reconnecting client's last event id \
+            (`<status>-<attempts>`): a state it has seen is not sent again."),
+    ),
+    responses(
+        (status = 200, description = "Server-sent events, one per state: the event name is the status \
+            (`queued`, `running`, then a final one: `completed`, `failed` or `canceled`), the id \
+            `<status>-<attempts>`, the data a `JobResponse`. The stream ends after the final state; a \
+            comment every 15 s keeps it open while idle.",
+            content((String = "text/event-stream", example = json!(openapi::JOB_EVENTS_EXAMPLE)))),
+        (status = 204, description = "`Last-Event-ID` is the job's final event: nothing more will come \
+            (an `EventSource` stops reconnecting)."),
+        (status = 400, description = "The id is not a UUID (`invalid_job_id`) or the query is wrong \
+            (`invalid_query`).", body = ErrorBody),
+        (status = 404, description = "No such job: unknown, or expired (`job_not_found`).", body = ErrorBody),
+        (status = 429, description = "Past `--max-watchers` (`too_many_watchers`).", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        (status = 503, description = "The queue does not answer (`queue_unavailable`).", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    ),
+)]
 async fn job_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -458,8 +652,21 @@ pub fn webhook_body(record: &crate::jobs::JobRecord) -> Option<Vec<u8>> {
     serde_json::to_vec(&JobResponse::new(record, usize::MAX)).ok()
 }
 
-/// Prometheus text format. Queue depth is read now rather than tracked, so it is exact for
-/// Redis too, where other processes change it.
+/// The process's metrics, in Prometheus' text format.
+///
+/// Queue depth is read now rather than tracked, so it is exact for Redis too, where other
+/// processes change it.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4.",
+            content((String = "text/plain; version=0.0.4"))),
+        (status = 500, description = "The metrics recorder could not be installed (`internal`).", body = ErrorBody),
+    ),
+)]
 async fn metrics_text(State(state): State<AppState>) -> Response {
     publish_queue_depth(&state.inner.queue).await;
     render_metrics()

@@ -54,7 +54,18 @@ fn sha256_source(text: &str) -> String {
     format!("sha256-{}", base64::engine::general_purpose::STANDARD.encode(Sha256::digest(text.as_bytes())))
 }
 
-/// `GET /`: the page. `no-cache` so a new binary's page is picked up at once (it is small).
+/// The web page: pick, drop or photograph an image; the fast answer, then the refined one.
+///
+/// `no-cache` so a new binary's page is picked up at once (it is small). Open with
+/// `--api-key` too: the page asks for the key and sends it with its requests.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "page",
+    security(()),
+    responses((status = 200, description = "The page (HTML, with its style and script inline).",
+        content((String = "text/html")))),
+)]
 pub async fn index() -> Response {
     let page = &*PAGE;
     (

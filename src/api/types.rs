@@ -13,6 +13,7 @@
 //! threshold them.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::engine::Prediction;
@@ -20,7 +21,7 @@ use crate::jobs::{JobRecord, JobStatus, format_ms};
 
 /// `POST /predict`'s JSON form (`Content-Type: application/json`); the image may also come as
 /// the raw body or as a multipart `image` field. Other fields are ignored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PredictRequest {
     /// The encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF), base64 (standard alphabet, padded or
     /// not, line breaks ignored), optionally as a `data:<type>;base64,` URL.
@@ -28,7 +29,7 @@ pub struct PredictRequest {
 }
 
 /// One class of a prediction's `top_k`, best first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TopClass {
     /// The class's name (its index as text when the model has no labels).
     pub label: String,
@@ -40,7 +41,7 @@ pub struct TopClass {
 }
 
 /// One tier's answer for one image, as the API shows it (`sync`, and `result` of a job).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PredictionBody {
     /// The model file that answered, e.g. `mobilenet_v2.onnx`.
     pub model: String,
@@ -78,17 +79,19 @@ impl PredictionBody {
 }
 
 /// `POST /predict`'s 200 body: the fast tier's answer now, and the job that will refine it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PredictResponse {
     /// The job the accurate tier will answer; `null` when the queue could not take it (then
     /// `async_error` says why). A job id the client sees always resolves: the job is queued
     /// before this answer is sent.
+    #[schema(required = true)]
     pub job_id: Option<Uuid>,
     /// The fast tier's label (the same as `sync.label`).
     pub result_sync: String,
     /// The fast tier's answer.
     pub sync: PredictionBody,
     /// Where to poll the job: `/job/{job_id}`; `null` with `job_id`.
+    #[schema(required = true)]
     pub status_url: Option<String>,
     /// Why the job was not queued (the queue is full or unavailable); absent when it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,13 +114,13 @@ impl PredictResponse {
 
 /// `GET /job/{id}`'s 200 body: the job's state, the fast answer it was created with, and the
 /// accurate answer once completed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobResponse {
     /// The job's id, as `POST /predict` gave it.
     pub job_id: Uuid,
     /// The accurate tier's label once completed; `""` until then, as the original design had.
     pub prediction: String,
-    /// `queued`, `running`, `completed` or `failed`.
+    /// `queued`, `running`, `completed`, `failed` or `canceled`.
     pub status: JobStatus,
     /// The fast tier's answer, given when the job was created.
     pub sync: PredictionBody,
@@ -168,7 +171,7 @@ impl JobResponse {
 }
 
 /// Every error's body, whatever its status: `{"error": {"code", "message"}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// What went wrong.
     pub error: ErrorDetail,
@@ -181,7 +184,7 @@ impl ErrorBody {
 }
 
 /// An error's code and message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable and machine-readable (`invalid_base64`, `overloaded`, `job_not_found`, ...): one
     /// per kind of error, for clients to branch on.
@@ -197,7 +200,7 @@ impl ErrorDetail {
 }
 
 /// `GET /health` (`"healthy"`) and `GET /health/live` (`"alive"`): the process answers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     /// `"healthy"` or `"alive"`, by route.
     pub status: String,
@@ -210,7 +213,7 @@ impl Health {
 }
 
 /// `GET /health/ready`'s 200 body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Ready {
     /// Always `"ready"`.
     pub status: String,
@@ -225,14 +228,14 @@ pub struct Ready {
 }
 
 /// The workers a ready body counts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Workers {
     /// Workers taking jobs now: the embedded one, or Redis workers whose heartbeat is recent.
     pub live: u64,
 }
 
 /// `GET /health/ready`'s 503 body: the error shape, plus the status and the queue's backend.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NotReady {
     /// Why not ready (`queue_unavailable`, with the queue's error).
     pub error: ErrorDetail,
