@@ -387,12 +387,30 @@ def test_failure_paths(ctx):
     check(not ctx.console_errors(), f"errors in the console: {ctx.console_errors()}")
 
 
+def test_swagger_ui(ctx):
+    """`/docs` renders the API document in Swagger UI from files tandem serves: nothing else loaded."""
+    ctx.viewport(DESKTOP)
+    ctx.console_errors()
+    ctx.open("/docs")
+    ctx.wait("Swagger UI's title", lambda: "Tandem" in ctx.js(
+        "const t = document.querySelector('.swagger-ui .info .title'); return t ? t.textContent : ''"))
+    operations = ctx.wait("the operations", lambda: ctx.js("return document.querySelectorAll('.opblock').length") or None)
+    check(operations >= 12, f"Swagger UI shows {operations} operations, expected every route's")
+    loaded = ctx.js("return performance.getEntriesByType('resource').map(e => e.name)")
+    foreign = [url for url in loaded if not url.startswith(ctx.base)]
+    check(not foreign, f"/docs loaded from elsewhere: {foreign}")
+    check(any(url.endswith("/openapi.json") for url in loaded), f"/docs did not read /openapi.json: {loaded}")
+    check(not ctx.console_errors(), f"errors in the console on /docs: {ctx.console_errors()}")
+    print(f"  ok: /docs renders {operations} operations from {len(loaded)} files, all from tandem itself")
+
+
 TESTS = [
     ("headers", test_page_headers),
     ("desktop", test_desktop_refined),
     ("bad-inputs", test_bad_inputs),
     ("phone", test_phone),
     ("failure-paths", test_failure_paths),
+    ("swagger-ui", test_swagger_ui),
 ]
 
 

@@ -175,7 +175,7 @@ fn events_and_long_polls_follow_a_job_run_by_a_worker_in_another_process() {
 
     // Long-polls on the other serve return soon after the worker stores each result.
     let mut late_ms = Vec::new();
-    for i in 0..20 {
+    for i in 0..50 {
         let id = post_job(&posting.base, if i % 2 == 0 { "sample_04.jpg" } else { "sample_05.jpg" });
         let (status, body) = get_json(&watching.url(&format!("/job/{id}?wait=30")));
         let answered = std::time::SystemTime::now();
@@ -188,7 +188,7 @@ fn events_and_long_polls_follow_a_job_run_by_a_worker_in_another_process() {
     }
     late_ms.sort_by(f64::total_cmp);
     let (p50, max) = (late_ms[late_ms.len() / 2], late_ms[late_ms.len() - 1]);
-    println!("push | long-poll answered after the result was stored: p50 {p50:.1} ms, max {max:.1} ms (20 jobs)");
+    println!("push | long-poll answered after the result was stored: p50 {p50:.1} ms, max {max:.1} ms (50 jobs)");
     // The target is 100 ms; the bound leaves room for a loaded CI machine, and polling every
     // second (what this replaces) would give a p50 near 500 ms.
     assert!(p50 < 250.0, "p50 {p50:.1} ms after completion: {late_ms:?}");
@@ -216,6 +216,46 @@ fn a_failed_job_ends_its_stream_with_a_failed_event() {
     assert!(ids.contains(&"queued-1") || ids.contains(&"running-2"), "{ids:?}");
     assert_eq!(ids.last(), Some(&"failed-2"), "{ids:?}");
     assert_eq!(as_job(&seen[seen.len() - 1].data).status, JobStatus::Failed);
+}
+
+#[test]
+fn a_canceled_job_ends_its_stream_and_its_long_poll() {
+    let prefix = unique_prefix("push-cancel");
+    let url = redis_url();
+    let server = Tandem::serve(&["--redis-url", url.as_str(), "--redis-prefix", &prefix]);
+    // No worker: the job waits until it is canceled.
+    let id = post_job(&server.base, "sample_02.jpg");
+    let (_, events) = open_events(&server.url(&format!("/job/{id}/events")), None);
+    let first = events.recv_timeout(Duration::from_secs(10)).expect("the current state");
+    assert_eq!(first.id, "queued-0");
+    let poll = {
+        let url = server.url(&format!("/job/{id}?wait=30"));
+        std::thread::spawn(move || {
+            let (status, body) = get_json(&url);
+            (status, body, Instant::now())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+
+    let delete = |path: &str| common::read_json(common::agent().delete(&server.url(path)).call().expect("DELETE"));
+    let (status, body) = delete(&format!("/job/{id}"));
+    let canceled_at = Instant::now();
+    assert_eq!((status, as_job(&body).status), (200, JobStatus::Canceled), "{body}");
+    let rest = all_events(&events, Duration::from_secs(10));
+    assert_eq!(statuses(&rest), ["canceled"], "the stream ends with the canceled state: {rest:?}");
+    let (status, body, answered) = poll.join().expect("long-poll");
+    assert_eq!((status, as_job(&body).status), (200, JobStatus::Canceled), "{body}");
+    assert!(
+        answered.saturating_duration_since(canceled_at) < Duration::from_secs(2),
+        "the long-poll ends at the cancel"
+    );
+
+    let (status, body) = delete(&format!("/job/{id}"));
+    assert_eq!((status, as_job(&body).status), (200, JobStatus::Canceled), "canceling twice is fine: {body}");
+    let (status, body) = delete(&format!("/job/{}", uuid::Uuid::new_v4()));
+    assert_eq!((status, common::as_error(&body).error.code.as_str()), (404, "job_not_found"));
+    let (status, body) = delete("/job/not-a-uuid");
+    assert_eq!((status, common::as_error(&body).error.code.as_str()), (400, "invalid_job_id"));
 }
 
 /// A stopping `serve` answers its long-polls and closes its streams at once, so waiting
