@@ -10,9 +10,12 @@
 pub mod error;
 pub mod health;
 pub mod input;
+mod jobs;
 pub mod middleware;
 pub mod openapi;
 pub mod page;
+mod predict;
+mod query;
 pub mod server;
 pub mod types;
 pub mod watch;
@@ -20,27 +23,23 @@ pub mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use uuid::Uuid;
 
 use crate::engine::{Classifier, WorkPool};
-use crate::jobs::now_ms;
-use crate::queue::{CancelOutcome, JobQueue};
+use crate::queue::JobQueue;
 use error::ApiError;
+pub use jobs::webhook_body;
 pub use middleware::Access;
-use types::{ErrorBody, Health, JobResponse, NotReady, PredictRequest, PredictResponse, Ready};
+use types::{ErrorBody, Health, NotReady, Ready};
 
 /// Limits applied to `POST /predict`.
 #[derive(Debug, Clone)]
@@ -93,7 +92,7 @@ impl AppState {
     pub fn new(fast: Classifier, queue: JobQueue, limits: Limits, access: Access, pool: WorkPool) -> Self {
         let inflight = Arc::new(Semaphore::new(limits.max_inflight.max(1)));
         let uploads = Arc::new(Semaphore::new(limits.max_uploads.max(1)));
-        let upload_kib = Arc::new(Semaphore::new(kib(limits.upload_memory.max(limits.max_body))));
+        let upload_kib = Arc::new(Semaphore::new(predict::kib(limits.upload_memory.max(limits.max_body))));
         let access = Arc::new(access);
         let watchers = watch::Watchers::new(limits.max_watchers);
         let stopping = tokio::sync::watch::Sender::new(false);
@@ -106,10 +105,6 @@ impl AppState {
     pub fn release_watchers(&self) {
         self.inner.stopping.send_replace(true);
     }
-}
-
-fn kib(bytes: usize) -> usize {
-    bytes.div_ceil(1024)
 }
 
 pub fn router(state: AppState) -> Router {
@@ -136,9 +131,9 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         // The web page.
         .routes(routes!(page::index))
         // Predictions and their jobs.
-        .routes(routes!(predict))
-        .routes(routes!(job, cancel_job))
-        .routes(routes!(job_events))
+        .routes(routes!(predict::predict))
+        .routes(routes!(jobs::job, jobs::cancel_job))
+        .routes(routes!(jobs::job_events))
         // Health and operations.
         .routes(routes!(health))
         .routes(routes!(live))
@@ -265,393 +260,6 @@ async fn ready(State(state): State<AppState>) -> Response {
     health::ready(&state.inner.queue, health::Role::Serve).await
 }
 
-/// `POST /predict`'s query: everything else is refused, so a typo is not silently ignored.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct PredictQuery {
-    /// Classes in the answer's `top_k`, 1 to what the models compute (`--top-k`, the default).
-    #[param(minimum = 1)]
-    top_k: Option<usize>,
-    /// Where to POST the job's final state (a webhook, signed in the Standard Webhooks layout)
-    /// once it is completed, failed or canceled: an http(s) URL on a host `--webhook-allow`
-    /// allows, percent-encoded.
-    callback_url: Option<String>,
-}
-
-/// `GET /job/{id}`'s query.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct JobQuery {
-    /// Classes in each answer's `top_k`, 1 to what the models compute (`--top-k`, the default).
-    #[param(minimum = 1)]
-    top_k: Option<usize>,
-    /// Seconds to wait for the job to be final before answering (long-poll), cut to
-    /// `--max-wait`; absent or 0: answer now.
-    #[param(minimum = 0)]
-    wait: Option<f64>,
-}
-
-/// `GET /job/{id}/events`' query.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct EventsQuery {
-    /// Classes in each answer's `top_k`, 1 to what the models compute (`--top-k`, the default).
-    #[param(minimum = 1)]
-    top_k: Option<usize>,
-}
-
-/// The `top_k` a client asked for, checked against what the models compute.
-fn wanted_top_k(asked: Option<usize>, computed: usize) -> Result<usize, ApiError> {
-    match asked {
-        None => Ok(computed),
-        Some(k) if (1..=computed).contains(&k) => Ok(k),
-        Some(k) => Err(ApiError::InvalidQuery(format!("top_k must be between 1 and {computed}, got {k}"))),
-    }
-}
-
-fn parse_query<T: serde::de::DeserializeOwned + Default>(uri: &Uri) -> Result<T, ApiError> {
-    if uri.query().is_none_or(str::is_empty) {
-        return Ok(T::default());
-    }
-    Query::<T>::try_from_uri(uri).map(|Query(q)| q).map_err(|e| ApiError::InvalidQuery(e.body_text()))
-}
-
-/// Classify an image: the fast model's answer now, and a job for the accurate one.
-///
-/// The image comes in one of three forms, by `Content-Type`. The job is queued before the
-/// answer is sent, so its `job_id` always resolves; if the queue cannot take it, the fast answer
-/// still comes, with `job_id: null` and `async_error`. With `Accept: text/event-stream` the
-/// answer is a stream instead: the fast answer, then the job's states, in one connection.
-#[utoipa::path(
-    post,
-    path = "/predict",
-    tag = "predict",
-    params(PredictQuery),
-    request_body(
-        description = "The image: JSON with `image_data` (base64), the raw image bytes (`image/*` or \
-            `application/octet-stream`), or `multipart/form-data` with an `image` file part.",
-        content(
-            (PredictRequest = "application/json"),
-            (openapi::RawImage = "image/*"),
-            (openapi::RawImage = "application/octet-stream"),
-            (openapi::ImageUpload = "multipart/form-data"),
-        ),
-    ),
-    responses(
-        (status = 200, description = "The fast answer (JSON); or, when the request's `Accept` has \
-            `text/event-stream`, server-sent events: first `fast` (data: the same `PredictResponse`), \
-            then the job's states as in `GET /job/{id}/events` (`queued`, `running`, then a final one \
-            `completed`, `failed` or `canceled`; data: `JobResponse`, id: `<status>-<attempts>`), after which \
-            the stream ends. Without a job (`job_id: null`) `fast` is the only event; if the job cannot \
-            be followed (past `--max-watchers`, queue down) an `error` event (data: `ErrorBody`) ends it.",
-            content(
-                (PredictResponse = "application/json"),
-                (String = "text/event-stream", example = json!(openapi::PREDICT_EVENTS_EXAMPLE)),
-            ),
-        ),
-        (status = 400, description = "The body or query is malformed: `invalid_json`, `invalid_base64`, \
-            `invalid_multipart`, `body_unreadable`, `empty_image`, `not_an_image`, `truncated_image`, \
-            `unsupported_format`, `image_too_complex`, `invalid_query`.", body = ErrorBody),
-        (status = 408, description = "The body did not arrive within `--body-timeout` (`body_timeout`).",
-            body = ErrorBody),
-        (status = 413, description = "The body is over `--max-body` (`body_too_large`), or the image over \
-            the pixel or memory bounds (`image_too_large`).", body = ErrorBody),
-        (status = 415, description = "Not one of the three forms (`unsupported_media_type`).", body = ErrorBody),
-        (status = 422, description = "JSON without `image_data` (`missing_field`) or with it not a string \
-            (`invalid_field`); a `callback_url` on a host `--webhook-allow` does not allow \
-            (`callback_not_allowed`), not an http(s) URL (`invalid_callback_url`), or given to a server \
-            without webhooks (`webhooks_disabled`).", body = ErrorBody),
-        (status = 429, description = "Too many requests at once, or bodies being received (`overloaded`).",
-            body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
-        (status = 431, description = "Over 100 headers or 32 KiB of them (`headers_too_large`).", body = ErrorBody),
-        (status = 500, description = "The model failed (`inference_failed`) or another fault (`internal`).",
-            body = ErrorBody),
-        (status = 503, description = "No answer within `--request-timeout` (`timeout`), or the decoders are \
-            all busy (`decode_busy`).", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
-    ),
-)]
-async fn predict(State(state): State<AppState>, request: Request<Body>) -> Result<Response, ApiError> {
-    let uri = request.uri().clone();
-    let streamed = request
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.split(',').any(|kind| kind.trim().starts_with("text/event-stream")));
-    let received = receive(&state, request).await?;
-    // Checked after the body is in, so that a client still writing gets the 400.
-    let query: PredictQuery = parse_query(&uri)?;
-    let top_k = wanted_top_k(query.top_k, state.inner.limits.top_k)?;
-    if let Some(url) = &query.callback_url {
-        state.inner.limits.webhook_allow.check(url)?;
-    }
-    // Only a request whose body is in takes an in-flight permit; past the bound, refuse at
-    // once rather than queue without limit. The permit is shared with the decode (and a big
-    // body's parse), which keep it until they end even if the request times out first.
-    let Ok(permit) = Arc::clone(&state.inner.inflight).try_acquire_owned() else {
-        return Err(ApiError::Overloaded);
-    };
-    let permit = Arc::new(permit);
-    let timeout = state.inner.limits.request_timeout;
-    let callback = query.callback_url.as_deref();
-    let Json(answer) = tokio::time::timeout(timeout, predict_now(&state, received, top_k, callback, permit))
-        .await
-        .map_err(|_| ApiError::Timeout(timeout.as_secs_f64()))??;
-    if streamed {
-        return Ok(watch::predict_events(&state, &answer, top_k).await.into_response());
-    }
-    Ok(Json(answer).into_response())
-}
-
-/// One body being received: its upload slot, and the memory its bytes hold so far, counted in
-/// the uploads gauge while it lasts.
-struct Upload {
-    _slot: tokio::sync::OwnedSemaphorePermit,
-    memory: Option<tokio::sync::OwnedSemaphorePermit>,
-    charged_kib: usize,
-}
-
-impl Upload {
-    /// Charges the memory of `bytes` more of body; false when `--upload-memory` is spent.
-    fn charge(&mut self, pool: &Arc<Semaphore>, bytes: usize, received: usize) -> bool {
-        let needed = kib(received + bytes).saturating_sub(self.charged_kib);
-        if needed == 0 {
-            return true;
-        }
-        let Some(more) = u32::try_from(needed).ok().and_then(|n| Arc::clone(pool).try_acquire_many_owned(n).ok())
-        else {
-            return false;
-        };
-        self.charged_kib += needed;
-        match &mut self.memory {
-            Some(held) => held.merge(more),
-            None => self.memory = Some(more),
-        }
-        true
-    }
-}
-
-impl Drop for Upload {
-    fn drop(&mut self) {
-        metrics::gauge!(crate::metrics::UPLOADS_IN_PROGRESS).decrement(1.0);
-    }
-}
-
-/// Receives the body within the upload bounds and `--body-timeout`: a slot among
-/// `--max-uploads`, and `--upload-memory` charged as the bytes arrive (so a client that
-/// declares a large body and trickles it holds only what it sent). A request refused here
-/// has its body read and thrown away (bounded) first, so the client sees the 429.
-async fn receive(state: &AppState, request: Request<Body>) -> Result<input::Received, ApiError> {
-    let limits = &state.inner.limits;
-    let Ok(slot) = Arc::clone(&state.inner.uploads).try_acquire_owned() else {
-        input::discard(request).await;
-        return Err(ApiError::Overloaded);
-    };
-    metrics::gauge!(crate::metrics::UPLOADS_IN_PROGRESS).increment(1.0);
-    let mut upload = Upload { _slot: slot, memory: None, charged_kib: 0 };
-    let pool = &state.inner.upload_kib;
-    let mut received = 0;
-    let mut admit = |bytes: usize| {
-        let ok = upload.charge(pool, bytes, received);
-        received += bytes;
-        ok
-    };
-    tokio::time::timeout(limits.body_timeout, input::receive(request, limits.max_body, &mut admit))
-        .await
-        .map_err(|_| ApiError::BodyTimeout(limits.body_timeout.as_secs_f64()))?
-}
-
-async fn predict_now(
-    state: &AppState,
-    received: input::Received,
-    top_k: usize,
-    callback_url: Option<&str>,
-    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
-) -> Result<Json<PredictResponse>, ApiError> {
-    let image = match received {
-        // Parsing JSON and decoding base64 is CPU work in proportion to the body: off the
-        // runtime's threads for a big one, so it cannot hold up `/health` and other requests.
-        input::Received::Json(body) if body.len() > 64 * 1024 => {
-            let hold = Arc::clone(&permit);
-            let parsed = state.inner.pool.run(move || {
-                let _hold = hold;
-                input::image_from_json(&body)
-            });
-            parsed.await.map_err(|e| ApiError::Internal(e.to_string()))??
-        }
-        other => other.into_image().await?,
-    };
-    let fast = &state.inner.fast;
-    // Decoded and queued for the fast model first: a bad image or a full inference queue is
-    // refused before anything is stored.
-    let answer = fast.admit_holding(image.clone(), Box::new(permit)).await?;
-
-    // The job is enqueued before answering, so a job id the client sees always resolves; with
-    // Redis, the image is written while the fast model runs. If the queue cannot take the job,
-    // the fast answer still goes out, with the reason instead of an id.
-    let id = Uuid::new_v4();
-    let (answer, staged) = tokio::join!(answer, state.inner.queue.stage(id, image, now_ms()));
-    let fast = match answer {
-        Ok(fast) => fast,
-        Err(err) => {
-            staged.abandon().await;
-            return Err(err.into());
-        }
-    };
-    // How long the request waits for its job to be queued, once its fast answer is ready (not
-    // recorded when staging failed already: then nothing is tried).
-    let tried = staged.is_staged();
-    let committing = std::time::Instant::now();
-    let queued = staged.commit(&fast, callback_url).await;
-    if tried {
-        metrics::histogram!(crate::metrics::ENQUEUE_DURATION).record(committing.elapsed().as_secs_f64());
-    }
-    let (job_id, async_error) = match queued {
-        Ok(()) => {
-            metrics::counter!(crate::metrics::JOBS_ENQUEUED).increment(1);
-            (Some(id), None)
-        }
-        Err(err) => {
-            let reason = match err {
-                crate::queue::QueueError::Full { .. } | crate::queue::QueueError::FullBytes { .. } => "full",
-                _ => "unavailable",
-            };
-            metrics::counter!(crate::metrics::JOBS_REJECTED, "reason" => reason).increment(1);
-            tracing::debug!(error = %err, "job not queued");
-            (None, Some(err.to_string()))
-        }
-    };
-    Ok(Json(PredictResponse::new(&fast, top_k, job_id, async_error)))
-}
-
-/// A job: its state, the fast answer, and the accurate one once completed.
-///
-/// With `?wait=SECONDS`, a job not yet final is answered as soon as it is (or when the wait runs
-/// out, as it is then); such a wait counts against `--max-watchers`.
-#[utoipa::path(
-    get,
-    path = "/job/{id}",
-    tag = "jobs",
-    params(
-        ("id" = Uuid, Path, description = "The `job_id` `POST /predict` gave.",
-            example = "0b3e6a4e-6f1e-4c43-9a57-8f3f7f7d2a11"),
-        JobQuery,
-    ),
-    responses(
-        (status = 200, description = "The job.", body = JobResponse),
-        (status = 400, description = "The id is not a UUID (`invalid_job_id`) or the query is wrong \
-            (`invalid_query`).", body = ErrorBody),
-        (status = 404, description = "No such job: unknown, or expired (`job_not_found`).", body = ErrorBody),
-        (status = 429, description = "`?wait` past `--max-watchers` (`too_many_watchers`).", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
-        (status = 503, description = "The queue does not answer (`queue_unavailable`).", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
-    ),
-)]
-async fn job(State(state): State<AppState>, Path(id): Path<String>, uri: Uri) -> Result<Json<JobResponse>, ApiError> {
-    let query: JobQuery = parse_query(&uri)?;
-    let top_k = wanted_top_k(query.top_k, state.inner.limits.top_k)?;
-    let uuid = Uuid::try_parse(&id).map_err(|_| ApiError::InvalidJobId(id.clone()))?;
-    let record = match query.wait {
-        None | Some(0.0) => state.inner.queue.get(uuid).await.map_err(ApiError::Queue)?,
-        Some(seconds) if seconds.is_finite() && seconds > 0.0 => {
-            let wait = Duration::from_secs_f64(seconds.min(state.inner.limits.max_wait.as_secs_f64()));
-            watch::wait_until_final(&state, uuid, wait).await?
-        }
-        Some(_) => return Err(ApiError::InvalidQuery("wait: expected a number of seconds, 0 or more".into())),
-    };
-    let record = record.ok_or(ApiError::JobNotFound(id))?;
-    Ok(Json(JobResponse::new(&record, top_k)))
-}
-
-/// Cancels a job no worker has started.
-///
-/// 200 with its `canceled` body (also when it was canceled already); it never runs, and a
-/// `callback_url` is told. A running or ended job is left as it is (409): a running one
-/// finishes and keeps its result.
-#[utoipa::path(
-    delete,
-    path = "/job/{id}",
-    tag = "jobs",
-    params(
-        ("id" = Uuid, Path, description = "The `job_id` `POST /predict` gave.",
-            example = "0b3e6a4e-6f1e-4c43-9a57-8f3f7f7d2a11"),
-    ),
-    responses(
-        (status = 200, description = "The job, now `canceled`.", body = JobResponse),
-        (status = 400, description = "The id is not a UUID (`invalid_job_id`).", body = ErrorBody),
-        (status = 404, description = "No such job: unknown, or expired (`job_not_found`).", body = ErrorBody),
-        (status = 409, description = "A worker has started the job, or it has ended (`job_not_cancelable`).",
-            body = ErrorBody),
-        (status = 503, description = "The queue does not answer (`queue_unavailable`).", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
-    ),
-)]
-async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobResponse>, ApiError> {
-    let uuid = Uuid::try_parse(&id).map_err(|_| ApiError::InvalidJobId(id.clone()))?;
-    let queue = &state.inner.queue;
-    match queue.cancel(uuid).await.map_err(ApiError::Queue)? {
-        CancelOutcome::Unknown => Err(ApiError::JobNotFound(id)),
-        CancelOutcome::TooLate(status) => Err(ApiError::NotCancelable { id, status: status.as_str() }),
-        CancelOutcome::Canceled => {
-            metrics::counter!(crate::metrics::JOBS_CANCELED).increment(1);
-            let record = queue.get(uuid).await.map_err(ApiError::Queue)?.ok_or(ApiError::JobNotFound(id))?;
-            Ok(Json(JobResponse::new(&record, state.inner.limits.top_k)))
-        }
-    }
-}
-
-/// A job's states as server-sent events: the state now, then each change, closed after the
-/// final one (see [`watch`]).
-#[utoipa::path(
-    get,
-    path = "/job/{id}/events",
-    tag = "jobs",
-    params(
-        ("id" = Uuid, Path, description = "The `job_id` `POST /predict` gave.",
-            example = "0b3e6a4e-6f1e-4c43-9a57-8f3f7f7d2a11"),
-        EventsQuery,
-        ("Last-Event-ID" = Option<String>, Header, description = "A reconnecting client's last event id \
-            (`<status>-<attempts>`): a state it has seen is not sent again."),
-    ),
-    responses(
-        (status = 200, description = "Server-sent events, one per state: the event name is the status \
-            (`queued`, `running`, then a final one: `completed`, `failed` or `canceled`), the id \
-            `<status>-<attempts>`, the data a `JobResponse`. The stream ends after the final state; a \
-            comment every 15 s keeps it open while idle.",
-            content((String = "text/event-stream", example = json!(openapi::JOB_EVENTS_EXAMPLE)))),
-        (status = 204, description = "`Last-Event-ID` is the job's final event: nothing more will come \
-            (an `EventSource` stops reconnecting)."),
-        (status = 400, description = "The id is not a UUID (`invalid_job_id`) or the query is wrong \
-            (`invalid_query`).", body = ErrorBody),
-        (status = 404, description = "No such job: unknown, or expired (`job_not_found`).", body = ErrorBody),
-        (status = 429, description = "Past `--max-watchers` (`too_many_watchers`).", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
-        (status = 503, description = "The queue does not answer (`queue_unavailable`).", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
-    ),
-)]
-async fn job_events(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: axum::http::HeaderMap,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let query: EventsQuery = parse_query(&uri)?;
-    let top_k = wanted_top_k(query.top_k, state.inner.limits.top_k)?;
-    let uuid = Uuid::try_parse(&id).map_err(|_| ApiError::InvalidJobId(id.clone()))?;
-    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    Ok(watch::events(&state, uuid, top_k, last_event_id).await?.into_response())
-}
-
-/// A job's webhook body: the JSON `GET /job/{id}` gives, with every class the models computed.
-pub fn webhook_body(record: &crate::jobs::JobRecord) -> Option<Vec<u8>> {
-    serde_json::to_vec(&JobResponse::new(record, usize::MAX)).ok()
-}
-
 /// The process's metrics, in Prometheus' text format.
 ///
 /// Queue depth is read now rather than tracked, so it is exact for Redis too, where other
@@ -707,6 +315,8 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
     use tower::ServiceExt;
 
     async fn boom() -> &'static str {
