@@ -153,6 +153,7 @@ fn events_and_long_polls_follow_a_job_run_by_a_worker_in_another_process() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(as_job(&body).status, JobStatus::Queued);
     assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "waited {waited:?}");
+    println!("push | a long-poll on a job that does not end, ?wait=1, answered after {waited:?}");
 
     let (status, events) = open_events(&watching.url(&format!("/job/{id}/events")), None);
     assert_eq!(status, 200);

@@ -140,6 +140,7 @@ fn a_receiver_that_fails_twice_gets_the_signed_webhook_on_the_third_attempt() {
     let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1].at - w[0].at).collect();
     assert!(gaps[0] >= Duration::from_millis(900), "a pause before the second attempt: {gaps:?}");
     assert!(gaps[1] >= gaps[0] + Duration::from_millis(500), "the pause doubles: {gaps:?}");
+    println!("webhooks | pauses between attempts after 500, 500: {gaps:?}");
     assert!(received.recv_timeout(Duration::from_secs(3)).is_err(), "delivered once: no attempt after the 200");
     let (_, body) = common::get_json(&serve.url(&format!("/job/{id}")));
     assert_eq!(body, attempts[2].json(), "the webhook's body is GET /job/{{id}}'s");
