@@ -44,12 +44,13 @@ if docker info >/dev/null 2>&1; then
 else
   engine=podman
   if ! command -v podman >/dev/null || ! command -v podman-compose >/dev/null ||
-     ! command -v debootstrap >/dev/null || ! command -v runc >/dev/null; then
+     ! command -v debootstrap >/dev/null || ! command -v runc >/dev/null || ! command -v iptables >/dev/null; then
     [ "$(id -u)" = 0 ] || fail "no Docker engine, and podman, podman-compose, runc and debootstrap are missing (install them, or run as root to have them installed)"
-    say "installing podman, buildah, runc, podman-compose, debootstrap"
+    # iptables: netavark, podman's network backend, sets up the build containers' network with it.
+    say "installing podman, buildah, runc, podman-compose, debootstrap, iptables"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q podman buildah runc podman-compose debootstrap netavark aardvark-dns >/dev/null 2>&1 ||
-      { apt-get update -q >/dev/null && apt-get install -y -q podman buildah runc podman-compose debootstrap netavark aardvark-dns >/dev/null; }
+    apt-get install -y -q podman buildah runc podman-compose debootstrap netavark aardvark-dns iptables >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null && apt-get install -y -q podman buildah runc podman-compose debootstrap netavark aardvark-dns iptables >/dev/null; }
   fi
   cat >"$state/containers.conf" <<'EOF'
 [containers]

@@ -9,7 +9,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 seconds="${1:-15}"
 shift || true
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(base64 json_body multipart_body image)
+[ "${#targets[@]}" -gt 0 ] || targets=(base64 json_body multipart_body image v2_request)
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
   echo "fuzz: no nightly toolchain; skipping the cargo-fuzz pass"

@@ -96,4 +96,50 @@ proptest! {
         fuzz::request_body(&content_type, &body[..cut]);
         fuzz::request_body("multipart/form-data", &payload);
     }
+
+    #[test]
+    fn any_v2_body_is_answered(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+        fuzz::v2_request(&data);
+    }
+
+    #[test]
+    fn mutated_v2_requests_are_answered(
+        seed in 0usize..3,
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+        keep in any::<usize>(),
+    ) {
+        let seeds = v2_seeds();
+        let seed = &seeds[seed % seeds.len()];
+        fuzz::v2_request(&mutate(seed, &edits, keep));
+        fuzz::v2_request(seed);
+    }
+}
+
+/// Valid v2 requests (the header-length choice in the first two bytes), as mutation seeds:
+/// binary images, a binary tensor, JSON base64 images.
+fn v2_seeds() -> Vec<Vec<u8>> {
+    let with_header = |json: serde_json::Value, binary: &[u8]| {
+        let json = serde_json::to_vec(&json).expect("JSON");
+        [&(json.len() as u16).to_le_bytes()[..], &json, binary].concat()
+    };
+    let images: Vec<u8> = [&3u32.to_le_bytes()[..], b"abc", &1u32.to_le_bytes(), b"d"].concat();
+    let tensor: Vec<u8> = (0..48).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    vec![
+        with_header(
+            serde_json::json!({"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES",
+                "parameters": {"binary_data_size": images.len()}}],
+                "outputs": [{"name": "probabilities", "parameters": {"classification": 2, "binary_data": true}}]}),
+            &images,
+        ),
+        with_header(
+            serde_json::json!({"inputs": [{"name": "input", "shape": [1, 3, 4, 4], "datatype": "FP32",
+                "parameters": {"binary_data_size": tensor.len()}}], "parameters": {"binary_data_output": true}}),
+            &tensor,
+        ),
+        [
+            &u16::MAX.to_le_bytes()[..],
+            br#"{"id":"x","inputs":[{"name":"image","shape":[1],"datatype":"BYTES","data":["aGk="]}]}"#,
+        ]
+        .concat(),
+    ]
 }

@@ -34,6 +34,15 @@ const PATHS: &[&str] = &[
     "/docs",
     "/docs/",
     "/docs/{file}",
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2/models/{model}",
+    "/v2/models/{model}/versions/{version}",
+    "/v2/models/{model}/ready",
+    "/v2/models/{model}/versions/{version}/ready",
+    "/v2/models/{model}/infer",
+    "/v2/models/{model}/versions/{version}/infer",
 ];
 
 /// Methods probed on each documented path (HEAD comes with GET; OPTIONS is CORS's).
@@ -160,7 +169,10 @@ fn the_served_document_is_openapi_3_1_and_every_route_in_it_is_served_and_no_oth
 
 /// `path` with its parameters filled with anything (for the methods it does not document).
 fn fill_any(path: &str) -> String {
-    path.replace("{id}", "0b3e6a4e-6f1e-4c43-9a57-8f3f7f7d2a11").replace("{file}", "swagger-ui.css")
+    path.replace("{id}", "0b3e6a4e-6f1e-4c43-9a57-8f3f7f7d2a11")
+        .replace("{file}", "swagger-ui.css")
+        .replace("{model}", "tandem")
+        .replace("{version}", "1")
 }
 
 #[test]

@@ -99,6 +99,20 @@ pub async fn receive(
     }
 }
 
+/// Reads the body whole as it is, whatever its content type, enforcing `max_body` as
+/// [`receive`] does.
+pub async fn receive_as_is(
+    request: Request<Body>,
+    max_body: usize,
+    admit: &mut impl FnMut(usize) -> bool,
+) -> Result<Bytes, ApiError> {
+    let declared = declared_length(&request);
+    if expects_continue(&request) && declared.is_some_and(|len| len > max_body as u64) {
+        return Err(ApiError::BodyTooLarge { limit: max_body });
+    }
+    read_body(request.into_body(), max_body, admit).await
+}
+
 /// Reads and throws away a body that will not be used (a request refused before its body was
 /// read), so that the client, still writing, gets the answer instead of a reset connection. A
 /// client waiting for `100 Continue` has sent nothing: its body is not asked for.

@@ -164,7 +164,8 @@ pub fn always_open(path: &str) -> bool {
 pub async fn require_api_key(State(access): State<Arc<Access>>, request: Request<Body>, next: Next) -> Response {
     let path = request.uri().path();
     let open = always_open(path)
-        || (access.open_health && (path == "/health" || path.starts_with("/health/")))
+        || (access.open_health
+            && (path == "/health" || path.starts_with("/health/") || path.starts_with("/v2/health/")))
         || (access.open_metrics && path == "/metrics");
     if open || access.api_keys.is_empty() {
         return next.run(request).await;

@@ -7,6 +7,7 @@
 //! Every body is one of the wire types in [`types`]. What wraps every route (request ids, logs,
 //! metrics, auth, CORS) is in [`middleware`].
 
+mod answer;
 pub mod error;
 pub mod health;
 pub mod input;
@@ -18,6 +19,8 @@ mod predict;
 mod query;
 pub mod server;
 pub mod types;
+mod upload;
+pub mod v2;
 pub mod watch;
 
 use std::sync::Arc;
@@ -73,6 +76,9 @@ pub struct AppState {
 
 struct Inner {
     fast: Classifier,
+    /// The accurate tier's model file, as this process was told it (`--accurate-model`): with
+    /// Redis, workers run it and this process never loads it.
+    accurate_model: String,
     queue: JobQueue,
     limits: Limits,
     access: Arc<Access>,
@@ -89,14 +95,33 @@ struct Inner {
 }
 
 impl AppState {
-    pub fn new(fast: Classifier, queue: JobQueue, limits: Limits, access: Access, pool: WorkPool) -> Self {
+    pub fn new(
+        fast: Classifier,
+        accurate_model: String,
+        queue: JobQueue,
+        limits: Limits,
+        access: Access,
+        pool: WorkPool,
+    ) -> Self {
         let inflight = Arc::new(Semaphore::new(limits.max_inflight.max(1)));
         let uploads = Arc::new(Semaphore::new(limits.max_uploads.max(1)));
-        let upload_kib = Arc::new(Semaphore::new(predict::kib(limits.upload_memory.max(limits.max_body))));
+        let upload_kib = Arc::new(Semaphore::new(upload::kib(limits.upload_memory.max(limits.max_body))));
         let access = Arc::new(access);
         let watchers = watch::Watchers::new(limits.max_watchers);
         let stopping = tokio::sync::watch::Sender::new(false);
-        let inner = Inner { fast, queue, limits, access, inflight, uploads, upload_kib, pool, watchers, stopping };
+        let inner = Inner {
+            fast,
+            accurate_model,
+            queue,
+            limits,
+            access,
+            inflight,
+            uploads,
+            upload_kib,
+            pool,
+            watchers,
+            stopping,
+        };
         Self { inner: Arc::new(inner) }
     }
 
@@ -134,6 +159,16 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(predict::predict))
         .routes(routes!(jobs::job, jobs::cancel_job))
         .routes(routes!(jobs::job_events))
+        // The Open Inference Protocol (KServe v2).
+        .routes(routes!(v2::server_live))
+        .routes(routes!(v2::server_ready))
+        .routes(routes!(v2::server_metadata))
+        .routes(routes!(v2::model_metadata))
+        .routes(routes!(v2::model_version_metadata))
+        .routes(routes!(v2::model_ready))
+        .routes(routes!(v2::model_version_ready))
+        .routes(routes!(v2::model_infer))
+        .routes(routes!(v2::model_version_infer))
         // Health and operations.
         .routes(routes!(health))
         .routes(routes!(live))

@@ -9,15 +9,13 @@ use axum::extract::State;
 use axum::http::{Request, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use tokio::sync::Semaphore;
 use utoipa::IntoParams;
-use uuid::Uuid;
 
 use super::error::ApiError;
 use super::query::{parse_query, wanted_top_k};
 use super::types::{ErrorBody, PredictRequest, PredictResponse};
-use super::{AppState, input, openapi, watch};
-use crate::jobs::now_ms;
+use super::{AppState, answer, input, openapi, upload, watch};
+use crate::engine::Hold;
 
 /// `POST /predict`'s query: everything else is refused, so a typo is not silently ignored.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -95,7 +93,7 @@ pub(super) async fn predict(State(state): State<AppState>, request: Request<Body
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.split(',').any(|kind| kind.trim().starts_with("text/event-stream")));
-    let received = receive(&state, request).await?;
+    let received = upload::receive(&state, request, upload::Form::Image).await?;
     // Checked after the body is in, so that a client still writing gets the 400.
     let query: PredictQuery = parse_query(&uri)?;
     let top_k = wanted_top_k(query.top_k, state.inner.limits.top_k)?;
@@ -120,64 +118,6 @@ pub(super) async fn predict(State(state): State<AppState>, request: Request<Body
     Ok(Json(answer).into_response())
 }
 
-/// One body being received: its upload slot, and the memory its bytes hold so far, counted in
-/// the uploads gauge while it lasts.
-struct Upload {
-    _slot: tokio::sync::OwnedSemaphorePermit,
-    memory: Option<tokio::sync::OwnedSemaphorePermit>,
-    charged_kib: usize,
-}
-
-impl Upload {
-    /// Charges the memory of `bytes` more of body; false when `--upload-memory` is spent.
-    fn charge(&mut self, pool: &Arc<Semaphore>, bytes: usize, received: usize) -> bool {
-        let needed = kib(received + bytes).saturating_sub(self.charged_kib);
-        if needed == 0 {
-            return true;
-        }
-        let Some(more) = u32::try_from(needed).ok().and_then(|n| Arc::clone(pool).try_acquire_many_owned(n).ok())
-        else {
-            return false;
-        };
-        self.charged_kib += needed;
-        match &mut self.memory {
-            Some(held) => held.merge(more),
-            None => self.memory = Some(more),
-        }
-        true
-    }
-}
-
-impl Drop for Upload {
-    fn drop(&mut self) {
-        metrics::gauge!(crate::metrics::UPLOADS_IN_PROGRESS).decrement(1.0);
-    }
-}
-
-/// Receives the body within the upload bounds and `--body-timeout`: a slot among
-/// `--max-uploads`, and `--upload-memory` charged as the bytes arrive (so a client that
-/// declares a large body and trickles it holds only what it sent). A request refused here
-/// has its body read and thrown away (bounded) first, so the client sees the 429.
-async fn receive(state: &AppState, request: Request<Body>) -> Result<input::Received, ApiError> {
-    let limits = &state.inner.limits;
-    let Ok(slot) = Arc::clone(&state.inner.uploads).try_acquire_owned() else {
-        input::discard(request).await;
-        return Err(ApiError::Overloaded);
-    };
-    metrics::gauge!(crate::metrics::UPLOADS_IN_PROGRESS).increment(1.0);
-    let mut upload = Upload { _slot: slot, memory: None, charged_kib: 0 };
-    let pool = &state.inner.upload_kib;
-    let mut received = 0;
-    let mut admit = |bytes: usize| {
-        let ok = upload.charge(pool, bytes, received);
-        received += bytes;
-        ok
-    };
-    tokio::time::timeout(limits.body_timeout, input::receive(request, limits.max_body, &mut admit))
-        .await
-        .map_err(|_| ApiError::BodyTimeout(limits.body_timeout.as_secs_f64()))?
-}
-
 async fn predict_now(
     state: &AppState,
     received: input::Received,
@@ -198,50 +138,7 @@ async fn predict_now(
         }
         other => other.into_image().await?,
     };
-    let fast = &state.inner.fast;
-    // Decoded and queued for the fast model first: a bad image or a full inference queue is
-    // refused before anything is stored.
-    let answer = fast.admit_holding(image.clone(), Box::new(permit)).await?;
-
-    // The job is enqueued before answering, so a job id the client sees always resolves; with
-    // Redis, the image is written while the fast model runs. If the queue cannot take the job,
-    // the fast answer still goes out, with the reason instead of an id.
-    let id = Uuid::new_v4();
-    let (answer, staged) = tokio::join!(answer, state.inner.queue.stage(id, image, now_ms()));
-    let fast = match answer {
-        Ok(fast) => fast,
-        Err(err) => {
-            staged.abandon().await;
-            return Err(err.into());
-        }
-    };
-    // How long the request waits for its job to be queued, once its fast answer is ready (not
-    // recorded when staging failed already: then nothing is tried).
-    let tried = staged.is_staged();
-    let committing = std::time::Instant::now();
-    let queued = staged.commit(&fast, callback_url).await;
-    if tried {
-        metrics::histogram!(crate::metrics::ENQUEUE_DURATION).record(committing.elapsed().as_secs_f64());
-    }
-    let (job_id, async_error) = match queued {
-        Ok(()) => {
-            metrics::counter!(crate::metrics::JOBS_ENQUEUED).increment(1);
-            (Some(id), None)
-        }
-        Err(err) => {
-            let reason = match err {
-                crate::queue::QueueError::Full { .. } | crate::queue::QueueError::FullBytes { .. } => "full",
-                _ => "unavailable",
-            };
-            metrics::counter!(crate::metrics::JOBS_REJECTED, "reason" => reason).increment(1);
-            tracing::debug!(error = %err, "job not queued");
-            (None, Some(err.to_string()))
-        }
-    };
-    Ok(Json(PredictResponse::new(&fast, top_k, job_id, async_error)))
-}
-
-/// Bytes in whole KiB, rounded up: the unit `--upload-memory` is counted in.
-pub(super) fn kib(bytes: usize) -> usize {
-    bytes.div_ceil(1024)
+    let hold: Hold = Box::new(permit);
+    let answered = answer::fast_then_enqueue(state, image, callback_url, hold, false).await?;
+    Ok(Json(PredictResponse::new(&answered.fast, top_k, answered.job_id, answered.async_error)))
 }

@@ -160,7 +160,9 @@ async fn run_async(args: &ServeArgs) -> anyhow::Result<()> {
         max_watchers: args.max_watchers.max(1),
         webhook_allow,
     };
-    let state = api::AppState::new(fast, queue.clone(), limits, access, pool);
+    let accurate_model = args.models.accurate_model.file_name().map(|n| n.to_string_lossy().into_owned());
+    let accurate_model = accurate_model.unwrap_or_else(|| args.models.accurate_model.display().to_string());
+    let state = api::AppState::new(fast, accurate_model, queue.clone(), limits, access, pool);
     let router = api::router(state.clone());
     let local = listener.local_addr().map_or_else(|_| args.addr.clone(), |a| a.to_string());
     tracing::info!(addr = %local, queue = queue.backend(), "tandem serving");

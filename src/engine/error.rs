@@ -30,6 +30,9 @@ pub enum ClassifyError {
     Engine(#[from] EngineError),
     #[error("the inference queue is full")]
     Overloaded,
+    /// A preprocessed tensor that is not one image of the model's input shape.
+    #[error("the tensor has {got} values; the model takes {expected} per image")]
+    TensorSize { got: usize, expected: usize },
     #[error("the inference thread has stopped")]
     Stopped,
 }

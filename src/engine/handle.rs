@@ -18,6 +18,7 @@ use super::inflight::InFlight;
 use super::lane::{self, Input, LaneSetup, Request};
 use super::tensors::TensorPool;
 use super::{BatchConfig, ClassifyError, DecodeOn, EngineError, ModelConfig, Prediction, Tier, WorkPool};
+use crate::labels::Labels;
 use crate::pipeline::{self, PreprocessConfig};
 
 /// A request queued for the model: resolves to its prediction.
@@ -48,6 +49,8 @@ struct Inner {
     tensors: Arc<TensorPool>,
     /// Inference threads running, one per lane of the model.
     lanes: usize,
+    /// The names of the classes it scores (checked against its output when it loaded).
+    labels: Arc<Labels>,
     pool: Option<WorkPool>,
 }
 
@@ -67,16 +70,44 @@ impl Classifier {
         let tensors = Arc::new(TensorPool::new(config.preprocess.tensor_len(), batching.queue_capacity.clamp(1, 16)));
         let name = config.name();
         let preprocess = config.preprocess.clone();
+        let labels = Arc::clone(&config.labels);
         let setup = LaneSetup { config, batching, queue, in_flight: in_flight.clone(), tensors: Arc::clone(&tensors) };
         let lanes = lane::start(setup)?;
         Ok(Self {
-            inner: Arc::new(Inner { requests, preprocess, name, tier, decode_on, in_flight, tensors, lanes, pool }),
+            inner: Arc::new(Inner {
+                requests,
+                preprocess,
+                name,
+                tier,
+                decode_on,
+                in_flight,
+                tensors,
+                lanes,
+                labels,
+                pool,
+            }),
         })
     }
 
     /// The model's file name.
     pub fn model_name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The input the model takes, as `[channels, height, width]` of an NCHW tensor.
+    pub fn input_shape(&self) -> [usize; 3] {
+        let side = self.inner.preprocess.crop as usize;
+        [3, side, side]
+    }
+
+    /// Classes the model scores: the length of each row of probabilities.
+    pub fn classes(&self) -> usize {
+        self.inner.labels.len()
+    }
+
+    /// The names of the classes the model scores.
+    pub fn labels(&self) -> &Labels {
+        &self.inner.labels
     }
 
     /// Inference threads (lanes) serving this model.
@@ -105,6 +136,27 @@ impl Classifier {
     /// [`Classifier::admit`], keeping `hold` until the decode has ended even if this future is
     /// dropped first. A decode that has not started when the future is dropped never starts.
     pub async fn admit_holding(&self, image: Bytes, hold: Hold) -> Result<PendingPrediction, ClassifyError> {
+        self.admit_keeping(image, hold, false).await
+    }
+
+    /// [`Classifier::admit_holding`], with the whole row of probabilities in the prediction
+    /// ([`Prediction::probabilities`]).
+    pub async fn admit_for_probabilities(&self, image: Bytes, hold: Hold) -> Result<PendingPrediction, ClassifyError> {
+        self.admit_keeping(image, hold, true).await
+    }
+
+    /// Queues an already preprocessed tensor (NCHW, [`Classifier::input_shape`], normalized as
+    /// the model expects) for the model, with the whole row of probabilities in the prediction.
+    /// A tensor of another length is refused.
+    pub fn submit_tensor(&self, tensor: Vec<f32>) -> Result<PendingPrediction, ClassifyError> {
+        let expected = self.inner.preprocess.tensor_len();
+        if tensor.len() != expected {
+            return Err(ClassifyError::TensorSize { got: tensor.len(), expected });
+        }
+        self.submit(Input::Tensor(tensor), true)
+    }
+
+    async fn admit_keeping(&self, image: Bytes, hold: Hold, keep: bool) -> Result<PendingPrediction, ClassifyError> {
         let on_inference_thread = match self.inner.decode_on {
             DecodeOn::BlockingPool => false,
             DecodeOn::InferenceThread => true,
@@ -114,10 +166,10 @@ impl Classifier {
             // A full inference queue is refused once decoded, before the caller commits to
             // anything else.
             let tensor = self.preprocess(image, hold).await?;
-            return self.submit(Input::Tensor(tensor));
+            return self.submit(Input::Tensor(tensor), keep);
         }
         let (decoded_tx, decoded) = oneshot::channel();
-        let pending = self.submit(Input::Encoded { image, decoded: decoded_tx, hold })?;
+        let pending = self.submit(Input::Encoded { image, decoded: decoded_tx, hold }, keep)?;
         decoded.await.map_err(|_| ClassifyError::Stopped)??;
         Ok(pending)
     }
@@ -126,7 +178,7 @@ impl Classifier {
     pub fn classify_blocking(&self, image: &[u8]) -> Result<Prediction, ClassifyError> {
         let tensor = pipeline::preprocess(image, &self.inner.preprocess)?;
         let (reply, answer) = oneshot::channel();
-        let request = self.request(Input::Tensor(tensor), reply);
+        let request = self.request(Input::Tensor(tensor), reply, false);
         // A refused request comes back inside the error and is uncounted as it drops.
         if self.inner.requests.send(request).is_err() {
             return Err(ClassifyError::Stopped);
@@ -160,9 +212,9 @@ impl Classifier {
 
     /// Queues an input for the inference thread without blocking, and returns the answer to
     /// await. A full inference queue is refused here.
-    fn submit(&self, input: Input) -> Result<PendingPrediction, ClassifyError> {
+    fn submit(&self, input: Input, keep_probabilities: bool) -> Result<PendingPrediction, ClassifyError> {
         let (reply, answer) = oneshot::channel();
-        match self.inner.requests.try_send(self.request(input, reply)) {
+        match self.inner.requests.try_send(self.request(input, reply, keep_probabilities)) {
             Ok(()) => Ok(PendingPrediction(answer)),
             // The refused request is inside the error: uncounted as it drops.
             Err(TrySendError::Full(_)) => Err(ClassifyError::Overloaded),
@@ -172,7 +224,7 @@ impl Classifier {
 
     /// A request for the lanes, counted in flight from now: before it is visible to a lane,
     /// which uncounts it once answered.
-    fn request(&self, input: Input, reply: lane::Reply) -> Request {
-        Request { input, reply, queued_at: Instant::now(), counted: self.inner.in_flight.enter() }
+    fn request(&self, input: Input, reply: lane::Reply, keep_probabilities: bool) -> Request {
+        Request { input, reply, queued_at: Instant::now(), counted: self.inner.in_flight.enter(), keep_probabilities }
     }
 }

@@ -36,6 +36,8 @@ pub(super) struct Request {
     pub(super) queued_at: Instant,
     /// Counts it in flight until it is answered (or dropped unanswered).
     pub(super) counted: InFlightGuard,
+    /// The answer keeps the whole row of probabilities ([`Prediction::probabilities`]).
+    pub(super) keep_probabilities: bool,
 }
 
 pub(super) enum Input {
@@ -132,6 +134,8 @@ struct Batch {
     single: Option<Vec<f32>>,
     /// Of the requests that will be run (their decode, if any, succeeded), in input order.
     replies: Vec<Reply>,
+    /// Whether each of `replies` keeps its row of probabilities.
+    keep: Vec<bool>,
     queued_at: Vec<Instant>,
     counted: Vec<InFlightGuard>,
 }
@@ -153,6 +157,7 @@ impl Lane {
             input: Vec::with_capacity(max_batch * self.tensor_len),
             single: None,
             replies: Vec::with_capacity(max_batch),
+            keep: Vec::with_capacity(max_batch),
             queued_at: Vec::with_capacity(max_batch),
             counted: Vec::with_capacity(max_batch),
         };
@@ -176,7 +181,7 @@ impl Lane {
         let (config, tensors) = (&self.setup.config, &self.setup.tensors);
         batch.input.clear();
         let lone = batch.requests.len() == 1;
-        for Request { input, reply, queued_at, counted } in batch.requests.drain(..) {
+        for Request { input, reply, queued_at, counted, keep_probabilities } in batch.requests.drain(..) {
             match input {
                 Input::Tensor(tensor) if lone => batch.single = Some(tensor),
                 Input::Tensor(tensor) => {
@@ -204,6 +209,7 @@ impl Lane {
                 }
             }
             batch.replies.push(reply);
+            batch.keep.push(keep_probabilities);
             batch.queued_at.push(queued_at);
             batch.counted.push(counted);
         }
@@ -243,13 +249,17 @@ impl Lane {
         match result {
             Ok(rows) => {
                 let labels = &self.setup.config.labels;
-                for (reply, row) in batch.replies.drain(..).zip(rows) {
-                    let prediction =
+                for ((reply, row), keep) in batch.replies.drain(..).zip(rows).zip(batch.keep.drain(..)) {
+                    let mut prediction =
                         Prediction::from_probabilities(&self.name, labels, &row, batching.top_k, inference_ms);
+                    if keep {
+                        prediction.probabilities = Some(row);
+                    }
                     let _ = reply.send(Ok(prediction));
                 }
             }
             Err(err) => {
+                batch.keep.clear();
                 for reply in batch.replies.drain(..) {
                     let _ = reply.send(Err(err.clone().into()));
                 }

@@ -25,6 +25,10 @@ pub struct Prediction {
     pub top_k: Vec<ClassScore>,
     /// Wall time of the model run this image was part of (batch included), in milliseconds.
     pub inference_ms: f64,
+    /// Every class's probability, in class order: kept only when the caller asked for them
+    /// (the Open Inference Protocol's output tensor), never stored nor sent in a job's JSON.
+    #[serde(skip)]
+    pub probabilities: Option<Vec<f32>>,
 }
 
 impl Prediction {
@@ -55,6 +59,7 @@ impl Prediction {
             score: best.score,
             top_k,
             inference_ms,
+            probabilities: None,
         }
     }
 }

@@ -371,6 +371,7 @@ mod tests {
             score: 0.5,
             top_k: Vec::new(),
             inference_ms: 1.0,
+            probabilities: None,
         }
     }
 

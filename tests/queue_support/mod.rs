@@ -26,6 +26,7 @@ pub fn prediction(label: &str) -> Prediction {
         score: 0.25,
         top_k: Vec::new(),
         inference_ms: 1.5,
+        probabilities: None,
     }
 }
 

@@ -88,6 +88,7 @@ fn prediction(model: &str, scores: &[f32], inference_ms: f64) -> Prediction {
         score: top_k[0].score,
         top_k,
         inference_ms,
+        probabilities: None,
     }
 }
 

@@ -119,6 +119,7 @@ pub fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<bool> {
         image: target.image_name.clone(),
         image_bytes: target.image.len(),
         content_type: target.content_type,
+        v2_model: args.v2.clone(),
         concurrency: args.concurrency,
         mix_interval_ms: args.mix.as_ref().map(|_| args.mix_interval),
         rate: (args.rate > 0.0).then_some(args.rate),
@@ -216,6 +217,10 @@ struct Report {
     image: String,
     image_bytes: usize,
     content_type: &'static str,
+    /// `--v2`: the model every request is an Open Inference Protocol inference on, instead of
+    /// `POST /predict`; absent without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    v2_model: Option<String>,
     /// `POST /predict` connections.
     concurrency: u32,
     /// Target `POST /predict` requests per second (`--rate`); absent when unpaced.
@@ -278,8 +283,9 @@ impl Report {
             self.routes.iter().map(|(name, r)| format!("{} {name}", r.connections)).collect();
         let _ = writeln!(
             out,
-            "{} <- {} ({}, {} bytes)\n{} connections{}, {:.1} s measured after {:.1} s warm-up ({:.2} s elapsed)\n",
+            "{}{} <- {} ({}, {} bytes)\n{} connections{}, {:.1} s measured after {:.1} s warm-up ({:.2} s elapsed)\n",
             self.url,
+            self.v2_model.as_ref().map_or_else(String::new, |m| format!("/v2/models/{m}/infer")),
             self.image,
             self.content_type,
             self.image_bytes,

@@ -86,6 +86,12 @@ pub struct BenchArgs {
     #[arg(long, env = "TANDEM_BENCH_TIMEOUT", default_value_t = 30.0, value_parser = positive_seconds)]
     pub timeout: f64,
 
+    /// Send each request as an Open Inference Protocol inference on MODEL instead of
+    /// `POST /predict` (the image as binary BYTES, its top-5 classes in JSON), e.g.
+    /// `mobilenet_v2` (the fast model alone) or `tandem` (the fast answer and a job).
+    #[arg(long, env = "TANDEM_BENCH_V2", value_name = "MODEL", conflicts_with_all = ["raw", "jobs"])]
+    pub v2: Option<String>,
+
     /// Print one JSON object instead of a table.
     #[arg(long, env = "TANDEM_BENCH_JSON")]
     pub json: bool,
@@ -210,7 +216,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<bool> {
     if args.concurrency == 0 && (args.mix.is_none() || args.jobs.is_some()) {
         anyhow::bail!("--concurrency 0 needs --mix (and no --jobs): there would be nothing to send");
     }
-    let target = Target::new(url, &args.image, image, Duration::from_secs_f64(args.timeout))?;
+    let mut target = Target::new(url, &args.image, image, Duration::from_secs_f64(args.timeout))?;
+    if let Some(model) = &args.v2 {
+        target = target.speaking_v2(model)?;
+    }
     target.check_reachable()?;
     match args.jobs {
         Some(count) => jobs::run(args, &target, count),
@@ -226,6 +235,15 @@ pub(crate) struct Target {
     pub image_name: String,
     pub content_type: &'static str,
     pub timeout: Duration,
+    /// `--v2`: where each request goes instead, its body and its JSON header's length.
+    pub v2: Option<V2Request>,
+}
+
+/// One Open Inference Protocol inference, prepared once.
+pub(crate) struct V2Request {
+    pub url: String,
+    pub body: std::sync::Arc<[u8]>,
+    pub header_length: String,
 }
 
 impl Target {
@@ -241,7 +259,26 @@ impl Target {
             image_name: path.display().to_string(),
             content_type: content_type(path),
             timeout,
+            v2: None,
         })
+    }
+
+    /// Requests go to `POST /v2/models/{model}/infer`, with the binary-data extension.
+    fn speaking_v2(mut self, model: &str) -> anyhow::Result<Self> {
+        let length = u32::try_from(self.image.len()).context("the image is too large for a BYTES element")?;
+        let mut element = length.to_le_bytes().to_vec();
+        element.extend_from_slice(&self.image);
+        let header = serde_json::json!({
+            "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                        "parameters": {"binary_data_size": element.len()}}],
+            "outputs": [{"name": "probabilities", "parameters": {"classification": 5}}],
+        });
+        let header = serde_json::to_vec(&header)?;
+        let header_length = header.len().to_string();
+        let body: Vec<u8> = [header, element].concat();
+        self.v2 =
+            Some(V2Request { url: self.url(&format!("/v2/models/{model}/infer")), body: body.into(), header_length });
+        Ok(self)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -273,8 +310,14 @@ impl Target {
 
     /// Sends one `POST /predict`; the body is read to the end so the connection is reused.
     pub fn predict(&self, agent: &ureq::Agent) -> Result<(u16, Vec<u8>), ureq::Error> {
-        let response =
-            agent.post(self.url("/predict")).header("content-type", self.content_type).send(&self.image[..])?;
+        let response = match &self.v2 {
+            Some(v2) => agent
+                .post(&v2.url)
+                .header("content-type", "application/octet-stream")
+                .header("inference-header-content-length", &v2.header_length)
+                .send(&v2.body[..])?,
+            None => agent.post(self.url("/predict")).header("content-type", self.content_type).send(&self.image[..])?,
+        };
         let status = response.status().as_u16();
         let body = response.into_body().read_to_vec()?;
         Ok((status, body))

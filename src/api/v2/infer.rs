@@ -1,0 +1,166 @@
+//! `POST /v2/models/{model}/infer`: the body within the same bounds as `POST /predict`
+//! (`--max-body`, the upload bounds, `--body-timeout`), one in-flight permit per image (429 past
+//! `--max-inflight`), the whole answer within `--request-timeout`.
+//!
+//! The three models: the fast one answers from its own lanes (rows of probabilities); `tandem`
+//! is `POST /predict` itself (the fast answer, and a job per image for the accurate tier,
+//! whose ids the answer carries); the accurate one queues the same jobs and waits for the
+//! workers' answers, so a v2 client can ask for the accurate answer synchronously whether the
+//! accurate tier runs in this process or on workers elsewhere.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::Request;
+use axum::response::Response;
+use futures_util::future::try_join_all;
+use serde_json::Value;
+use tokio::sync::OwnedSemaphorePermit;
+use uuid::Uuid;
+
+use super::binary::{BinaryError, HEADER_LENGTH};
+use super::error::V2Error;
+use super::request::{self, Batch, Parsed, RequestError};
+use super::response::{self, Answers};
+use super::wire::Parameters;
+use super::{Target, spec};
+use crate::api::answer::{self, Answered};
+use crate::api::error::ApiError;
+use crate::api::upload::{self, Form};
+use crate::api::{AppState, input, watch};
+use crate::engine::{Hold, Prediction};
+use crate::jobs::JobStatus;
+
+/// Bodies past this are parsed on the decode pool, off the runtime's threads.
+const PARSE_OFF_RUNTIME: usize = 64 * 1024;
+
+pub(super) async fn infer(state: &AppState, target: Target, request: Request<Body>) -> Result<Response, V2Error> {
+    let header = match request.headers().get(HEADER_LENGTH) {
+        None => None,
+        Some(value) => {
+            let text =
+                value.to_str().map_err(|_| BinaryError::BadHeader(String::from_utf8_lossy(value.as_bytes()).into()));
+            Some(text.map_err(RequestError::from)?.to_owned())
+        }
+    };
+    let input::Received::Raw(body) = upload::receive(state, request, Form::AsIs).await? else {
+        return Err(ApiError::Internal("the body was not read as it is".into()).into());
+    };
+    let model = spec(state, target);
+    let parsed = if body.len() > PARSE_OFF_RUNTIME {
+        let parsing = state.inner.pool.run(move || request::parse(&body, header.as_deref(), &model));
+        parsing.await.map_err(|e| ApiError::Internal(e.to_string()))??
+    } else {
+        request::parse(&body, header.as_deref(), &model)?
+    };
+    // One permit per image, as if each came in its own `POST /predict`.
+    let wanted = u32::try_from(parsed.batch.len()).unwrap_or(u32::MAX);
+    let permits = Arc::clone(&state.inner.inflight).try_acquire_many_owned(wanted).map_err(|_| ApiError::Overloaded)?;
+    let timeout = state.inner.limits.request_timeout;
+    tokio::time::timeout(timeout, answer(state, target, parsed, Arc::new(permits)))
+        .await
+        .map_err(|_| ApiError::Timeout(timeout.as_secs_f64()))?
+}
+
+async fn answer(
+    state: &AppState,
+    target: Target,
+    parsed: Parsed,
+    permits: Arc<OwnedSemaphorePermit>,
+) -> Result<Response, V2Error> {
+    let Parsed { id, batch, outputs: wanted } = parsed;
+    let name = target.name(state);
+    let hold = || -> Hold { Box::new(Arc::clone(&permits)) };
+    let fast = &state.inner.fast;
+    match (target, batch) {
+        (Target::Fast, batch) => {
+            let predictions = fast_rows(state, batch, hold).await?;
+            let answers = Answers { predictions: &predictions, job_ids: None, labels: Some(fast.labels()) };
+            Ok(response::encode(&name, id, None, response::outputs(&wanted, &answers)))
+        }
+        (Target::Tandem, Batch::Images(images)) => {
+            let answered = queue_jobs(state, images, hold, true).await?;
+            let job_ids: Vec<Option<Uuid>> = answered.iter().map(|a| a.job_id).collect();
+            let parameters = job_parameters(&answered);
+            let predictions: Vec<Prediction> = answered.into_iter().map(|a| a.fast).collect();
+            let answers = Answers { predictions: &predictions, job_ids: Some(&job_ids), labels: Some(fast.labels()) };
+            Ok(response::encode(&name, id, Some(parameters), response::outputs(&wanted, &answers)))
+        }
+        (Target::Accurate, Batch::Images(images)) => {
+            let answered = queue_jobs(state, images, hold, false).await?;
+            let refined = try_join_all(answered.iter().map(|a| refined(state, a))).await?;
+            let answers = Answers { predictions: &refined, job_ids: None, labels: None };
+            Ok(response::encode(&name, id, None, response::outputs(&wanted, &answers)))
+        }
+        // `spec` says these models take images only, and `request::parse` held them to it.
+        (Target::Tandem | Target::Accurate, Batch::Tensors { .. }) => {
+            Err(ApiError::Internal("a tensor reached a model that takes images".into()).into())
+        }
+    }
+}
+
+/// The fast model's answers with their whole rows, the images decoded side by side.
+async fn fast_rows(state: &AppState, batch: Batch, hold: impl Fn() -> Hold) -> Result<Vec<Prediction>, V2Error> {
+    let fast = &state.inner.fast;
+    let pending = match batch {
+        Batch::Images(images) => {
+            try_join_all(images.into_iter().map(|image| fast.admit_for_probabilities(image, hold())))
+                .await
+                .map_err(ApiError::from)?
+        }
+        Batch::Tensors { n, values } => {
+            let per_image = values.len() / n.max(1);
+            let submitted: Result<Vec<_>, _> =
+                values.chunks_exact(per_image.max(1)).map(|t| fast.submit_tensor(t.to_vec())).collect();
+            submitted.map_err(ApiError::from)?
+        }
+    };
+    Ok(try_join_all(pending).await.map_err(ApiError::from)?)
+}
+
+/// `POST /predict`'s step for each image: the fast answer, and its job queued.
+async fn queue_jobs(
+    state: &AppState,
+    images: Vec<bytes::Bytes>,
+    hold: impl Fn() -> Hold,
+    keep_probabilities: bool,
+) -> Result<Vec<Answered>, V2Error> {
+    let each =
+        images.into_iter().map(|image| answer::fast_then_enqueue(state, image, None, hold(), keep_probabilities));
+    Ok(try_join_all(each).await?)
+}
+
+/// The `tandem` model's response parameters: the job ids, comma-separated (empty for an image
+/// whose job could not be queued), where to read one job, and why a job is missing.
+fn job_parameters(answered: &[Answered]) -> Parameters {
+    let ids: Vec<String> = answered.iter().map(|a| a.job_id.map(|id| id.to_string()).unwrap_or_default()).collect();
+    let mut parameters = Parameters::from([("job_id".to_owned(), Value::from(ids.join(",")))]);
+    if let [Answered { job_id: Some(id), .. }] = answered {
+        parameters.insert("status_url".into(), Value::from(format!("/job/{id}")));
+    }
+    if let Some(error) = answered.iter().find_map(|a| a.async_error.clone()) {
+        parameters.insert("async_error".into(), Value::from(error));
+    }
+    parameters
+}
+
+/// The accurate model's answer for one queued job, once a worker has stored it.
+async fn refined(state: &AppState, answered: &Answered) -> Result<Prediction, V2Error> {
+    let Some(id) = answered.job_id else {
+        let why = answered.async_error.as_deref().unwrap_or("unknown");
+        return Err(V2Error::NotRefined(format!("the job for the accurate model could not be queued: {why}")));
+    };
+    let record = watch::wait_until_final(state, id, state.inner.limits.request_timeout).await?;
+    let Some(record) = record else { return Err(V2Error::NotRefined(format!("job {id} expired before it ended"))) };
+    match (record.status, record.result) {
+        (JobStatus::Completed, Some(result)) => Ok(result),
+        (JobStatus::Failed, _) => {
+            let why = record.error.unwrap_or_default();
+            Err(V2Error::JobFailed(format!("the accurate model failed on job {id}: {why}")))
+        }
+        (JobStatus::Canceled, _) => Err(V2Error::JobFailed(format!("job {id} was canceled"))),
+        (status, _) => {
+            Err(V2Error::NotRefined(format!("job {id} is still {} (is a worker running?)", status.as_str())))
+        }
+    }
+}
