@@ -32,6 +32,9 @@ fn binary_request(image: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (header, body)
 }
 
+/// What is sent (a name, the header, the body) and what must come back (status, words).
+type Case = (&'static str, Option<usize>, Vec<u8>, u16, &'static str);
+
 fn error_text(body: &Value) -> &str {
     body["error"].as_str().unwrap_or_else(|| panic!("not the protocol's error shape: {body}"))
 }
@@ -50,7 +53,7 @@ fn binary_header_mismatches_and_limits_are_clear_errors() {
     let text = binary_request(b"plain text, not an image");
     // A GIF header that claims 28205x29807 pixels.
     let huge = binary_request(b"GIF89a-not-really");
-    let cases: Vec<(&str, Option<usize>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("header past the body", Some(body.len() + 1), body.clone(), 400, "the body has only"),
         ("header short of the JSON", Some(header.len() - 3), body.clone(), 400, "not valid JSON"),
         ("header into the binary part", Some(header.len() + 4), body.clone(), 400, "not valid JSON"),
