@@ -37,7 +37,8 @@ final), or follow it as server-sent events (`GET /job/{id}/events`). `POST /pred
 `Accept: text/event-stream` does both in one connection: a `fast` event, then the job's events.
 
 Every error, whatever its status, has the body `ErrorBody`: `{\"error\": {\"code\", \"message\"}}`, \
-`code` stable and machine-readable. Every response carries an `x-request-id` header (the client's, \
+`code` stable and machine-readable; under `/v2` errors are the protocol's `{\"error\": \"<message>\"}` \
+(`V2ErrorBody`), except the API key's 401. Every response carries an `x-request-id` header (the client's, \
 if it sent a sane one). With `--api-key`, every route needs `Authorization: Bearer <key>`, except \
 the health routes (unless `--protect-health`) and `/metrics` (unless `--protect-metrics`).";
 
@@ -53,6 +54,8 @@ the health routes (unless `--protect-health`) and `/metrics` (unless `--protect-
         (name = "health", description = "Liveness and readiness, for load balancers and orchestrators."),
         (name = "operations", description = "Prometheus metrics."),
         (name = "docs", description = "This document, and Swagger UI to read and try it."),
+        (name = "v2", description = "The Open Inference Protocol (KServe v2), as Triton and KServe clients speak it: \
+            the fast model, the accurate model and `tandem` (the fast answer and its jobs)."),
     ),
 )]
 struct ApiDoc;

@@ -289,14 +289,14 @@ async fn model_ready_at(state: &AppState, model: &str, version: Option<&str>) ->
     ),
     request_body(content(
         (wire::InferRequest = "application/json"),
-        (Vec<u8> = "application/octet-stream"),
+        (wire::BinaryBody = "application/octet-stream"),
     )),
     responses(
         (status = 200, description = "The outputs: JSON, or (when an output is binary) \
             `Inference-Header-Content-Length` bytes of JSON followed by the binary outputs.",
             content(
                 (wire::InferResponse = "application/json"),
-                (Vec<u8> = "application/octet-stream"),
+                (wire::BinaryBody = "application/octet-stream"),
             )),
         (status = 400, description = "A malformed request: JSON, shapes, datatypes, binary sizes, images.",
             body = V2ErrorBody),
@@ -332,13 +332,13 @@ pub(crate) async fn model_infer(
     ),
     request_body(content(
         (wire::InferRequest = "application/json"),
-        (Vec<u8> = "application/octet-stream"),
+        (wire::BinaryBody = "application/octet-stream"),
     )),
     responses(
         (status = 200, description = "As `POST /v2/models/{model}/infer`.",
             content(
                 (wire::InferResponse = "application/json"),
-                (Vec<u8> = "application/octet-stream"),
+                (wire::BinaryBody = "application/octet-stream"),
             )),
         (status = 400, description = "A malformed request.", body = V2ErrorBody),
         (status = 404, description = "No such model or version.", body = V2ErrorBody),

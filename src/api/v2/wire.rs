@@ -140,3 +140,10 @@ pub struct TensorMetadata {
 pub struct V2ErrorBody {
     pub error: String,
 }
+
+/// A body with the binary-data extension: `Inference-Header-Content-Length` bytes of JSON (an
+/// [`InferRequest`] or [`InferResponse`]), then the tensors' bytes in order.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct BinaryBody(Vec<u8>);
