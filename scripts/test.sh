@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test, from a fresh clone: fetches ONNX Runtime if it is missing, makes sure a Redis
 # answers (starting a throw-away one on a free port if none does), then `cargo test`, then
-# scripts/openapi-check.sh (the API document), scripts/browser-test.sh (the web page in a real
+# scripts/openapi-check.sh (the API document), scripts/protocol-check.sh (promtool and
+# Schemathesis against real processes), scripts/browser-test.sh (the web page in a real
 # browser), then scripts/container-test.sh (the image and compose files).
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test golden`).
 set -euo pipefail
@@ -47,6 +48,10 @@ cargo test --locked -- --skip faultsuite_
 cargo test --locked --test faults -- --nocapture --test-threads=1
 # The served OpenAPI document, through a real OpenAPI 3.1 validator, and Swagger UI offline.
 "$root/scripts/openapi-check.sh"
+# The interfaces through third-party tools against real processes (embedded and on this Redis):
+# promtool on every /metrics, Schemathesis on the served document (installs promtool from
+# Debian's prometheus package when missing, as root).
+"$root/scripts/protocol-check.sh"
 # The web page in headless Chromium against a real serve (scripts/browser-test.sh installs
 # Debian's chromium and chromium-driver when missing). TANDEM_SKIP_BROWSER=1 skips it.
 if [ "${TANDEM_SKIP_BROWSER:-0}" = 1 ]; then
