@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test, from a fresh clone: fetches ONNX Runtime if it is missing, makes sure a Redis
 # answers (starting a throw-away one on a free port if none does), then `cargo test`, then
-# scripts/openapi-check.sh (the API document), scripts/v2-client-test.sh (the Open Inference
-# Protocol with tritonclient), scripts/browser-test.sh (the web page in a real browser), then
+# scripts/openapi-check.sh (the API document), scripts/protocol-check.sh (promtool and
+# Schemathesis against real processes), scripts/v2-client-test.sh (the Open Inference Protocol
+# with tritonclient), scripts/browser-test.sh (the web page in a real browser), then
 # scripts/container-test.sh (the image and compose files).
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test golden`).
 set -euo pipefail
@@ -48,6 +49,10 @@ cargo test --locked -- --skip faultsuite_
 cargo test --locked --test faults -- --nocapture --test-threads=1
 # The served OpenAPI document, through a real OpenAPI 3.1 validator, and Swagger UI offline.
 "$root/scripts/openapi-check.sh"
+# The interfaces through third-party tools against real processes (embedded and on this Redis):
+# promtool on every /metrics, Schemathesis on the served document (installs promtool from
+# Debian's prometheus package when missing, as root).
+"$root/scripts/protocol-check.sh"
 # The Open Inference Protocol (KServe v2) through NVIDIA's tritonclient, embedded and on Redis.
 "$root/scripts/v2-client-test.sh"
 # The web page in headless Chromium against a real serve (scripts/browser-test.sh installs

@@ -22,8 +22,9 @@ use crate::queue::CancelOutcome;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct JobQuery {
-    /// Classes in each answer's `top_k`, 1 to what the models compute (`--top-k`, the default).
-    #[param(minimum = 1)]
+    /// Classes in each answer's `top_k`, 1 to 5: what the models compute, the default.
+    // The maximum is `cli::tiers::TOP_K` (the test in `api::jobs` checks they agree).
+    #[param(minimum = 1, maximum = 5)]
     top_k: Option<usize>,
     /// Seconds to wait for the job to be final before answering (long-poll), cut to
     /// `--max-wait`; absent or 0: answer now.
@@ -36,8 +37,9 @@ struct JobQuery {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct EventsQuery {
-    /// Classes in each answer's `top_k`, 1 to what the models compute (`--top-k`, the default).
-    #[param(minimum = 1)]
+    /// Classes in each answer's `top_k`, 1 to 5: what the models compute, the default.
+    // The maximum is `cli::tiers::TOP_K` (the test in `api::jobs` checks they agree).
+    #[param(minimum = 1, maximum = 5)]
     top_k: Option<usize>,
 }
 
@@ -143,7 +145,7 @@ pub(super) async fn cancel_job(
             (`queued`, `running`, then a final one: `completed`, `failed` or `canceled`), the id \
             `<status>-<attempts>`, the data a `JobResponse`. The stream ends after the final state; a \
             comment every 15 s keeps it open while idle.",
-            content((String = "text/event-stream", example = json!(openapi::JOB_EVENTS_EXAMPLE)))),
+            content((openapi::JobEvent = "text/event-stream", example = json!(openapi::JOB_EVENTS_EXAMPLE)))),
         (status = 204, description = "`Last-Event-ID` is the job's final event: nothing more will come \
             (an `EventSource` stops reconnecting)."),
         (status = 400, description = "The id is not a UUID (`invalid_job_id`) or the query is wrong \
@@ -171,4 +173,30 @@ pub(super) async fn job_events(
 /// A job's webhook body: the JSON `GET /job/{id}` gives, with every class the models computed.
 pub fn webhook_body(record: &crate::jobs::JobRecord) -> Option<Vec<u8>> {
     serde_json::to_vec(&JobResponse::new(record, usize::MAX)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every `top_k` query parameter says the range the handlers accept (`wanted_top_k`): 1 to
+    /// what `serve`'s models compute. A document without the maximum calls `?top_k=6` valid,
+    /// and a client that trusts it gets a 400.
+    #[test]
+    fn every_top_k_parameter_has_the_range_the_server_accepts() {
+        let doc = serde_json::to_value(super::super::openapi::document()).expect("serializable");
+        let mut seen = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("path item") {
+                for param in operation["parameters"].as_array().into_iter().flatten() {
+                    if param["name"] == "top_k" {
+                        let schema = &param["schema"];
+                        assert_eq!(schema["minimum"], 1, "{method} {path}");
+                        assert_eq!(schema["maximum"], crate::cli::tiers::TOP_K, "{method} {path}");
+                        seen.push(format!("{method} {path}"));
+                    }
+                }
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, ["get /job/{id}", "get /job/{id}/events", "post /predict"]);
+    }
 }

@@ -21,6 +21,9 @@ use utoipa_swagger_ui::Config;
 
 use super::types::ErrorBody;
 
+mod events;
+pub(super) use events::{JobEvent, PredictEvent};
+
 /// The security scheme's name in the document.
 pub const API_KEY: &str = "api_key";
 

@@ -22,8 +22,9 @@ use crate::engine::Hold;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct PredictQuery {
-    /// Classes in the answer's `top_k`, 1 to what the models compute (`--top-k`, the default).
-    #[param(minimum = 1)]
+    /// Classes in the answer's `top_k`, 1 to 5: what the models compute, the default.
+    // The maximum is `cli::tiers::TOP_K` (the test in `api::jobs` checks they agree).
+    #[param(minimum = 1, maximum = 5)]
     top_k: Option<usize>,
     /// Where to POST the job's final state (a webhook, signed in the Standard Webhooks layout)
     /// once it is completed, failed or canceled: an http(s) URL on a host `--webhook-allow`
@@ -61,7 +62,7 @@ struct PredictQuery {
             be followed (past `--max-watchers`, queue down) an `error` event (data: `ErrorBody`) ends it.",
             content(
                 (PredictResponse = "application/json"),
-                (String = "text/event-stream", example = json!(openapi::PREDICT_EVENTS_EXAMPLE)),
+                (openapi::PredictEvent = "text/event-stream", example = json!(openapi::PREDICT_EVENTS_EXAMPLE)),
             ),
         ),
         (status = 400, description = "The body or query is malformed: `invalid_json`, `invalid_base64`, \

@@ -25,6 +25,11 @@ use crate::jobs::{JobRecord, JobStatus, format_ms};
 pub struct PredictRequest {
     /// The encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF), base64 (standard alphabet, padded or
     /// not, line breaks ignored), optionally as a `data:<type>;base64,` URL.
+    // The example, a 1x1 PNG, is a request that works (Swagger UI's "Try it out" sends it).
+    #[schema(
+        min_length = 1,
+        example = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+    )]
     pub image_data: String,
 }
 
