@@ -26,6 +26,7 @@ pub struct InferRequest {
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<Parameters>,
     /// Exactly one: `image` (`BYTES`, encoded images) or `input` (`FP32` `[N,3,H,W]`).
+    #[schema(min_items = 1, max_items = 1)]
     pub inputs: Vec<RequestInput>,
     /// The outputs wanted, and how; absent: all of the model's, in JSON (or as
     /// `binary_data_output` says).
@@ -36,8 +37,11 @@ pub struct InferRequest {
 /// One input tensor of a request.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 pub struct RequestInput {
+    /// `image` or `input`.
+    #[schema(example = "image")]
     pub name: String,
-    /// Its shape: `[N]` (or `[N, 1]`) images for `BYTES`, `[N, 3, H, W]` for `FP32`.
+    /// Its shape: `[N]` (or `[N, 1]`) images for `BYTES`, `[N, 3, H, W]` for `FP32`; N is 1 to 64.
+    #[schema(min_items = 1, max_items = 4)]
     pub shape: Vec<i64>,
     /// `BYTES` or `FP32`.
     pub datatype: String,
