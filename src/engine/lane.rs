@@ -183,6 +183,11 @@ impl Lane {
         let lone = batch.requests.len() == 1;
         for Request { input, reply, queued_at, counted, keep_probabilities } in batch.requests.drain(..) {
             match input {
+                // Its caller gave up (a timed-out request) before its run: not run at all.
+                Input::Tensor(tensor) if reply.is_closed() => {
+                    tensors.give(tensor);
+                    continue;
+                }
                 Input::Tensor(tensor) if lone => batch.single = Some(tensor),
                 Input::Tensor(tensor) => {
                     batch.input.extend_from_slice(&tensor);

@@ -60,8 +60,10 @@ pub fn take_parts(
             continue;
         };
         let Some(binary) = binary else { return Err(BinaryError::NoBinaryPart { input: input.clone() }) };
-        let size =
-            size.as_u64().ok_or_else(|| BinaryError::BadSize { input: input.clone(), value: size.to_string() })?;
+        let size = size.as_u64().ok_or_else(|| BinaryError::BadSize {
+            input: input.clone(),
+            value: size.to_string().chars().take(100).collect(),
+        })?;
         let left = binary.len() - at;
         let wanted = usize::try_from(size).ok().filter(|&n| n <= left);
         let Some(wanted) = wanted else { return Err(BinaryError::Short { input: input.clone(), size, left }) };
@@ -76,10 +78,11 @@ pub fn take_parts(
 }
 
 /// The elements of binary `BYTES` data: each a 4-byte little-endian length, then its bytes.
-pub fn bytes_elements(data: &Bytes) -> Result<Vec<Bytes>, BinaryError> {
+/// Reading stops past `most` elements (the count is then wrong, and refused by the caller).
+pub fn bytes_elements(data: &Bytes, most: usize) -> Result<Vec<Bytes>, BinaryError> {
     let mut elements = Vec::new();
     let mut at = 0usize;
-    while at < data.len() {
+    while at < data.len() && elements.len() <= most {
         let prefix: [u8; 4] =
             data.get(at..at + 4).and_then(|p| p.try_into().ok()).ok_or(BinaryError::TruncatedPrefix)?;
         let length = u32::from_le_bytes(prefix);
@@ -159,13 +162,14 @@ mod tests {
     #[test]
     fn bytes_elements_round_trip_and_refuse_bad_prefixes() {
         let encoded = Bytes::from(encode_bytes_elements([&b"one"[..], b"", b"three"]));
-        let decoded = bytes_elements(&encoded).expect("decode");
+        let decoded = bytes_elements(&encoded, 3).expect("decode");
+        assert_eq!(bytes_elements(&encoded, 1).expect("stops early").len(), 2, "at most one past the bound");
         assert_eq!(decoded, vec![Bytes::from_static(b"one"), Bytes::new(), Bytes::from_static(b"three")]);
-        assert_eq!(bytes_elements(&Bytes::from_static(&[1, 0])), Err(BinaryError::TruncatedPrefix));
+        assert_eq!(bytes_elements(&Bytes::from_static(&[1, 0]), 9), Err(BinaryError::TruncatedPrefix));
         let past = Bytes::from_static(&[9, 0, 0, 0, b'a']);
-        assert_eq!(bytes_elements(&past), Err(BinaryError::ElementPastEnd { index: 0, length: 9, left: 1 }));
+        assert_eq!(bytes_elements(&past, 9), Err(BinaryError::ElementPastEnd { index: 0, length: 9, left: 1 }));
         let huge = Bytes::from_static(&[0xff, 0xff, 0xff, 0xff]);
-        assert!(matches!(bytes_elements(&huge), Err(BinaryError::ElementPastEnd { .. })));
+        assert!(matches!(bytes_elements(&huge, 9), Err(BinaryError::ElementPastEnd { .. })));
     }
 
     #[test]

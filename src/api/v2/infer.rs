@@ -35,39 +35,61 @@ use crate::jobs::JobStatus;
 const PARSE_OFF_RUNTIME: usize = 64 * 1024;
 
 pub(super) async fn infer(state: &AppState, target: Target, request: Request<Body>) -> Result<Response, V2Error> {
-    let header = match request.headers().get(HEADER_LENGTH) {
-        None => None,
-        Some(value) => {
-            let text =
-                value.to_str().map_err(|_| BinaryError::BadHeader(String::from_utf8_lossy(value.as_bytes()).into()));
-            Some(text.map_err(RequestError::from)?.to_owned())
-        }
-    };
+    let header = request.headers().get(HEADER_LENGTH).cloned();
     let input::Received::Raw(body) = upload::receive(state, request, Form::AsIs).await? else {
         return Err(ApiError::Internal("the body was not read as it is".into()).into());
     };
-    let model = spec(state, target);
-    let parsed = if body.len() > PARSE_OFF_RUNTIME {
-        let parsing = state.inner.pool.run(move || request::parse(&body, header.as_deref(), &model));
-        parsing.await.map_err(|e| ApiError::Internal(e.to_string()))??
-    } else {
-        request::parse(&body, header.as_deref(), &model)?
+    // Checked once the body is in, so that a client still writing gets the 400.
+    let header = match header {
+        None => None,
+        Some(value) => {
+            let text = value
+                .to_str()
+                .map_err(|_| BinaryError::BadHeader(request::short(String::from_utf8_lossy(value.as_bytes()))));
+            Some(text.map_err(RequestError::from)?.to_owned())
+        }
     };
-    // One permit per image, as if each came in its own `POST /predict`.
-    let wanted = u32::try_from(parsed.batch.len()).unwrap_or(u32::MAX);
-    let permits = Arc::clone(&state.inner.inflight).try_acquire_many_owned(wanted).map_err(|_| ApiError::Overloaded)?;
+    // The parse is the request's first work: it holds a permit, within --request-timeout,
+    // like `POST /predict`'s; the other images' permits are taken once their count is known.
+    let inflight = &state.inner.inflight;
+    let first = Arc::new(Arc::clone(inflight).try_acquire_owned().map_err(|_| ApiError::Overloaded)?);
     let timeout = state.inner.limits.request_timeout;
-    tokio::time::timeout(timeout, answer(state, target, parsed, Arc::new(permits)))
-        .await
-        .map_err(|_| ApiError::Timeout(timeout.as_secs_f64()))?
+    let work = async {
+        let model = spec(state, target);
+        let parsed = if body.len() > PARSE_OFF_RUNTIME {
+            let hold = Arc::clone(&first);
+            let parsing = state.inner.pool.run(move || {
+                let _hold = hold;
+                request::parse(&body, header.as_deref(), &model)
+            });
+            parsing.await.map_err(|e| ApiError::Internal(e.to_string()))??
+        } else {
+            request::parse(&body, header.as_deref(), &model)?
+        };
+        let n = parsed.batch.len();
+        let most = state.inner.limits.max_inflight.max(1);
+        if n > most {
+            let why = format!("a batch of {n} images is more than this server takes at once (--max-inflight {most})");
+            return Err(RequestError::Invalid(why).into());
+        }
+        // One permit per image, as if each came in its own `POST /predict`.
+        let rest = match u32::try_from(n - 1) {
+            Ok(0) => None,
+            Ok(more) => Some(Arc::clone(inflight).try_acquire_many_owned(more).map_err(|_| ApiError::Overloaded)?),
+            Err(_) => return Err(ApiError::Overloaded.into()),
+        };
+        answer(state, target, parsed, Arc::new(Permits { _first: first, _rest: rest })).await
+    };
+    tokio::time::timeout(timeout, work).await.map_err(|_| ApiError::Timeout(timeout.as_secs_f64()))?
 }
 
-async fn answer(
-    state: &AppState,
-    target: Target,
-    parsed: Parsed,
-    permits: Arc<OwnedSemaphorePermit>,
-) -> Result<Response, V2Error> {
+/// A request's in-flight permits, one per image.
+struct Permits {
+    _first: Arc<OwnedSemaphorePermit>,
+    _rest: Option<OwnedSemaphorePermit>,
+}
+
+async fn answer(state: &AppState, target: Target, parsed: Parsed, permits: Arc<Permits>) -> Result<Response, V2Error> {
     let Parsed { id, batch, outputs: wanted } = parsed;
     let name = target.name(state);
     let hold = || -> Hold { Box::new(Arc::clone(&permits)) };
@@ -88,7 +110,19 @@ async fn answer(
         }
         (Target::Accurate, Batch::Images(images)) => {
             let answered = queue_jobs(state, images, hold, false).await?;
-            let refined = try_join_all(answered.iter().map(|a| refined(state, a))).await?;
+            // Queued: from here the request only waits for the workers, and holds no in-flight
+            // permit (it still counts against --max-watchers while it waits).
+            drop(permits);
+            let refined = match try_join_all(answered.iter().map(|a| refined(state, a))).await {
+                Ok(refined) => refined,
+                Err(err) => {
+                    // The answer will not be given: jobs no worker has started are withdrawn.
+                    for id in answered.iter().filter_map(|a| a.job_id) {
+                        let _ = state.inner.queue.cancel(id).await;
+                    }
+                    return Err(err);
+                }
+            };
             let answers = Answers { predictions: &refined, job_ids: None, labels: None };
             Ok(response::encode(&name, id, None, response::outputs(&wanted, &answers)))
         }

@@ -109,7 +109,13 @@ fn metadata(state: &AppState, target: Target) -> ModelMetadata {
     if let Some([c, h, w]) = model.tensor_shape {
         inputs.push(tensor(TENSOR_INPUT, "FP32", vec![-1, c as i64, h as i64, w as i64]));
     }
-    let mut outputs = vec![tensor(PROBABILITIES, "FP32", vec![-1, model.classes as i64])];
+    // The accurate model's answers are its best classes as text (the classification extension).
+    let probabilities = if model.rows {
+        tensor(PROBABILITIES, "FP32", vec![-1, model.classes as i64])
+    } else {
+        tensor(PROBABILITIES, "BYTES", vec![-1, model.max_classification as i64])
+    };
+    let mut outputs = vec![probabilities];
     if model.job_ids {
         outputs.push(tensor(JOB_ID, "BYTES", vec![-1]));
     }

@@ -90,7 +90,7 @@ pub fn parse(body: &Bytes, header: Option<&str>, model: &ModelSpec) -> Result<Pa
     let sizes: Vec<(String, Option<Value>)> = request
         .inputs
         .iter()
-        .map(|i| (i.name.clone(), param(i.parameters.as_ref(), "binary_data_size").cloned()))
+        .map(|i| (short(&i.name), param(i.parameters.as_ref(), "binary_data_size").cloned()))
         .collect();
     let mut parts = binary::take_parts(binary.as_ref(), &sizes)?;
     let [input] = &request.inputs[..] else {
@@ -104,6 +104,15 @@ pub fn parse(body: &Bytes, header: Option<&str>, model: &ModelSpec) -> Result<Pa
     Ok(Parsed { id: request.id, batch, outputs })
 }
 
+/// At most 100 characters of something a client sent, for an error message.
+pub fn short(text: impl std::fmt::Display) -> String {
+    let text = text.to_string();
+    match text.char_indices().nth(100) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text,
+    }
+}
+
 fn invalid(message: String) -> RequestError {
     RequestError::Invalid(message)
 }
@@ -114,9 +123,13 @@ fn param<'a>(parameters: Option<&'a Parameters>, name: &str) -> Option<&'a Value
 
 /// The input's shape as sizes, each at least 0, with their product bounded.
 fn shape(input: &RequestInput) -> Result<Vec<usize>, RequestError> {
+    if input.shape.len() > 8 {
+        return Err(invalid(format!("input {}: shape has {} dimensions", short(&input.name), input.shape.len())));
+    }
     let dims: Option<Vec<usize>> = input.shape.iter().map(|&d| usize::try_from(d).ok()).collect();
-    let dims =
-        dims.ok_or_else(|| invalid(format!("input {:?}: shape {:?} has a negative size", input.name, input.shape)))?;
+    let dims = dims.ok_or_else(|| {
+        invalid(format!("input {:?}: shape {:?} has a negative size", short(&input.name), input.shape))
+    })?;
     Ok(dims)
 }
 
@@ -126,7 +139,8 @@ fn read_input(input: &RequestInput, binary: Option<Bytes>, model: &ModelSpec) ->
     if n == 0 || n > MAX_BATCH {
         return Err(invalid(format!(
             "input {:?}: the batch (shape[0]) must be 1 to {MAX_BATCH}, got {:?}",
-            input.name, input.shape
+            short(&input.name),
+            input.shape
         )));
     }
     match (input.name.as_str(), input.datatype.as_str()) {
@@ -138,8 +152,8 @@ fn read_input(input: &RequestInput, binary: Option<Bytes>, model: &ModelSpec) ->
                 )));
             }
             let images = match binary {
-                Some(data) => binary::bytes_elements(&data)?,
-                None => json_images(input)?,
+                Some(data) => binary::bytes_elements(&data, n)?,
+                None => json_images(input, n)?,
             };
             if images.len() != n {
                 return Err(invalid(format!(
@@ -175,19 +189,22 @@ fn read_input(input: &RequestInput, binary: Option<Bytes>, model: &ModelSpec) ->
             Ok(Batch::Tensors { n, values })
         }
         (name, datatype) => Err(invalid(format!(
-            "unknown input {name:?} ({datatype}): send `{IMAGE_INPUT}` (BYTES: encoded images) or `{TENSOR_INPUT}` (FP32: [N, 3, H, W])"
+            "unknown input {:?} ({}): send `{IMAGE_INPUT}` (BYTES: encoded images) or `{TENSOR_INPUT}` (FP32: [N, 3, H, W])",
+            short(name),
+            short(datatype)
         ))),
     }
 }
 
 /// `BYTES` in JSON: base64 strings, flat or nested.
-fn json_images(input: &RequestInput) -> Result<Vec<Bytes>, RequestError> {
+fn json_images(input: &RequestInput, n: usize) -> Result<Vec<Bytes>, RequestError> {
     match param(input.parameters.as_ref(), "content_type") {
         None => {}
         Some(Value::String(kind)) if kind == "base64" => {}
         Some(other) => {
             return Err(invalid(format!(
-                "input {IMAGE_INPUT:?}: content_type {other} is not supported: images in JSON are base64"
+                "input {IMAGE_INPUT:?}: content_type {} is not supported: images in JSON are base64",
+                short(other)
             )));
         }
     }
@@ -200,6 +217,10 @@ fn json_images(input: &RequestInput) -> Result<Vec<Bytes>, RequestError> {
         }
         _ => Err(invalid(format!("input {IMAGE_INPUT:?}: BYTES data in JSON are base64 strings"))),
     })?;
+    // Counted before anything is decoded.
+    if strings.len() != n {
+        return Err(invalid(format!("input {IMAGE_INPUT:?}: shape says {n} images, the data has {}", strings.len())));
+    }
     strings
         .into_iter()
         .enumerate()
@@ -214,7 +235,8 @@ fn json_images(input: &RequestInput) -> Result<Vec<Bytes>, RequestError> {
 /// `FP32` in JSON: numbers, flat or nested; past `expected` they are counted, not kept.
 fn json_numbers(input: &RequestInput, expected: usize) -> Result<Vec<f32>, RequestError> {
     let data = input.data.as_ref().ok_or_else(|| invalid(format!("input {TENSOR_INPUT:?} has no data")))?;
-    let mut values = Vec::with_capacity(expected);
+    // Grown by what the data really holds, not by what the shape claims.
+    let mut values = Vec::with_capacity(expected.min(1 << 16));
     let mut count = 0usize;
     flatten(data, &mut |v| {
         let x = v.as_f64().ok_or_else(|| invalid(format!("input {TENSOR_INPUT:?}: FP32 data are numbers")))?;
@@ -246,7 +268,7 @@ fn wanted_outputs(request: &InferRequest, model: &ModelSpec) -> Result<Vec<Wante
         None => false,
         Some(Value::Bool(b)) => *b,
         Some(other) => {
-            return Err(invalid(format!("parameters.binary_data_output must be true or false, got {other}")));
+            return Err(invalid(format!("parameters.binary_data_output must be true or false, got {}", short(other))));
         }
     };
     let names: &[&'static str] = if model.job_ids { &[PROBABILITIES, JOB_ID] } else { &[PROBABILITIES] };
@@ -265,16 +287,17 @@ fn wanted_outputs(request: &InferRequest, model: &ModelSpec) -> Result<Vec<Wante
     asked
         .iter()
         .map(|output| {
-            let name = names
-                .iter()
-                .copied()
-                .find(|&n| n == output.name)
-                .ok_or_else(|| invalid(format!("unknown output {:?}: this model gives {names:?}", output.name)))?;
+            let name = names.iter().copied().find(|&n| n == output.name).ok_or_else(|| {
+                invalid(format!("unknown output {:?}: this model gives {names:?}", short(&output.name)))
+            })?;
             let binary = match param(output.parameters.as_ref(), "binary_data") {
                 None => all_binary,
                 Some(Value::Bool(b)) => *b,
                 Some(other) => {
-                    return Err(invalid(format!("output {name:?}: binary_data must be true or false, got {other}")));
+                    return Err(invalid(format!(
+                        "output {name:?}: binary_data must be true or false, got {}",
+                        short(other)
+                    )));
                 }
             };
             let classification = match param(output.parameters.as_ref(), "classification") {

@@ -29,6 +29,8 @@ pub fn outputs(wanted: &[WantedOutput], answers: &Answers<'_>) -> Vec<(ResponseO
         .map(|output| {
             let (shape, datatype, data) = match (output.name, output.classification) {
                 (PROBABILITIES, Some(k)) => {
+                    // As many classes for every image: a stored answer may hold fewer than asked.
+                    let k = answers.predictions.iter().map(|p| available(p, k, answers.labels)).min().unwrap_or(k);
                     let strings: Vec<String> =
                         answers.predictions.iter().flat_map(|p| best_classes(p, k, answers.labels)).collect();
                     (vec![n, k], "BYTES", OutputData::Strings(strings))
@@ -59,6 +61,14 @@ pub fn outputs(wanted: &[WantedOutput], answers: &Answers<'_>) -> Vec<(ResponseO
         .collect()
 }
 
+/// How many of the `k` best classes `prediction` can give.
+fn available(prediction: &Prediction, k: usize, labels: Option<&Labels>) -> usize {
+    match (&prediction.probabilities, labels) {
+        (Some(row), Some(_)) => k.min(row.len()),
+        _ => k.min(prediction.top_k.len()),
+    }
+}
+
 /// Triton's classification strings, `"score:index:label"`, best first: from the whole row
 /// when the prediction has it, else from its `top_k`.
 fn best_classes(prediction: &Prediction, k: usize, labels: Option<&Labels>) -> Vec<String> {
@@ -66,6 +76,10 @@ fn best_classes(prediction: &Prediction, k: usize, labels: Option<&Labels>) -> V
     match (&prediction.probabilities, labels) {
         (Some(row), Some(labels)) => {
             let mut order: Vec<usize> = (0..row.len()).collect();
+            if k < order.len() {
+                order.select_nth_unstable_by(k, |&a, &b| row[b].total_cmp(&row[a]));
+                order.truncate(k);
+            }
             order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
             order.into_iter().take(k).map(|i| text(row[i], i, &labels.name(i))).collect()
         }
