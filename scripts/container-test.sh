@@ -3,7 +3,7 @@
 #   1. builds the image from the Dockerfile;
 #   2. brings compose.yaml up (Redis, serve, 2 workers) and waits for every healthcheck;
 #   3. runs scripts/e2e.sh against the published port;
-#   4. posts 200 jobs, kills one worker container mid-run, and checks that every job completes;
+#   4. posts 600 jobs, kills one worker container mid-run, and checks that every job completes;
 #   5. kills the Redis container (SIGKILL: no save on the way down) and starts it again, and
 #      checks that serve is ready again by itself (not restarted), that the jobs acknowledged
 #      before are still there (the append-only file, fsynced on every write) and complete, and
@@ -180,9 +180,11 @@ victim="${workers[0]}"
 victim_host="$($engine inspect --format '{{.Config.Hostname}}' "$victim")"
 # Once 50 jobs are accepted: freeze the victim (so it cannot finish what it holds), read the jobs
 # its consumer (named after its host name) holds in the group, kill it. Retried (up to 20 times)
-# until it is caught holding some, so that the takeover is what is tested.
+# until it is caught holding some, so that the takeover is what is tested: a worker holds a job
+# only while it runs it (about 20 ms), so the load is long enough (600 jobs, several seconds on a
+# fast machine) for the 40 tries to catch one.
 kill_victim_holding_jobs() {
-  for _ in $(seq 20); do
+  for _ in $(seq 40); do
     $engine pause "$victim" >/dev/null 2>&1 || return 1
     $engine exec "$redis_c" redis-cli --raw XPENDING tandem:jobs workers - + 1000 |
       paste - - - - | awk -v c="$victim_host-" 'index($2, c) == 1 { print $1 }' >"$state/victim-held"
@@ -197,10 +199,11 @@ kill_victim_holding_jobs() {
 }
 export engine redis_c victim victim_host state
 export -f kill_victim_holding_jobs
-say "200 jobs; $engine kill $victim once 50 are accepted, while it holds jobs"
+kill_jobs=600
+say "$kill_jobs jobs; $engine kill $victim once 50 are accepted, while it holds jobs"
 : >"$state/victim-held"
 load_started=$SECONDS
-python3 "$root/scripts/jobs_complete.py" "$base" "$image_file" --jobs 200 --concurrency 8 \
+python3 "$root/scripts/jobs_complete.py" "$base" "$image_file" --jobs "$kill_jobs" --concurrency 8 \
   --at 50 --run kill_victim_holding_jobs --timeout 300 --out "$state/jobs-kill.json" \
   >"$state/jobs-kill.txt" || { cat "$state/jobs-kill.txt" >&2; fail "not every job completed after the worker was killed"; }
 kill_s=$((SECONDS - load_started))
@@ -219,7 +222,7 @@ print(sum(1 for n in json.load(open(sys.argv[1]))["attempts"].values() if (n or 
 EOF
 )"
 [ "$retried" -ge 1 ] || fail "the killed worker held $held jobs, yet no job took a second attempt"
-say "all 200 completed in ${kill_s}s; $victim was killed holding $held jobs; $retried jobs took a second attempt: $(cat "$state/jobs-kill.txt")"
+say "all $kill_jobs completed in ${kill_s}s; $victim was killed holding $held jobs; $retried jobs took a second attempt: $(cat "$state/jobs-kill.txt")"
 
 # --- 5. Redis killed and started again -------------------------------------------------------
 # SIGKILL, so Redis cannot save on the way down: what it comes back with is its append-only file.
@@ -295,4 +298,4 @@ wait_ready 60 || fail "the embedded service is not ready"
   { cat "$state/e2e-embedded.log" >&2; fail "scripts/e2e.sh against the embedded container"; }
 say "embedded container: e2e passed"
 
-say "PASSED: image $size_mb MB built in ${build_s}s; 200 jobs with a worker killed (holding $held): ${kill_s}s; Redis killed and started: ready after ${recover_s}s; whole test $((SECONDS - t0))s"
+say "PASSED: image $size_mb MB built in ${build_s}s; $kill_jobs jobs with a worker killed (holding $held): ${kill_s}s; Redis killed and started: ready after ${recover_s}s; whole test $((SECONDS - t0))s"
