@@ -17,12 +17,7 @@ shared="${TANDEM_SHARED_DIR:-$root/../shared}"
 # The validator, installed once per set of pins.
 venv="$root/target/openapi-venv"
 pins="$root/scripts/openapi-check.requirements.txt"
-if ! cmp -s "$pins" "$venv/.pins" 2>/dev/null; then
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$pins"
-  cp "$pins" "$venv/.pins"
-fi
+"$root/scripts/pinned-venv.sh" "$venv" "$pins"
 
 cargo build --locked --bin tandem
 

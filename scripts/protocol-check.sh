@@ -51,13 +51,7 @@ fi
 # Schemathesis, installed once per set of pins.
 venv="$root/target/protocol-venv"
 pins="$root/scripts/protocol-check.requirements.txt"
-if ! cmp -s "$pins" "$venv/.pins" 2>/dev/null; then
-  echo "protocol-check: making $venv"
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$pins"
-  cp "$pins" "$venv/.pins"
-fi
+"$root/scripts/pinned-venv.sh" "$venv" "$pins"
 
 "$root/scripts/ensure-build-tools.sh"
 "$root/scripts/fetch-onnxruntime.sh" >/dev/null

@@ -17,12 +17,7 @@ redis_url="${TANDEM_TEST_REDIS_URL:-redis://127.0.0.1:6379/}"
 
 venv="$root/target/v2-client-venv"
 pins="$root/scripts/v2-client-test.requirements.txt"
-if ! cmp -s "$pins" "$venv/.pins" 2>/dev/null; then
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$pins"
-  cp "$pins" "$venv/.pins"
-fi
+"$root/scripts/pinned-venv.sh" "$venv" "$pins"
 
 cargo build --locked --bin tandem
 

@@ -129,7 +129,7 @@ async fn predict_now(
     let image = match received {
         // Parsing JSON and decoding base64 is CPU work in proportion to the body: off the
         // runtime's threads for a big one, so it cannot hold up `/health` and other requests.
-        input::Received::Json(body) if body.len() > 64 * 1024 => {
+        input::Received::Json(body) if body.len() > upload::PARSE_OFF_RUNTIME => {
             let hold = Arc::clone(&permit);
             let parsed = state.inner.pool.run(move || {
                 let _hold = hold;

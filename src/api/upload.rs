@@ -11,6 +11,10 @@ use tokio::sync::Semaphore;
 use super::error::ApiError;
 use super::{AppState, input};
 
+/// Bodies past this many bytes are parsed on the decode pool, off the runtime's threads: the
+/// work is in proportion to the body, and must not hold up `/health` and other requests.
+pub(super) const PARSE_OFF_RUNTIME: usize = 64 * 1024;
+
 /// What a body is read as.
 pub(super) enum Form {
     /// One of `POST /predict`'s three image forms, by `Content-Type`.

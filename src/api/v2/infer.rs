@@ -31,9 +31,6 @@ use crate::api::{AppState, input, watch};
 use crate::engine::{Hold, Prediction};
 use crate::jobs::JobStatus;
 
-/// Bodies past this are parsed on the decode pool, off the runtime's threads.
-const PARSE_OFF_RUNTIME: usize = 64 * 1024;
-
 pub(super) async fn infer(state: &AppState, target: Target, request: Request<Body>) -> Result<Response, V2Error> {
     let header = request.headers().get(HEADER_LENGTH).cloned();
     let input::Received::Raw(body) = upload::receive(state, request, Form::AsIs).await? else {
@@ -56,7 +53,7 @@ pub(super) async fn infer(state: &AppState, target: Target, request: Request<Bod
     let timeout = state.inner.limits.request_timeout;
     let work = async {
         let model = spec(state, target);
-        let parsed = if body.len() > PARSE_OFF_RUNTIME {
+        let parsed = if body.len() > upload::PARSE_OFF_RUNTIME {
             let hold = Arc::clone(&first);
             let parsing = state.inner.pool.run(move || {
                 let _hold = hold;
