@@ -122,12 +122,16 @@ redis_serve="http://127.0.0.1:$redis_serve_port"
 worker="http://127.0.0.1:$worker_port"
 redis_args=(--redis-url "$redis_url" --redis-prefix "$prefix")
 start serve serve --addr "127.0.0.1:$embedded_port" --api-key "$key" "${models[@]}"
-start redis-serve serve --addr "127.0.0.1:$redis_serve_port" --api-key "$key" "${redis_args[@]}" "${models[@]}"
+# The Redis one with the result cache and the cascade on, so that their answers (`final`, a
+# job completed at once) are checked against the document too; 0.99 leaves the photos posted
+# below to the worker (its metrics are checked).
+start redis-serve serve --addr "127.0.0.1:$redis_serve_port" --api-key "$key" "${redis_args[@]}" "${models[@]}" \
+  --cache-ttl 60 --refine-below 0.99
 start worker worker --metrics-addr "127.0.0.1:$worker_port" "${redis_args[@]}" "${models[@]}"
 ready serve "$embedded"
 ready redis-serve "$redis_serve"
 ready worker "$worker"
-echo "protocol-check: serve at $embedded, serve on Redis at $redis_serve (prefix $prefix), its worker at $worker"
+echo "protocol-check: serve at $embedded, serve on Redis at $redis_serve (prefix $prefix, cache and cascade on), its worker at $worker"
 
 # A few predictions on each serve, each job waited for, so every histogram has data (the
 # fast tier's in the serves, the accurate tier's in the embedded serve and the worker).
@@ -220,12 +224,19 @@ for media_type, body in forms:
 # that event's id as Last-Event-ID, 204.
 job_id = json.loads(response.text.split("data:", 1)[1].split("\n", 1)[0])["job_id"]
 job_events = schema["/job/{id}/events"]["GET"]
-for last_event_id, status in [(None, 200), ("completed-1", 204)]:
+# The id is `completed-<attempts>`: `completed-1` after one run, `completed-0` for a job the
+# result cache completed at once; it is read from the first stream, as a browser would.
+last_event_id = None
+for status in (200, 204):
     headers = {"Authorization": f"Bearer {key}"} | ({"Last-Event-ID": last_event_id} if last_event_id else {})
     case = job_events.Case(path_parameters={"id": job_id}, headers=headers)
     response = case.call(timeout=30)
     case.validate_response(response)
     assert response.status_code == status, f"GET /job/{job_id}/events: {response.status_code}, not {status}"
+    ids = [line.split(":", 1)[1].strip() for line in response.text.splitlines() if line.startswith("id:")]
+    if status == 200:
+        assert ids and ids[-1].startswith("completed-"), f"GET /job/{job_id}/events: ids {ids}"
+        last_event_id = ids[-1]
 print(f"protocol-check: GET {base}/job/{{id}}/events of an ended job: its event, then 204 with Last-Event-ID")
 PY
 done

@@ -22,7 +22,7 @@ import sys
 import tempfile
 
 # The same process helpers as the watchers bench beside it.
-from watchers_bench import ROOT, free_port, wait_ready
+from watchers_bench import ROOT, free_port, stop_all, wait_ready
 
 
 def main():
@@ -75,13 +75,7 @@ def main():
             report["modes"][mode] = entry
         print(json.dumps(report, indent=2))
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(list(reversed(procs)))
 
 
 if __name__ == "__main__":

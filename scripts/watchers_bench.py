@@ -67,6 +67,17 @@ def open_stream(port, job_id):
     return s
 
 
+def stop_all(procs):
+    """Stops the processes a bench started (SIGTERM, then SIGKILL after 10 s)."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def read_until(s, needle, buf=b""):
     while needle not in buf:
         chunk = s.recv(65536)
@@ -147,13 +158,7 @@ def main():
             "event_delay_ms_max": round(read_until_done[-1], 2),
         }))
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,46 @@ impl TryFrom<String> for JobStatus {
     }
 }
 
+/// Where a completed job's result came from. Its name (`as_str`) is its one spelling, in JSON
+/// and in Redis' job hashes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResultSource {
+    /// A worker ran the accurate model on this job's image.
+    #[default]
+    Worker,
+    /// The accurate model's answer for the same image bytes, from the result cache: no run.
+    Cache,
+    /// A run for the same image bytes was already queued or running; this job shared it.
+    SharedRun,
+    /// Not refined: the fast model was confident enough (`--refine-below`); the result is its
+    /// answer.
+    Cascade,
+}
+
+impl ResultSource {
+    pub const ALL: [ResultSource; 4] =
+        [ResultSource::Worker, ResultSource::Cache, ResultSource::SharedRun, ResultSource::Cascade];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultSource::Worker => "worker",
+            ResultSource::Cache => "cache",
+            ResultSource::SharedRun => "shared_run",
+            ResultSource::Cascade => "cascade",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        ResultSource::ALL.into_iter().find(|source| source.as_str() == text)
+    }
+
+    /// Whether the result is the accurate model's answer (not the fast one kept).
+    pub fn is_refined(self) -> bool {
+        self != ResultSource::Cascade
+    }
+}
+
 /// Everything known about a job. Times are milliseconds since the Unix epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
@@ -115,6 +155,8 @@ pub struct JobRecord {
     pub completed_at_ms: Option<u64>,
     /// Where the job's final state is POSTed (a webhook), if the client asked.
     pub callback_url: Option<String>,
+    /// Where the result came from, once completed.
+    pub source: ResultSource,
 }
 
 impl JobRecord {
@@ -130,6 +172,7 @@ impl JobRecord {
             started_at_ms: None,
             completed_at_ms: None,
             callback_url: None,
+            source: ResultSource::Worker,
         }
     }
 
@@ -162,5 +205,14 @@ mod tests {
         }
         assert_eq!(JobStatus::parse("done"), None);
         assert!(serde_json::from_str::<JobStatus>("\"Queued\"").is_err());
+    }
+
+    #[test]
+    fn a_result_source_is_spelled_one_way_in_json_and_in_text() {
+        for source in ResultSource::ALL {
+            let json = serde_json::to_string(&source).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", source.as_str()));
+            assert_eq!(ResultSource::parse(source.as_str()), Some(source));
+        }
     }
 }

@@ -63,6 +63,11 @@ impl Labels {
         Self { names, path: None }
     }
 
+    /// Every class's name, in class order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
     pub fn len(&self) -> usize {
         self.names.len()
     }

@@ -18,11 +18,14 @@
 //! 4. `engine`: a tier's model on its own inference threads (batching, lanes, priority), fed
 //!    through a small `Classifier` handle; `engine::Tier` names the two tiers.
 //! 5. `pipeline` (untrusted image bytes → normalized tensor), `labels` (class names), `metrics`
-//!    (series names and registration).
+//!    (series names and registration), `fingerprint` (what names an image and a model, for the
+//!    result cache) and `cache` (a bounded in-memory cache of answers).
 
 pub mod api;
+pub mod cache;
 pub mod cli;
 pub mod engine;
+pub mod fingerprint;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod jobs;

@@ -30,6 +30,9 @@ pub const JOBS_CANCELED: &str = "tandem_jobs_canceled_total";
 pub const WEBHOOK_ATTEMPTS: &str = "tandem_webhook_attempts_total";
 pub const WEBHOOKS_IN_FLIGHT: &str = "tandem_webhooks_in_flight";
 pub const WEBHOOK_DURATION: &str = "tandem_webhook_duration_seconds";
+pub const CASCADE_DECISIONS: &str = "tandem_cascade_decisions_total";
+pub const CACHE_REQUESTS: &str = "tandem_cache_requests_total";
+pub const JOBS_DEDUPLICATED: &str = "tandem_jobs_deduplicated_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -66,6 +69,15 @@ pub fn register_serve_series() {
     for reason in ["full", "unavailable"] {
         metrics::counter!(JOBS_REJECTED, "reason" => reason).absolute(0);
     }
+    for refined in ["true", "false"] {
+        metrics::counter!(CASCADE_DECISIONS, "refined" => refined).absolute(0);
+    }
+    for tier in ["fast", "accurate"] {
+        for result in ["hit", "miss"] {
+            metrics::counter!(CACHE_REQUESTS, "tier" => tier, "result" => result).absolute(0);
+        }
+    }
+    metrics::counter!(JOBS_DEDUPLICATED).absolute(0);
     register_worker_series();
 }
 
@@ -123,4 +135,7 @@ fn describe() {
     );
     describe_gauge!(WEBHOOKS_IN_FLIGHT, "webhook POSTs being sent now");
     describe_histogram!(WEBHOOK_DURATION, Unit::Seconds, "webhook POST time, every attempt");
+    describe_counter!(CASCADE_DECISIONS, "fast answers by whether the accurate tier refines them (--refine-below)");
+    describe_counter!(CACHE_REQUESTS, "result cache lookups by tier and result (hit, miss)");
+    describe_counter!(JOBS_DEDUPLICATED, "jobs that shared the run of a queued or running job for the same bytes");
 }

@@ -37,6 +37,24 @@ impl Default for WorkerConfig {
     }
 }
 
+/// How often a worker says again which accurate model it runs (a Redis that lost its data
+/// learns it back within this).
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(10);
+
+/// Names this worker's model to the queue, so results are cached under it (`queue::redis`,
+/// "Shared runs and the result cache"): as it starts (the last worker started names it), then
+/// every `ANNOUNCE_EVERY`, only if the name is gone.
+async fn announce_model(queue: JobQueue, identity: crate::fingerprint::ModelIdentity) {
+    let mut first = true;
+    loop {
+        match queue.announce_accurate_model(&identity, first).await {
+            Ok(()) => first = false,
+            Err(err) => tracing::debug!(error = %err, "could not announce the accurate model; trying again"),
+        }
+        tokio::time::sleep(ANNOUNCE_EVERY).await;
+    }
+}
+
 /// Runs until `shutdown` turns true, then waits for the jobs in flight.
 pub async fn run(queue: JobQueue, classifier: Classifier, config: WorkerConfig, mut shutdown: watch::Receiver<bool>) {
     let concurrency = config.concurrency.max(1);
@@ -46,6 +64,7 @@ pub async fn run(queue: JobQueue, classifier: Classifier, config: WorkerConfig, 
     // Registered so the series is in /metrics (at 0) before the first job.
     let _ = metrics::histogram!(crate::metrics::JOB_QUEUE_WAIT);
     let presence = queue.register_worker();
+    let announcer = tokio::spawn(announce_model(queue.clone(), classifier.identity().clone()));
     while !*shutdown.borrow() {
         // Wait for a free slot first, so jobs are only taken when they can start at once.
         let Ok(first) = Arc::clone(&slots).acquire_owned().await else { break };
@@ -88,6 +107,7 @@ pub async fn run(queue: JobQueue, classifier: Classifier, config: WorkerConfig, 
             });
         }
     }
+    announcer.abort();
     // No more jobs taken from here on: no longer a live worker, though the last ones finish.
     presence.leave().await;
     // Every slot back means every job in flight has finished.

@@ -15,6 +15,17 @@ fn tandem(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `tandem eval DIR --labels LABELS --json` with the shared models, EfficientNet-Lite2 as the
+/// accurate tier, and `extra` flags.
+fn eval_json(dir: &std::path::Path, labels: &std::path::Path, extra: &[&str]) -> (bool, String, String) {
+    let models = common::models_dir().display().to_string();
+    let (dir, labels) = (dir.display().to_string(), labels.display().to_string());
+    let mut args = vec!["eval", &dir, "--labels", &labels, "--model-dir", &models];
+    args.extend(["--accurate-model", "efficientnet_lite2.onnx", "--json"]);
+    args.extend_from_slice(extra);
+    tandem(&args)
+}
+
 #[test]
 fn classify_json_gives_a_line_per_image_and_fails_on_a_bad_one() {
     let models = common::models_dir().display().to_string();
@@ -134,18 +145,7 @@ fn eval_reports_both_tiers_and_lists_unreadable_images() {
     let labels = dir.join("labels.csv");
     std::fs::write(&labels, csv).expect("write labels");
 
-    let models = common::models_dir().display().to_string();
-    let (ok, stdout, stderr) = tandem(&[
-        "eval",
-        &dir.display().to_string(),
-        "--labels",
-        &labels.display().to_string(),
-        "--model-dir",
-        &models,
-        "--accurate-model",
-        "efficientnet_lite2.onnx",
-        "--json",
-    ]);
+    let (ok, stdout, stderr) = eval_json(&dir, &labels, &[]);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(ok, "{stderr}");
     let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("JSON: {stdout}"));
@@ -183,4 +183,67 @@ fn eval_reports_both_tiers_and_lists_unreadable_images() {
     }
     assert_eq!(report["tiers"]["accurate"]["model"], "efficientnet_lite2.onnx");
     assert_eq!((report["fixed"].as_u64(), report["broken"].as_u64()), (Some(expected_fixed), Some(expected_broken)));
+}
+
+/// `eval --cascade` against a reference computed here from `golden.csv` (Pillow + ONNX Runtime
+/// probabilities): per threshold, the images whose fast top-1 probability reaches it are kept
+/// at their fast answer, the rest take the accurate one. A threshold within 0.002 of a photo's
+/// reference probability is left out (the two preprocessings may round it to either side);
+/// most are not.
+#[test]
+fn eval_cascade_matches_a_reference_from_golden() {
+    let images = common::images_dir();
+    let labels = images.join("labels.csv");
+    let (ok, stdout, stderr) = eval_json(&images, &labels, &["--cascade"]);
+    assert!(ok, "{stderr}");
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("JSON: {stdout}"));
+    let truth_text = std::fs::read_to_string(&labels).expect("labels.csv");
+    let truth: std::collections::HashMap<String, usize> = truth_text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split(',');
+            Some((f.next()?.to_owned(), f.next()?.parse().ok()?))
+        })
+        .collect();
+    let golden = common::golden();
+    let row = |file: &str, model: &str| golden.iter().find(|g| g.file == file && g.model == model).expect("golden row");
+    let photos: Vec<(f32, bool, bool)> = truth
+        .iter()
+        .map(|(file, &t)| {
+            let fast = row(file, "mobilenet_v2.onnx");
+            let accurate = row(file, "efficientnet_lite2.onnx");
+            (fast.top5[0].1, fast.top1 == t, accurate.top1 == t)
+        })
+        .collect();
+    let n = photos.len() as f64;
+    let curve = report["cascade"].as_array().expect("cascade curve");
+    assert_eq!(curve.len(), 20, "0.05 to 0.95 and 0.99: {report}");
+    let mut compared = 0;
+    for point in curve {
+        let t = point["threshold"].as_f64().expect("threshold");
+        if photos.iter().any(|(p, _, _)| (f64::from(*p) - t).abs() < 0.002) {
+            continue;
+        }
+        compared += 1;
+        let skipped = photos.iter().filter(|(p, _, _)| f64::from(*p) >= t).count() as f64 / n;
+        let top1 = photos
+            .iter()
+            .filter(|(p, fast_right, accurate_right)| if f64::from(*p) >= t { *fast_right } else { *accurate_right })
+            .count() as f64
+            / n;
+        let close = |v: &Value, want: f64| v.as_f64().is_some_and(|x| (x - want).abs() < 1e-9);
+        assert!(close(&point["skipped"], skipped), "threshold {t}: skipped {} vs {skipped}", point["skipped"]);
+        assert!(close(&point["top1"], top1), "threshold {t}: top-1 {} vs {top1}", point["top1"]);
+    }
+    assert!(compared >= 15, "only {compared} thresholds were clear of the photos' probabilities");
+    // The accurate tier is no better than the fast one on these photos (golden.csv), so there is
+    // no gain to keep, and the recommendation is the threshold that skips most at no loss.
+    let (fast_hits, accurate_hits) = photos.iter().fold((0, 0), |(f, a), p| (f + p.1 as u32, a + p.2 as u32));
+    if accurate_hits <= fast_hits {
+        assert!(curve.iter().all(|p| p["gain_kept"].is_null()), "{report}");
+        assert_eq!(report["recommended_threshold"], serde_json::json!(0.05), "{report}");
+    } else {
+        assert!(curve.iter().all(|p| p["gain_kept"].is_number()), "{report}");
+    }
 }

@@ -8,9 +8,11 @@
 
 use std::time::{Duration, Instant};
 
-use tandem::jobs::JobStatus;
+use tandem::fingerprint::{ContentHash, ModelIdentity};
+use tandem::jobs::{JobStatus, ResultSource};
 use tandem::queue::{
-    CancelOutcome, EmbeddedQueue, FailOutcome, JobQueue, QueueDepth, QueueError, QueuePolicy, Receipt,
+    CachePolicy, CancelOutcome, EmbeddedQueue, Enqueued, FailOutcome, JobQueue, QueueDepth, QueueError, QueuePolicy,
+    Receipt,
 };
 use uuid::Uuid;
 
@@ -45,7 +47,7 @@ impl Backend {
 
 /// Stages and commits a job, as `POST /predict` does.
 async fn enqueue(q: &JobQueue, job: NewJob) -> Result<(), QueueError> {
-    q.stage(job.id, job.image, job.created_at_ms).await.commit(&job.fast, None).await
+    q.stage(job.id, job.image, job.created_at_ms).await.commit(&job.fast, None, None).await.map(|_| ())
 }
 
 /// Runs each named case against each backend, as `case::embedded` and `case::redis`.
@@ -73,6 +75,10 @@ contract!(
     finished_records_expire_after_result_ttl,
     only_a_waiting_job_can_be_canceled,
     an_ended_job_with_a_callback_gives_one_webhook,
+    a_job_for_bytes_already_queued_shares_that_run_and_its_result_is_cached,
+    a_canceled_shared_run_goes_on_for_its_followers,
+    a_failed_shared_run_fails_its_followers,
+    a_job_finished_now_never_reaches_a_worker,
 );
 
 async fn a_job_goes_queued_running_completed(kind: Kind) {
@@ -309,7 +315,7 @@ async fn an_ended_job_with_a_callback_gives_one_webhook(kind: Kind) {
     let (done, dead, canceled, plain) = (job(), job(), job(), job());
     let ids = [done.id, dead.id, canceled.id];
     for j in [done, dead, canceled] {
-        q.stage(j.id, j.image, j.created_at_ms).await.commit(&j.fast, Some(url)).await.expect("enqueue");
+        q.stage(j.id, j.image, j.created_at_ms).await.commit(&j.fast, Some(url), None).await.expect("enqueue");
     }
     enqueue(q, plain).await.expect("enqueue");
     assert_eq!(q.get(ids[0]).await.expect("get").expect("record").callback_url.as_deref(), Some(url));
@@ -339,4 +345,172 @@ async fn an_ended_job_with_a_callback_gives_one_webhook(kind: Kind) {
         q.webhook_done(task).await.expect("done");
     }
     assert!(q.take_webhooks(4, Duration::from_millis(200)).await.expect("take").is_empty(), "each is handed out once");
+}
+
+/// A policy with the result cache (and the in-flight dedupe) on.
+fn cached(max_attempts: u32) -> QueuePolicy {
+    QueuePolicy {
+        cache: CachePolicy { ttl: Duration::from_secs(60), entries: 100 },
+        ..policy(10, max_attempts, Duration::from_secs(60))
+    }
+}
+
+/// Stages and commits a job for the bytes `content` names.
+async fn enqueue_shared(q: &JobQueue, job: NewJob, content: &ContentHash) -> Enqueued {
+    q.stage(job.id, job.image, job.created_at_ms).await.commit(&job.fast, None, Some(content)).await.expect("enqueue")
+}
+
+/// An identity as a worker announces it, for the Redis cache's keys.
+fn identity() -> ModelIdentity {
+    ModelIdentity::from_stored(format!("test{}", Uuid::new_v4().simple()))
+}
+
+async fn a_job_for_bytes_already_queued_shares_that_run_and_its_result_is_cached(kind: Kind) {
+    let backend = Backend::open(kind, cached(3)).await;
+    let q = &backend.queue;
+    q.announce_accurate_model(&identity(), true).await.expect("announce");
+    let content = ContentHash::of(b"the same photo");
+    let (leader, follower, late) = (job(), job(), job());
+    let (leader_id, follower_id, late_id) = (leader.id, follower.id, late.id);
+    assert_eq!(q.cached_result(&content).await.expect("lookup"), None);
+    assert_eq!(enqueue_shared(q, leader, &content).await, Enqueued::Queued);
+    assert_eq!(enqueue_shared(q, follower, &content).await, Enqueued::SharedRun);
+    assert_eq!(q.depth().await.expect("depth").waiting, 1, "one run for both");
+    if let Some(keys) = &backend.redis {
+        assert_eq!(keys.images().await, 1, "the follower keeps no image");
+    }
+
+    let mut watch = q.watch(follower_id);
+    let taken = q.take(4, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(taken.iter().map(|d| d.id).collect::<Vec<_>>(), vec![leader_id]);
+    assert_eq!(
+        q.get(follower_id).await.expect("get").expect("record").status,
+        JobStatus::Running,
+        "it mirrors its run"
+    );
+    // Queued while the run is running: it follows too, running from the start.
+    assert_eq!(enqueue_shared(q, late, &content).await, Enqueued::SharedRun);
+    assert_eq!(q.get(late_id).await.expect("get").expect("record").status, JobStatus::Running);
+    tokio::time::timeout(Duration::from_secs(5), watch.changed()).await.expect("the follower's watchers are told");
+
+    q.complete(&taken[0], &prediction("refined")).await.expect("complete");
+    for (id, source) in
+        [(leader_id, ResultSource::Worker), (follower_id, ResultSource::SharedRun), (late_id, ResultSource::SharedRun)]
+    {
+        let record = q.get(id).await.expect("get").expect("record");
+        assert_eq!(record.status, JobStatus::Completed, "{id}");
+        assert_eq!(record.result.as_ref().map(|r| r.label.as_str()), Some("refined"));
+        assert_eq!(record.source, source);
+        assert!(record.completed_at_ms.is_some());
+    }
+    assert_eq!(
+        q.cached_result(&content).await.expect("lookup").map(|r| r.label),
+        Some("refined".to_owned()),
+        "the result is cached by the bytes"
+    );
+    assert_eq!(q.cached_result(&ContentHash::of(b"another photo")).await.expect("lookup"), None);
+    // The run has ended: the same bytes are completed at once, from the cache, in the commit.
+    let again = job();
+    let again_id = again.id;
+    match enqueue_shared(q, again, &content).await {
+        Enqueued::Cached(result) => assert_eq!(result.label, "refined"),
+        other => panic!("expected the cached result, got {other:?}"),
+    }
+    let record = q.get(again_id).await.expect("get").expect("record");
+    assert_eq!((record.status, record.source, record.attempts), (JobStatus::Completed, ResultSource::Cache, 0));
+    assert!(q.take(4, Duration::from_millis(200)).await.expect("take").is_empty(), "no worker sees it");
+    if backend.redis.is_some() {
+        // Another model announced (a new file): the earlier result is not its answer.
+        // Only a worker that starts names its model: a later one's beat does not take it over.
+        let other = identity();
+        q.announce_accurate_model(&other, false).await.expect("announce");
+        assert!(q.cached_result(&content).await.expect("lookup").is_some(), "the model named first still is");
+        q.announce_accurate_model(&other, true).await.expect("announce");
+        assert_eq!(q.cached_result(&content).await.expect("lookup"), None, "no result of another model");
+        assert_eq!(enqueue_shared(q, job(), &content).await, Enqueued::Queued, "so the bytes run again");
+    }
+}
+
+async fn a_canceled_shared_run_goes_on_for_its_followers(kind: Kind) {
+    let backend = Backend::open(kind, cached(3)).await;
+    let q = &backend.queue;
+    let content = ContentHash::of(b"a photo two clients sent");
+    let (leader, first, second) = (job(), job(), job());
+    let (leader_id, first_id, second_id) = (leader.id, first.id, second.id);
+    enqueue_shared(q, leader, &content).await;
+    enqueue_shared(q, first, &content).await;
+    enqueue_shared(q, second, &content).await;
+    assert_eq!(q.cancel(leader_id).await.expect("cancel"), CancelOutcome::Canceled);
+    assert_eq!(q.get(leader_id).await.expect("get").expect("record").status, JobStatus::Canceled);
+
+    let taken = q.take(4, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(taken.len(), 1, "one run, handed on");
+    let heir = taken[0].id;
+    assert!(heir == first_id || heir == second_id, "a follower took the run over");
+    assert_eq!(taken[0].image.len(), job().image.len(), "with its image");
+    q.complete(&taken[0], &prediction("refined")).await.expect("complete");
+    for id in [first_id, second_id] {
+        let record = q.get(id).await.expect("get").expect("record");
+        assert_eq!((record.status, record.result.map(|r| r.label)), (JobStatus::Completed, Some("refined".to_owned())));
+    }
+    assert_eq!(q.get(leader_id).await.expect("get").expect("record").status, JobStatus::Canceled, "first outcome kept");
+    if let Some(keys) = &backend.redis {
+        assert_eq!(keys.images().await, 0);
+        assert_eq!(keys.queued_bytes().await, None, "its bytes were counted once and given back once");
+    }
+}
+
+async fn a_failed_shared_run_fails_its_followers(kind: Kind) {
+    let backend = Backend::open(kind, cached(1)).await;
+    let q = &backend.queue;
+    let content = ContentHash::of(b"an image the model cannot read");
+    let (leader, follower) = (job(), job());
+    let follower_id = follower.id;
+    enqueue_shared(q, leader, &content).await;
+    enqueue_shared(q, follower, &content).await;
+    let taken = q.take(1, Duration::from_secs(1)).await.expect("take");
+    assert_eq!(q.fail(&taken[0], "boom").await.expect("fail"), FailOutcome::Dead);
+    let record = q.get(follower_id).await.expect("get").expect("record");
+    assert_eq!((record.status, record.error.as_deref()), (JobStatus::Failed, Some("boom")));
+    assert_eq!(q.cached_result(&content).await.expect("lookup"), None, "a failure is not cached");
+
+    // Redis: a run whose leader's record is gone by the time a worker meets it (an enqueue
+    // undone after its answer was lost) ends its followers failed, not waiting forever.
+    if let JobQueue::Redis(redis) = q {
+        let content = ContentHash::of(b"a run whose leader is undone");
+        let (leader, follower) = (job(), job());
+        let (leader_id, follower_id) = (leader.id, follower.id);
+        enqueue_shared(q, leader, &content).await;
+        enqueue_shared(q, follower, &content).await;
+        assert!(redis.undo_enqueue(leader_id).await.expect("undo"));
+        assert!(q.take(1, Duration::from_millis(500)).await.expect("take").is_empty(), "the entry is dropped");
+        let record = q.get(follower_id).await.expect("get").expect("record");
+        assert_eq!(record.status, JobStatus::Failed, "{record:?}");
+    }
+}
+
+async fn a_job_finished_now_never_reaches_a_worker(kind: Kind) {
+    let backend = Backend::open(kind, policy(10, 3, Duration::from_secs(60))).await;
+    let q = &backend.queue;
+    let j = job();
+    let id = j.id;
+    let mut watch = q.watch(id);
+    let staged = q.stage(j.id, j.image, j.created_at_ms).await;
+    staged
+        .finish_now(&j.fast, &prediction("cached"), ResultSource::Cache, Some("http://127.0.0.1:9/hook"))
+        .await
+        .expect("finish");
+    tokio::time::timeout(Duration::from_secs(5), watch.changed()).await.expect("its watchers are told");
+    let record = q.get(id).await.expect("get").expect("record");
+    assert_eq!((record.status, record.source, record.attempts), (JobStatus::Completed, ResultSource::Cache, 0));
+    assert_eq!(record.result.map(|r| r.label), Some("cached".to_owned()));
+    assert!(q.take(4, Duration::from_millis(300)).await.expect("take").is_empty(), "no worker sees it");
+    assert_eq!(q.depth().await.expect("depth"), QueueDepth::default());
+    let hooks = q.take_webhooks(4, Duration::from_secs(2)).await.expect("webhooks");
+    assert_eq!(hooks.iter().map(|t| t.id).collect::<Vec<_>>(), vec![id], "its webhook is queued");
+    if let Some(keys) = &backend.redis {
+        assert_eq!(keys.images().await, 0, "the staged image is deleted");
+        let ttl = keys.pttl(&keys.job(id)).await;
+        assert!(ttl > 0 && ttl <= 60_000, "it expires after result_ttl (PTTL {ttl})");
+    }
 }

@@ -23,7 +23,7 @@ use queue_support::{Keys, LONG_RECLAIM, NewJob, config, field, job, job_of, poli
 
 /// Stages and commits a job, as `POST /predict` does.
 async fn enqueue(q: &RedisQueue, job: NewJob) -> Result<(), QueueError> {
-    q.stage(job.id, job.image, job.created_at_ms).await.commit(&job.fast, None).await
+    q.stage(job.id, job.image, job.created_at_ms).await.commit(&job.fast, None, None).await.map(|_| ())
 }
 
 fn byte_policy(max_queue_bytes: u64, max_attempts: u32) -> QueuePolicy {
@@ -427,7 +427,7 @@ async fn an_image_is_staged_before_its_job_and_expires_if_the_job_never_comes() 
     assert_eq!(q.get(j.id).await.expect("get"), None, "staging alone creates no job");
     assert_eq!(keys.xlen().await, 0);
 
-    staged.commit(&j.fast, None).await.expect("enqueue the staged job");
+    staged.commit(&j.fast, None, None).await.expect("enqueue the staged job");
     assert_eq!(keys.pttl(&keys.image(j.id)).await, -1, "queueing the job keeps its image");
     let taken = q.take(1, Duration::from_secs(1)).await.expect("take");
     assert_eq!(taken.len(), 1);
@@ -437,7 +437,7 @@ async fn an_image_is_staged_before_its_job_and_expires_if_the_job_never_comes() 
     let unstaged = job();
     let staged = q.stage(unstaged.id, unstaged.image.clone(), unstaged.created_at_ms).await;
     redis::cmd("DEL").arg(keys.image(unstaged.id)).query_async::<()>(&mut keys.raw().await).await.expect("DEL");
-    let refused = staged.commit(&unstaged.fast, None).await;
+    let refused = staged.commit(&unstaged.fast, None, None).await;
     assert!(matches!(refused, Err(QueueError::Unavailable(_))), "no image, no job: {refused:?}");
     assert_eq!(q.get(unstaged.id).await.expect("get"), None);
 
@@ -571,7 +571,7 @@ async fn an_enqueue_that_redis_runs_after_its_caller_gave_up_queues_nothing() {
     assert!(keys.pttl(&keys.image(j.id)).await > 0, "staged");
     redis.pause();
     let started = Instant::now();
-    let outcome = staged.commit(&j.fast, None).await;
+    let outcome = staged.commit(&j.fast, None, None).await;
     let gave_up_after = started.elapsed();
     redis.resume();
     assert!(matches!(outcome, Err(QueueError::Unavailable(_))), "{outcome:?}");
@@ -586,7 +586,7 @@ async fn an_enqueue_that_redis_runs_after_its_caller_gave_up_queues_nothing() {
     // Redis answering in time, the same steps queue the job.
     let k = job();
     let staged = q.stage(k.id, k.image.clone(), k.created_at_ms).await;
-    staged.commit(&k.fast, None).await.expect("enqueue");
+    staged.commit(&k.fast, None, None).await.expect("enqueue");
     assert_eq!(keys.xlen().await, 2);
 }
 
@@ -648,7 +648,7 @@ async fn an_enqueue_whose_answer_was_lost_is_undone() {
     let staged = q.stage(j.id, j.image.clone(), j.created_at_ms).await;
     assert!(keys.pttl(&keys.image(j.id)).await > 0, "staged");
     proxy.swallow.store(true, Ordering::SeqCst);
-    let outcome = staged.commit(&j.fast, None).await;
+    let outcome = staged.commit(&j.fast, None, None).await;
     proxy.swallow.store(false, Ordering::SeqCst);
     assert!(matches!(outcome, Err(QueueError::Unavailable(_))), "{outcome:?}");
     assert_eq!(keys.xlen().await, 2, "the script ran: only its answer was lost");

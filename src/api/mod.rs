@@ -39,6 +39,7 @@ use utoipa_axum::routes;
 
 use crate::engine::{Classifier, WorkPool};
 use crate::queue::JobQueue;
+pub use answer::Refinement;
 use error::ApiError;
 pub use jobs::webhook_body;
 pub use middleware::Access;
@@ -89,6 +90,8 @@ struct Inner {
     /// Where large JSON bodies are parsed, off the runtime's threads.
     pool: WorkPool,
     watchers: watch::Watchers,
+    /// The cascade and the fast cache.
+    refinement: answer::Refinement,
     /// Turns true when the process is stopping: waiting clients are answered (long-poll) or
     /// their streams closed, so they do not hold the drain open.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -102,6 +105,7 @@ impl AppState {
         limits: Limits,
         access: Access,
         pool: WorkPool,
+        refinement: Refinement,
     ) -> Self {
         let inflight = Arc::new(Semaphore::new(limits.max_inflight.max(1)));
         let uploads = Arc::new(Semaphore::new(limits.max_uploads.max(1)));
@@ -120,6 +124,7 @@ impl AppState {
             upload_kib,
             pool,
             watchers,
+            refinement,
             stopping,
         };
         Self { inner: Arc::new(inner) }

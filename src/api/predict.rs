@@ -140,6 +140,10 @@ async fn predict_now(
         other => other.into_image().await?,
     };
     let hold: Hold = Box::new(permit);
-    let answered = answer::fast_then_enqueue(state, image, callback_url, hold, false).await?;
-    Ok(Json(PredictResponse::new(&answered.fast, top_k, answered.job_id, answered.async_error)))
+    let answered = answer::fast_then_enqueue(state, image, callback_url, hold, false, true).await?;
+    let response = PredictResponse::new(&answered.fast, top_k, answered.job_id, answered.async_error);
+    Ok(Json(match &answered.finished {
+        Some((result, source)) => response.finished(result, *source, top_k),
+        None => response,
+    }))
 }

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::engine::Prediction;
-use crate::jobs::{JobRecord, JobStatus, format_ms};
+use crate::jobs::{JobRecord, JobStatus, ResultSource, format_ms};
 
 /// `POST /predict`'s JSON form (`Content-Type: application/json`); the image may also come as
 /// the raw body or as a multipart `image` field. Other fields are ignored.
@@ -101,6 +101,21 @@ pub struct PredictResponse {
     /// Why the job was not queued (the queue is full or unavailable); absent when it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub async_error: Option<String>,
+    /// `true` when this answer is final: nothing more will come, and the job (if any) is
+    /// `completed` already, with `result`. Absent (false) when the accurate tier will refine it.
+    #[serde(rename = "final", default, skip_serializing_if = "is_false")]
+    pub is_final: bool,
+    /// The job's result, when final: the accurate tier's answer from the result cache, or the
+    /// fast answer itself when the cascade kept it (`result_source` says which).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<PredictionBody>,
+    /// Where `result` came from, when final: `cache` or `cascade`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_source: Option<ResultSource>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 impl PredictResponse {
@@ -113,7 +128,15 @@ impl PredictResponse {
             sync: PredictionBody::new(fast, top_k),
             status_url: job_id.map(|id| format!("/job/{id}")),
             async_error,
+            is_final: false,
+            result: None,
+            result_source: None,
         }
+    }
+
+    /// The answer made final: `result` (from `source`) is the job's result already.
+    pub fn finished(self, result: &Prediction, source: ResultSource, top_k: usize) -> Self {
+        Self { is_final: true, result: Some(PredictionBody::new(result, top_k)), result_source: Some(source), ..self }
     }
 }
 
@@ -142,6 +165,16 @@ pub struct JobResponse {
     /// Whether both tiers chose the same class; present only once completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agrees_with_sync: Option<bool>,
+    /// Where `result` came from; present only once completed: `worker` (the accurate model ran on
+    /// this image), `cache` (its answer for the same bytes, cached), `shared_run` (a run for the
+    /// same bytes, queued before this job, answered both) or `cascade` (not refined: the fast
+    /// model was at least `--refine-below` sure, so `result` is its answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_source: Option<ResultSource>,
+    /// Whether `result` is the accurate tier's answer (`false`: the cascade kept the fast one);
+    /// present only once completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refined: Option<bool>,
     /// The accurate model run's time (`result.inference_ms`); present only once completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inference_ms: Option<f64>,
@@ -168,6 +201,8 @@ impl JobResponse {
             queue_ms: record.queue_ms(),
             result: result.map(|r| PredictionBody::new(r, top_k)),
             agrees_with_sync: result.map(|r| r.class_index == record.fast.class_index),
+            result_source: result.map(|_| record.source),
+            refined: result.map(|_| record.source.is_refined()),
             inference_ms: result.map(|r| round_to(r.inference_ms, 2)),
             completed_at: record.completed_at_ms.map(format_ms),
             error: record.error.clone(),

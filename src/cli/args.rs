@@ -173,6 +173,7 @@ impl QueueArgs {
             max_queue_bytes: self.max_queue_bytes,
             result_ttl: Duration::from_secs(self.result_ttl.max(1)),
             max_attempts: self.max_attempts.max(1),
+            cache: crate::queue::CachePolicy::default(),
         }
     }
 

@@ -24,6 +24,7 @@ pub const SERVE_HEADINGS: &[(&str, &[&str])] = &[
         ],
     ),
     ("Queue", &["redis_prefix", "max_queue", "max_queue_bytes", "result_ttl", "max_attempts", "reclaim_after"]),
+    ("Cascade and cache", &["refine_below", "cache_ttl", "cache_entries"]),
     (
         "Limits",
         &[

@@ -13,6 +13,7 @@ pub mod eval;
 pub mod healthcheck;
 pub mod help;
 pub mod models;
+pub mod refine;
 pub mod serve;
 mod startup;
 pub mod tiers;

@@ -8,6 +8,7 @@ use clap::Args;
 use tokio::sync::watch;
 
 use super::args::{AccessArgs, FastTierArgs, ModelArgs, QueueArgs, WebhookArgs, WorkerPoolArgs, parse_seconds};
+use super::refine::RefineArgs;
 use super::startup::{bind, check_redis_url, connect_redis, runtime};
 use super::tiers::{self, Run};
 use super::worker::{start_accurate, worker_config};
@@ -33,6 +34,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub fast: FastTierArgs,
+
+    #[command(flatten)]
+    pub refine: RefineArgs,
 
     /// `POST /predict` requests in flight at once; more get 429 with Retry-After.
     #[arg(long, env = "TANDEM_MAX_INFLIGHT", default_value_t = 64)]
@@ -130,10 +134,12 @@ async fn run_async(args: &ServeArgs) -> anyhow::Result<()> {
 
     let (stop_workers, workers_stopped) = watch::channel(false);
     let stop_webhooks = watch::Sender::new(false);
+    let mut policy = args.queue.policy();
+    policy.cache = args.refine.cache_policy();
     let (queue, embedded_worker) = match &args.queue.redis_url {
-        Some(url) => (connect_redis(url, &args.queue).await?, None),
+        Some(url) => (connect_redis(url, &args.queue, policy).await?, None),
         None => {
-            let queue = JobQueue::Embedded(EmbeddedQueue::new(args.queue.policy()));
+            let queue = JobQueue::Embedded(EmbeddedQueue::new(policy));
             let accurate = start_accurate(&args.models, &labels, &args.workers)?;
             let handle = tokio::spawn(crate::worker::run(
                 queue.clone(),
@@ -162,7 +168,7 @@ async fn run_async(args: &ServeArgs) -> anyhow::Result<()> {
     };
     let accurate_model = args.models.accurate_model.file_name().map(|n| n.to_string_lossy().into_owned());
     let accurate_model = accurate_model.unwrap_or_else(|| args.models.accurate_model.display().to_string());
-    let state = api::AppState::new(fast, accurate_model, queue.clone(), limits, access, pool);
+    let state = api::AppState::new(fast, accurate_model, queue.clone(), limits, access, pool, args.refine.refinement());
     let router = api::router(state.clone());
     let local = listener.local_addr().map_or_else(|_| args.addr.clone(), |a| a.to_string());
     tracing::info!(addr = %local, queue = queue.backend(), "tandem serving");

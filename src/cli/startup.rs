@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 
 use super::args::QueueArgs;
-use crate::queue::{JobQueue, RedisQueue, RedisQueueConfig};
+use crate::queue::{JobQueue, QueuePolicy, RedisQueue, RedisQueueConfig};
 
 pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
@@ -34,13 +34,14 @@ pub(super) fn check_redis_url(url: &str) -> anyhow::Result<()> {
     })
 }
 
-pub(super) async fn connect_redis(url: &str, args: &QueueArgs) -> anyhow::Result<JobQueue> {
+/// `policy`: `args.policy()`, with what only `serve` sets (the cache).
+pub(super) async fn connect_redis(url: &str, args: &QueueArgs, policy: QueuePolicy) -> anyhow::Result<JobQueue> {
     let config = RedisQueueConfig {
         url: url.to_owned(),
         prefix: args.redis_prefix.clone(),
         consumer: consumer_name(),
         reclaim_after: args.reclaim_after(),
-        policy: args.policy(),
+        policy,
     };
     let queue = RedisQueue::connect(config).await.context("cannot set up the Redis queue")?;
     // One call now, so a Redis that does not answer is logged at start-up (the queue logs

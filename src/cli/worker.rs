@@ -74,7 +74,7 @@ async fn run_async(args: &WorkerArgs) -> anyhow::Result<()> {
     args.models.configure_decode_memory();
     let labels = Arc::new(Labels::load(&args.models.labels_path())?);
     let accurate = start_accurate(&args.models, &labels, &args.workers)?;
-    let queue = connect_redis(url, &args.queue).await?;
+    let queue = connect_redis(url, &args.queue, args.queue.policy()).await?;
     crate::metrics::install();
     crate::metrics::register_worker_series();
     if let Some(listener) = metrics_listener {

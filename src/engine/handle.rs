@@ -18,6 +18,7 @@ use super::inflight::InFlight;
 use super::lane::{self, Input, LaneSetup, Request};
 use super::tensors::TensorPool;
 use super::{BatchConfig, ClassifyError, DecodeOn, EngineError, ModelConfig, Prediction, Tier, WorkPool};
+use crate::fingerprint::ModelIdentity;
 use crate::labels::Labels;
 use crate::pipeline::{self, PreprocessConfig};
 
@@ -30,6 +31,23 @@ impl Future for PendingPrediction {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.0).poll(cx).map(|reply| reply.unwrap_or(Err(ClassifyError::Stopped)))
     }
+}
+
+/// The settings that shape the model's output, for its identity.
+fn identity_settings(config: &ModelConfig, top_k: usize) -> String {
+    let preprocess = serde_json::to_string(&config.preprocess).unwrap_or_default();
+    let labels = config.labels.names().join("\n");
+    format!("preprocess {preprocess}\ntop_k {top_k}\nlabels {labels}")
+}
+
+/// What the model's answers depend on besides the image: its file, hashed, and the settings
+/// that shape its output.
+fn model_identity(path: &std::path::Path, settings: &str) -> Result<ModelIdentity, EngineError> {
+    let file = path.display().to_string();
+    ModelIdentity::of_file(path, settings).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => EngineError::ModelMissing { file },
+        _ => EngineError::InvalidModel { file, reason: format!("cannot be read: {err}") },
+    })
 }
 
 /// A handle to one model on its own inference thread. Cheap to clone.
@@ -52,6 +70,8 @@ struct Inner {
     /// The names of the classes it scores (checked against its output when it loaded).
     labels: Arc<Labels>,
     pool: Option<WorkPool>,
+    /// The model as it answers: its file, preprocessing, labels and top-k (the cache's key).
+    identity: ModelIdentity,
 }
 
 impl Classifier {
@@ -69,10 +89,21 @@ impl Classifier {
         // are allocated and freed as before, so a burst does not leave memory held.
         let tensors = Arc::new(TensorPool::new(config.preprocess.tensor_len(), batching.queue_capacity.clamp(1, 16)));
         let name = config.name();
+        let settings = identity_settings(&config, batching.top_k);
+        let identity = model_identity(&config.path, &settings)?;
         let preprocess = config.preprocess.clone();
         let labels = Arc::clone(&config.labels);
         let setup = LaneSetup { config, batching, queue, in_flight: in_flight.clone(), tensors: Arc::clone(&tensors) };
+        let path = setup.config.path.clone();
         let lanes = lane::start(setup)?;
+        // Hashed before and after the load: a file replaced meanwhile would be cached under the
+        // wrong identity, so it is refused instead.
+        if model_identity(&path, &settings)? != identity {
+            return Err(EngineError::InvalidModel {
+                file: path.display().to_string(),
+                reason: "the file changed on disk while it was being loaded".into(),
+            });
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 requests,
@@ -85,8 +116,14 @@ impl Classifier {
                 lanes,
                 labels,
                 pool,
+                identity,
             }),
         })
+    }
+
+    /// The model as it answers (see [`ModelIdentity`]): the key its answers are cached under.
+    pub fn identity(&self) -> &ModelIdentity {
+        &self.inner.identity
     }
 
     /// The model's file name.

@@ -28,6 +28,7 @@ pub use redis::{RedisQueue, RedisQueueConfig};
 pub use staged::StagedJob;
 
 use crate::engine::Prediction;
+use crate::fingerprint::{ContentHash, ModelIdentity};
 use crate::jobs::{JobId, JobRecord, JobStatus};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -75,12 +76,66 @@ pub struct QueuePolicy {
     pub result_ttl: Duration,
     /// Attempts before a job is declared failed.
     pub max_attempts: u32,
+    /// The accurate tier's result cache and the in-flight dedupe.
+    pub cache: CachePolicy,
 }
 
 impl Default for QueuePolicy {
     fn default() -> Self {
-        Self { max_queue: 10_000, max_queue_bytes: 1 << 30, result_ttl: Duration::from_secs(3600), max_attempts: 3 }
+        Self {
+            max_queue: 10_000,
+            max_queue_bytes: 1 << 30,
+            result_ttl: Duration::from_secs(3600),
+            max_attempts: 3,
+            cache: CachePolicy::default(),
+        }
     }
+}
+
+/// The result cache: the accurate answer for an image's bytes, kept for `ttl` (zero: no cache,
+/// and no in-flight dedupe either); embedded, also at most `entries` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachePolicy {
+    pub ttl: Duration,
+    pub entries: usize,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        Self { ttl: Duration::ZERO, entries: 10_000 }
+    }
+}
+
+impl CachePolicy {
+    pub fn is_on(&self) -> bool {
+        !self.ttl.is_zero()
+    }
+}
+
+/// Jobs that may share one run (see [`Enqueued::SharedRun`]); past it, the same bytes queue a
+/// run of their own: every step of a run visits each follower, so their number is bounded.
+const MAX_FOLLOWERS: usize = 1000;
+
+/// What a backend stores for a new job.
+struct NewJob<'a> {
+    pub id: JobId,
+    pub fast: &'a Prediction,
+    pub created_at_ms: u64,
+    pub callback_url: Option<&'a str>,
+}
+
+/// How [`StagedJob::commit`] queued a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Enqueued {
+    /// It waits for a worker of its own.
+    Queued,
+    /// The same image bytes were already queued or running: the job shares that run and ends
+    /// with it (its result's source is `shared_run`).
+    SharedRun,
+    /// The accurate result for the same bytes was cached: the job is completed already, with it
+    /// (source `cache`). Checked in the same step as the queueing, so a run that ended while
+    /// the request waited for its fast answer is not run again.
+    Cached(Prediction),
 }
 
 #[derive(Clone)]
@@ -104,6 +159,42 @@ impl JobQueue {
         match self {
             JobQueue::Embedded(q) => q.stage(id, image, created_at_ms),
             JobQueue::Redis(q) => q.stage(id, image, created_at_ms).await,
+        }
+    }
+
+    /// Whether the result cache (and the in-flight dedupe) is on.
+    pub fn cache_on(&self) -> bool {
+        self.policy().cache.is_on()
+    }
+
+    fn policy(&self) -> &QueuePolicy {
+        match self {
+            JobQueue::Embedded(q) => q.policy(),
+            JobQueue::Redis(q) => q.policy(),
+        }
+    }
+
+    /// The accurate model's answer for these image bytes, if cached (always `None` with the
+    /// cache off). With Redis, for the model the workers last announced
+    /// ([`Self::announce_accurate_model`]).
+    pub async fn cached_result(&self, content: &ContentHash) -> Result<Option<Prediction>, QueueError> {
+        if !self.cache_on() {
+            return Ok(None);
+        }
+        match self {
+            JobQueue::Embedded(q) => Ok(q.cached_result(content)),
+            JobQueue::Redis(q) => q.cached_result(content).await,
+        }
+    }
+
+    /// Says which accurate model this worker runs: the results it stores are cached under that
+    /// identity, and (Redis) every `serve` looks results up under the one announced last.
+    /// `first`: as the worker starts, when it names the model; after, it only puts the name back
+    /// if it is gone (a Redis that lost its data), so the last worker started keeps naming it.
+    pub async fn announce_accurate_model(&self, identity: &ModelIdentity, first: bool) -> Result<(), QueueError> {
+        match self {
+            JobQueue::Embedded(_) => Ok(()),
+            JobQueue::Redis(q) => q.announce_accurate_model(identity, first).await,
         }
     }
 

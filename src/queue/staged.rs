@@ -9,9 +9,10 @@
 
 use bytes::Bytes;
 
-use super::{EmbeddedQueue, QueueError, RedisQueue};
+use super::{EmbeddedQueue, Enqueued, NewJob, QueueError, RedisQueue};
 use crate::engine::Prediction;
-use crate::jobs::JobId;
+use crate::fingerprint::ContentHash;
+use crate::jobs::{JobId, ResultSource};
 
 /// A job whose image is stored (or, embedded, held) but which is not queued yet. Dropping it
 /// unused is as good as [`Self::abandon`] but for a staged Redis image, which then expires by
@@ -64,13 +65,45 @@ impl StagedJob {
     /// Queues the job with its fast answer; returns once it is stored. An error (the staging's
     /// own, a full queue, an unreachable Redis) means the job is not queued, ever.
     /// `callback_url`: where the job's final state is POSTed (a webhook), already checked
-    /// against `--webhook-allow`.
-    pub async fn commit(self, fast: &Prediction, callback_url: Option<&str>) -> Result<(), QueueError> {
+    /// against `--webhook-allow`. `content`, with the cache on: the image's hash, so that a job
+    /// for bytes already queued or running shares that run ([`Enqueued::SharedRun`]) and its
+    /// result is cached when it completes.
+    pub async fn commit(
+        self,
+        fast: &Prediction,
+        callback_url: Option<&str>,
+        content: Option<&ContentHash>,
+    ) -> Result<Enqueued, QueueError> {
+        let job = NewJob { id: self.id, fast, created_at_ms: self.created_at_ms, callback_url };
         match self.backend {
-            Backend::Embedded { queue, image } => queue.enqueue(self.id, image, fast, self.created_at_ms, callback_url),
+            Backend::Embedded { queue, image } => queue.enqueue(&job, image, content),
             Backend::Redis { queue, staged } => {
                 staged?;
-                queue.enqueue_staged(self.id, fast, self.created_at_ms, callback_url).await
+                queue.enqueue_staged(&job, content).await
+            }
+        }
+    }
+
+    /// Stores the job as completed already, with `result` (from the cache, or the fast answer the
+    /// cascade kept): no worker ever sees it, and its watchers and webhook are told at once. The
+    /// staged image is let go.
+    pub async fn finish_now(
+        self,
+        fast: &Prediction,
+        result: &Prediction,
+        source: ResultSource,
+        callback_url: Option<&str>,
+    ) -> Result<(), QueueError> {
+        let job = NewJob { id: self.id, fast, created_at_ms: self.created_at_ms, callback_url };
+        match self.backend {
+            Backend::Embedded { queue, image } => {
+                drop(image);
+                queue.finish_now(&job, result, source);
+                Ok(())
+            }
+            Backend::Redis { queue, staged } => {
+                staged?;
+                queue.finish_now(&job, result, source).await
             }
         }
     }

@@ -148,6 +148,18 @@ impl Tandem {
         tandem
     }
 
+    /// `tandem serve`, or `tandem worker` with its HTTP port, on a free port, with `args` and
+    /// none of [`model_args`] (the caller names the models); returns once `/health/ready` is 200.
+    pub fn http_without_model_args(command: &str, args: &[&str]) -> Self {
+        let port = free_port();
+        let flag = if command == "serve" { "--addr" } else { "--metrics-addr" };
+        let mut all: Vec<String> = vec![command.into(), flag.into(), format!("127.0.0.1:{port}")];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let mut tandem = Self { child: spawn_tandem(&all), base: format!("http://127.0.0.1:{port}") };
+        tandem.wait_ready(Duration::from_secs(60));
+        tandem
+    }
+
     pub fn wait_ready(&mut self, timeout: Duration) {
         self.wait_for("/health/ready", timeout);
     }

@@ -63,6 +63,9 @@ mod before {
         if let (Some(result), true) = (&record.result, completed) {
             body["result"] = prediction_json(result, top_k);
             body["agrees_with_sync"] = json!(result.class_index == record.fast.class_index);
+            // Added with the result cache and the cascade (issue 18): where the result came from.
+            body["result_source"] = json!(record.source.as_str());
+            body["refined"] = json!(record.source.is_refined());
             body["inference_ms"] = json!(round_to(result.inference_ms, 2));
         }
         if let Some(at) = record.completed_at_ms {

@@ -149,23 +149,30 @@ async fn fast_rows(state: &AppState, batch: Batch, hold: impl Fn() -> Hold) -> R
     Ok(try_join_all(pending).await.map_err(ApiError::from)?)
 }
 
-/// `POST /predict`'s step for each image: the fast answer, and its job queued.
+/// `POST /predict`'s step for each image: the fast answer, and its job queued. `tandem`: the
+/// `tandem` model, which wants the fast rows and may keep a confident fast answer (the
+/// cascade); the accurate model's client asked for the accurate answer, always.
 async fn queue_jobs(
     state: &AppState,
     images: Vec<bytes::Bytes>,
     hold: impl Fn() -> Hold,
-    keep_probabilities: bool,
+    tandem: bool,
 ) -> Result<Vec<Answered>, V2Error> {
-    let each =
-        images.into_iter().map(|image| answer::fast_then_enqueue(state, image, None, hold(), keep_probabilities));
+    let each = images.into_iter().map(|image| answer::fast_then_enqueue(state, image, None, hold(), tandem, tandem));
     Ok(try_join_all(each).await?)
 }
 
 /// The `tandem` model's response parameters: the job ids, comma-separated (empty for an image
-/// whose job could not be queued), where to read one job, and why a job is missing.
+/// whose job could not be queued), where to read one job, why a job is missing, and, when any
+/// answer is final already (the cascade, the result cache), which: `final`, `true` or `false`
+/// per image, comma-separated.
 fn job_parameters(answered: &[Answered]) -> Parameters {
     let ids: Vec<String> = answered.iter().map(|a| a.job_id.map(|id| id.to_string()).unwrap_or_default()).collect();
     let mut parameters = Parameters::from([("job_id".to_owned(), Value::from(ids.join(",")))]);
+    if answered.iter().any(|a| a.finished.is_some()) {
+        let finals: Vec<&str> = answered.iter().map(|a| if a.finished.is_some() { "true" } else { "false" }).collect();
+        parameters.insert("final".into(), Value::from(finals.join(",")));
+    }
     if let [Answered { job_id: Some(id), .. }] = answered {
         parameters.insert("status_url".into(), Value::from(format!("/job/{id}")));
     }

@@ -92,6 +92,12 @@ pub struct BenchArgs {
     #[arg(long, env = "TANDEM_BENCH_V2", value_name = "MODEL", conflicts_with_all = ["raw", "jobs"])]
     pub v2: Option<String>,
 
+    /// Make every `POST /predict` body different (a JPEG comment with a counter after the
+    /// image's first marker: the same pixels), so that a result cache (`serve --cache-ttl`)
+    /// never hits. JPEG images only.
+    #[arg(long, env = "TANDEM_BENCH_UNIQUE", conflicts_with_all = ["raw", "v2"])]
+    pub unique: bool,
+
     /// Print one JSON object instead of a table.
     #[arg(long, env = "TANDEM_BENCH_JSON")]
     pub json: bool,
@@ -220,6 +226,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<bool> {
     if let Some(model) = &args.v2 {
         target = target.speaking_v2(model)?;
     }
+    if args.unique {
+        target = target.with_unique_bodies()?;
+    }
     target.check_reachable()?;
     match args.jobs {
         Some(count) => jobs::run(args, &target, count),
@@ -237,6 +246,8 @@ pub(crate) struct Target {
     pub timeout: Duration,
     /// `--v2`: where each request goes instead, its body and its JSON header's length.
     pub v2: Option<V2Request>,
+    /// `--unique`: the count of bodies sent, which each body carries in a JPEG comment.
+    pub unique: Option<std::sync::atomic::AtomicU64>,
 }
 
 /// One Open Inference Protocol inference, prepared once.
@@ -260,7 +271,28 @@ impl Target {
             content_type: content_type(path),
             timeout,
             v2: None,
+            unique: None,
         })
+    }
+
+    /// Every body different (`--unique`): the image must be a JPEG, whose comment carries a count.
+    fn with_unique_bodies(mut self) -> anyhow::Result<Self> {
+        if !self.image.starts_with(&[0xFF, 0xD8]) {
+            anyhow::bail!("--unique needs a JPEG image (it adds a JPEG comment to each body)");
+        }
+        // From a random count: a second bench against the same cache sends new bytes too.
+        self.unique = Some(std::sync::atomic::AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0));
+        Ok(self)
+    }
+
+    /// The image with a comment segment holding `count` right after its start-of-image marker.
+    fn unique_body(&self, count: u64) -> Vec<u8> {
+        let mut body = Vec::with_capacity(self.image.len() + 12);
+        // SOI, then COM: marker, a length of 10 (itself and 8 bytes), the count.
+        body.extend_from_slice(&[0xFF, 0xD8, 0xFF, 0xFE, 0x00, 0x0A]);
+        body.extend_from_slice(&count.to_be_bytes());
+        body.extend_from_slice(&self.image[2..]);
+        body
     }
 
     /// Requests go to `POST /v2/models/{model}/infer`, with the binary-data extension.
@@ -316,7 +348,16 @@ impl Target {
                 .header("content-type", "application/octet-stream")
                 .header("inference-header-content-length", &v2.header_length)
                 .send(&v2.body[..])?,
-            None => agent.post(self.url("/predict")).header("content-type", self.content_type).send(&self.image[..])?,
+            None => {
+                let request = agent.post(self.url("/predict")).header("content-type", self.content_type);
+                match &self.unique {
+                    Some(count) => {
+                        let body = self.unique_body(count.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+                        request.send(&body[..])?
+                    }
+                    None => request.send(&self.image[..])?,
+                }
+            }
         };
         let status = response.status().as_u16();
         let body = response.into_body().read_to_vec()?;
@@ -383,6 +424,28 @@ mod tests {
         for bad in ["127.0.0.1:8000", "ftp://x", "http://", "http://x/?a=1"] {
             assert!(Target::new(bad, Path::new("a.jpg"), vec![1], Duration::from_secs(1)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn unique_bodies_are_different_bytes_of_the_same_pixels() {
+        let shared = std::env::var_os("TANDEM_SHARED_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+        let Ok(photo) = std::fs::read(shared.join("images/sample_01.jpg")) else { return };
+        let t = Target::new("http://127.0.0.1:1", Path::new("a.jpg"), photo.clone(), Duration::from_secs(1))
+            .and_then(Target::with_unique_bodies)
+            .expect("a JPEG target");
+        let (a, b) = (t.unique_body(0), t.unique_body(1));
+        assert_ne!(a, b);
+        let config = crate::pipeline::PreprocessConfig::default();
+        let pixels = |bytes: &[u8]| {
+            let mut out = vec![0.0; config.tensor_len()];
+            crate::pipeline::preprocess_into(bytes, &config, &mut out).expect("decodes");
+            out
+        };
+        assert_eq!(pixels(&a), pixels(&photo), "the comment changes no pixel");
+        let not_jpeg = Target::new("http://127.0.0.1:1", Path::new("a.png"), vec![0x89, b'P'], Duration::from_secs(1));
+        assert!(not_jpeg.and_then(Target::with_unique_bodies).is_err());
     }
 
     #[test]

@@ -43,9 +43,9 @@ use tokio::time::Instant;
 use super::RedisQueue;
 use super::conn::{OP_TIMEOUT, Retry};
 use super::{to_json, ttl_ms};
-use crate::engine::Prediction;
+use crate::fingerprint::ContentHash;
 use crate::jobs::JobId;
-use crate::queue::QueueError;
+use crate::queue::{Enqueued, NewJob, QueueError};
 
 /// How late Redis may run an enqueue script: past this after the call started (on Redis' own
 /// clock, see "Enqueue outcome"), the script queues nothing. Well under `RESPONSE_TIMEOUT`, so an
@@ -109,15 +109,16 @@ impl RedisQueue {
     /// answer) and stream entry in one script.
     /// The script is fenced: run by Redis later than `ENQUEUE_FENCE` after this call started, it
     /// queues nothing; and if no answer comes, the job is removed in the background (see
-    /// "Enqueue outcome"). So an error here always means no job, ever.
-    pub(crate) async fn enqueue_staged(
+    /// "Enqueue outcome"). So an error here always means no job, ever. With `content` (the
+    /// cache on), a job for bytes already queued or running follows that run.
+    pub(in crate::queue) async fn enqueue_staged(
         &self,
-        id: JobId,
-        fast: &Prediction,
-        created_at_ms: u64,
-        callback_url: Option<&str>,
-    ) -> Result<(), QueueError> {
+        job: &NewJob<'_>,
+        content: Option<&ContentHash>,
+    ) -> Result<Enqueued, QueueError> {
         let inner = &self.inner;
+        let id = job.id;
+        let content = content.filter(|_| inner.config.policy.cache.is_on()).map(ContentHash::hex).unwrap_or_default();
         let limit = inner.config.policy.max_queue;
         let byte_limit = inner.config.policy.max_queue_bytes;
         let (redis_now, now) = self.redis_time().await?;
@@ -130,16 +131,23 @@ impl RedisQueue {
             .key(inner.keys.job(id))
             .key(inner.keys.image(id))
             .key(&inner.keys.queued_bytes)
+            .key(inner.keys.inflight(&content))
             .arg(limit)
             .arg(ttl_ms(self.unfinished_ttl()))
             .arg(id.to_string())
-            .arg(to_json(fast)?)
-            .arg(created_at_ms)
+            .arg(to_json(job.fast)?)
+            .arg(job.created_at_ms)
             .arg(byte_limit)
             .arg(deadline)
-            .arg(callback_url.unwrap_or(""));
+            .arg(job.callback_url.unwrap_or(""))
+            .key(&inner.keys.accurate_model)
+            .arg(&content)
+            .arg(ttl_ms(inner.config.policy.cache.ttl))
+            .arg(&inner.keys.cache_prefix)
+            .arg(ttl_ms(inner.config.policy.result_ttl))
+            .arg(crate::queue::MAX_FOLLOWERS);
         let invocation = &invocation;
-        let queued: i64 = match self
+        let queued: redis::Value = match self
             .call(&inner.main, "enqueue", OP_TIMEOUT, Retry::Unsent, |mut conn| async move {
                 invocation.invoke_async(&mut conn).await
             })
@@ -152,8 +160,18 @@ impl RedisQueue {
                 return Err(err);
             }
         };
+        let queued = match queued {
+            redis::Value::Int(code) => code,
+            other => {
+                let cached = super::reply::string_of(&other).and_then(|json| serde_json::from_str(&json).ok());
+                return cached
+                    .map(Enqueued::Cached)
+                    .ok_or_else(|| QueueError::Unavailable("enqueue: the cached result could not be read".into()));
+            }
+        };
         match queued {
-            1 => Ok(()),
+            1 => Ok(Enqueued::Queued),
+            3 => Ok(Enqueued::SharedRun),
             0 => Err(QueueError::Full { limit }),
             2 => Err(QueueError::FullBytes { limit: byte_limit }),
             -2 => Err(QueueError::Unavailable(format!(

@@ -19,6 +19,7 @@ if tonumber(ARGV[3]) < tonumber(ARGV[4]) then
     redis.call('HSET', KEYS[2], 'status', 'queued', 'error', ARGV[5], 'entry', entry)
     redis.call('PEXPIRE', KEYS[2], ARGV[8])
     redis.call('PUBLISH', KEYS[1] .. ':events', ARGV[9])
+    mirror(KEYS[1], KEYS[2], ARGV[8], 'status', 'queued', 'error', ARGV[5])
     return 1
   end
 end
@@ -30,4 +31,6 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[10], '*',
 redis.call('XDEL', KEYS[1], ARGV[2])
 drop_image(KEYS[4], KEYS[5])
 ended(KEYS[1], KEYS[2], ARGV[9])
+end_followers(KEYS[1], KEYS[2], ARGV[7], 'status', 'failed', 'error', ARGV[5], 'completed_at_ms', ARGV[6])
+forget_run(KEYS[2], ARGV[9])
 return 2

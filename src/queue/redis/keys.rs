@@ -41,6 +41,27 @@
 //!   up, and taken over by another process if its sender stops renewing it (`webhooks.rs`).
 //!   The job hash holds the webhook's `callback` URL, its stream `entry`, and `webhook_attempts`.
 //!
+//! # Shared runs and the result cache (with `--cache-ttl`)
+//!
+//! - `{prefix}:accurate_model` — the identity (`fingerprint::ModelIdentity`) of the accurate
+//!   model the workers run, set by each worker as it starts: the last one started names it.
+//! - `{prefix}:cache:v1:{identity}:{sha256}` — the accurate result (JSON) for an image's bytes
+//!   under that model, written by `complete.lua` with the TTL the queueing `serve` stored in the
+//!   job (`cache_ttl`), read by `lookup.lua` under the announced identity. A model changed on
+//!   disk gives a new identity, so no earlier result is ever read for it. These two keys are
+//!   built inside the scripts (not passed as KEYS): fine on one Redis; a Redis Cluster would
+//!   need them hash-tagged and passed in.
+//! - `{prefix}:inflight:{sha256}` — the id of the unfinished job these bytes are being run
+//!   for; its hash names the key (`inflight`) and holds `content` and `cache_ttl`. A job queued
+//!   for the same bytes while it is unfinished *follows* it instead: a hash with `follows` and
+//!   no image or stream entry, in the list `{prefix}:followers:{uuid}` of its leader (oldest
+//!   first, at most `MAX_FOLLOWERS`; their TTLs renewed with the leader's), which
+//!   `runs.lua` mirrors (`running`, queued again) and ends (with the result, `source`
+//!   `shared_run`; or `failed`) with it. A canceled leader hands its run to its first follower
+//!   still queued (`withdraw.lua`); a leader whose record is gone when a worker meets its entry
+//!   (expired, or an undone enqueue) ends its followers `failed` (`start.lua`). A job completed without a worker (`finish_now.lua`) has
+//!   `source` `cache` or `cascade`.
+//!
 //! The consumer group every worker reads `{prefix}:jobs` through is [`GROUP`].
 
 use crate::jobs::JobId;
@@ -60,6 +81,11 @@ pub(super) struct Keys {
     pub events: String,
     /// Webhooks to send: `stream` + `:webhooks` (the scripts build it so).
     pub webhooks: String,
+    /// The identity of the accurate model the workers announced.
+    pub accurate_model: String,
+    /// `{prefix}:cache:`, which the scripts complete with the identity and the image's hash.
+    pub cache_prefix: String,
+    inflight_prefix: String,
     job_prefix: String,
     image_prefix: String,
 }
@@ -73,6 +99,10 @@ impl Keys {
             queued_bytes: format!("{prefix}:queued_bytes"),
             events: format!("{prefix}:jobs:events"),
             webhooks: format!("{prefix}:jobs:webhooks"),
+            accurate_model: format!("{prefix}:accurate_model"),
+            // Versioned: results written in another shape by another release are not read.
+            cache_prefix: format!("{prefix}:cache:v1:"),
+            inflight_prefix: format!("{prefix}:inflight:"),
             job_prefix: format!("{prefix}:job:"),
             image_prefix: format!("{prefix}:image:"),
         }
@@ -81,6 +111,12 @@ impl Keys {
     /// `{prefix}:job:{uuid}`: the job's record.
     pub fn job(&self, id: JobId) -> String {
         format!("{}{}", self.job_prefix, id)
+    }
+
+    /// `{prefix}:inflight:{sha256}`: the job these bytes are being run for (`content`: '' when
+    /// the cache is off, a key no job uses).
+    pub fn inflight(&self, content: &str) -> String {
+        format!("{}{}", self.inflight_prefix, content)
     }
 
     /// `{prefix}:image:{uuid}`: the job's image.

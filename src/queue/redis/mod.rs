@@ -39,6 +39,7 @@
 //! result stored wins (`COMPLETE_LUA`), and its next heartbeat, seeing the entry is no longer
 //! its own, stops renewing it rather than claiming it back.
 
+mod cache;
 mod clock;
 mod conn;
 mod enqueue;
@@ -128,6 +129,9 @@ struct Inner {
     /// The subscription task, started by the first watch and started again if it ever ends.
     subscriber: Mutex<Option<tokio::task::JoinHandle<()>>>,
     client: Client,
+    /// `{prefix}:cache:{identity}:`, once this worker has announced its model: where the results
+    /// it stores are cached.
+    cache_prefix: Mutex<Option<String>>,
 }
 
 struct ReclaimState {
@@ -170,6 +174,7 @@ impl RedisQueue {
                 events: JobEvents::default(),
                 subscriber: Mutex::new(None),
                 client,
+                cache_prefix: Mutex::new(None),
             }),
         })
     }
@@ -256,7 +261,8 @@ impl RedisQueue {
             .arg(delivery.receipt.entry_id())
             .arg(to_json(result)?)
             .arg(now_ms())
-            .arg(ttl_ms(inner.config.policy.result_ttl));
+            .arg(ttl_ms(inner.config.policy.result_ttl))
+            .arg(self.own_cache_prefix());
         let invocation = &invocation;
         let stored: i64 = self
             .call(&inner.main, "complete", OP_TIMEOUT, Retry::Outcome, |mut conn| async move {
@@ -281,7 +287,8 @@ impl RedisQueue {
             .arg(GROUP)
             .arg(now_ms())
             .arg(ttl_ms(inner.config.policy.result_ttl))
-            .arg(id.to_string());
+            .arg(id.to_string())
+            .arg(ttl_ms(self.unfinished_ttl()));
         let invocation = &invocation;
         // Running it twice is harmless (the second finds `canceled`), so it may be retried.
         let before: String = self
@@ -338,6 +345,10 @@ impl RedisQueue {
                 Ok(FailOutcome::Retrying)
             }
         }
+    }
+
+    pub(crate) fn policy(&self) -> &QueuePolicy {
+        &self.inner.config.policy
     }
 
     fn max_attempts(&self) -> u32 {

@@ -6,7 +6,7 @@
 
 use redis::Value;
 
-use crate::jobs::{JobId, JobRecord, JobStatus};
+use crate::jobs::{JobId, JobRecord, JobStatus, ResultSource};
 
 /// One stream entry as read from Redis: its fields are `None` when the entry was deleted.
 pub(super) struct RawEntry {
@@ -137,6 +137,7 @@ pub(super) fn parse_record(id: JobId, fields: Vec<(String, String)>) -> Result<J
     let mut started_at_ms = None;
     let mut completed_at_ms = None;
     let mut callback_url = None;
+    let mut source = ResultSource::Worker;
     let number = |name: &str, text: &str| text.parse::<u64>().map_err(|err| format!("{name}: {err}"));
     for (name, value) in fields {
         match name.as_str() {
@@ -152,6 +153,7 @@ pub(super) fn parse_record(id: JobId, fields: Vec<(String, String)>) -> Result<J
             "started_at_ms" => started_at_ms = Some(number("started_at_ms", &value)?),
             "completed_at_ms" => completed_at_ms = Some(number("completed_at_ms", &value)?),
             "callback" => callback_url = Some(value),
+            "source" => source = ResultSource::parse(&value).ok_or_else(|| format!("source {value:?}"))?,
             _ => {}
         }
     }
@@ -164,5 +166,6 @@ pub(super) fn parse_record(id: JobId, fields: Vec<(String, String)>) -> Result<J
     record.started_at_ms = started_at_ms;
     record.completed_at_ms = completed_at_ms;
     record.callback_url = callback_url;
+    record.source = source;
     Ok(record)
 }

@@ -21,8 +21,13 @@ for i = 1, count do
   local status = redis.call('HGET', hash, 'status')
   if (not status) or status == 'completed' or status == 'failed' or status == 'canceled' then
     drop_entry(entry, image, -1)
-    -- A record gone (expired) while queued: whoever waits on it learns it is gone.
-    if not status then redis.call('PUBLISH', KEYS[1] .. ':events', job) end
+    -- A record gone (expired) while queued: whoever waits on it learns it is gone, and the jobs
+    -- that shared its run end failed rather than wait for a run that will not come.
+    if not status then
+      redis.call('PUBLISH', KEYS[1] .. ':events', job)
+      end_followers(KEYS[1], hash, ARGV[5], 'status', 'failed', 'completed_at_ms', now,
+        'error', 'the job whose run this one shared was lost (its record expired or was withdrawn)')
+    end
   else
     local attempt = redis.call('HINCRBY', hash, 'attempts', 1)
     local err = nil
@@ -38,10 +43,13 @@ for i = 1, count do
         'id', job, 'error', err, 'attempts', max_attempts, 'failed_at_ms', now)
       drop_entry(entry, image, -2)
       ended(KEYS[1], hash, job)
+      end_followers(KEYS[1], hash, ARGV[5], 'status', 'failed', 'error', err, 'completed_at_ms', now)
+      forget_run(hash, job)
     else
       redis.call('HSET', hash, 'status', 'running', 'started_at_ms', now)
       redis.call('PEXPIRE', hash, ARGV[4])
       redis.call('PUBLISH', KEYS[1] .. ':events', job)
+      mirror(KEYS[1], hash, ARGV[4], 'status', 'running', 'started_at_ms', now, 'attempts', attempt)
       out[#out + 1] = attempt
       out[#out + 1] = tonumber(redis.call('HGET', hash, 'created_at_ms') or '0') or 0
       -- The fast answer, for the worker's tier agreement once the accurate one is in.

@@ -5,6 +5,14 @@
 //! records expire after `result_ttl`. Nothing survives a restart of the process — use Redis for
 //! that.
 //!
+//! # Cache and shared runs
+//!
+//! With the cache on (`QueuePolicy::cache`), a completed job's result is kept by its image's
+//! hash in a bounded LRU (`crate::cache`), and a job whose bytes are already queued or running
+//! is not queued again: it *follows* that job (`State::followers`), mirrors its `running`,
+//! and ends when it ends, with its result. Canceling a followed job hands its place in the queue
+//! (its delivery) to its first follower still waiting, so the others are not left without a run.
+//!
 //! # Counting image bytes
 //!
 //! A queued job keeps its whole upload until its worker is done with it, so the bytes bound is
@@ -23,10 +31,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+mod held;
+mod runs;
+
 use super::events::JobEvents;
-use super::{CancelOutcome, Delivery, FailOutcome, QueueDepth, QueueError, QueuePolicy, Receipt, WebhookTask};
+use super::{
+    CancelOutcome, Delivery, Enqueued, FailOutcome, NewJob, QueueDepth, QueueError, QueuePolicy, Receipt, WebhookTask,
+};
+use crate::cache::MemoryCache;
 use crate::engine::Prediction;
-use crate::jobs::{JobId, JobRecord, JobStatus, now_ms};
+use crate::fingerprint::ContentHash;
+use crate::jobs::{JobId, JobRecord, JobStatus, ResultSource, now_ms};
+use held::{HeldBytes, QueuedImage};
 
 #[derive(Clone)]
 pub struct EmbeddedQueue {
@@ -44,6 +60,8 @@ struct Inner {
     events: JobEvents,
     /// Wakes the webhook sender when a job with a callback ends.
     webhook_ready: Notify,
+    /// Completed results by image hash, with the cache on.
+    results: Option<MemoryCache<ContentHash, Prediction>>,
 }
 
 #[derive(Default)]
@@ -57,11 +75,17 @@ struct State {
     image_bytes: Arc<AtomicU64>,
     /// Jobs with a callback that have ended: their webhooks, to send.
     webhooks: VecDeque<JobId>,
+    /// With the cache on: the unfinished job each image's bytes are being run for.
+    running_for: HashMap<ContentHash, JobId>,
+    /// The jobs that share a queued or running job's run (see "Cache and shared runs").
+    followers: HashMap<JobId, Vec<JobId>>,
 }
 
 struct Entry {
     record: JobRecord,
     expires_at: Option<Instant>,
+    /// The image's hash, with the cache on: where its result is cached.
+    content: Option<ContentHash>,
 }
 
 impl EmbeddedQueue {
@@ -70,10 +94,11 @@ impl EmbeddedQueue {
             inner: Arc::new(Inner {
                 state: Mutex::default(),
                 arrived: Notify::new(),
-                policy,
                 workers: AtomicU64::new(0),
                 events: JobEvents::default(),
                 webhook_ready: Notify::new(),
+                results: policy.cache.is_on().then(|| MemoryCache::new(policy.cache.entries, policy.cache.ttl)),
+                policy,
             }),
         }
     }
@@ -98,17 +123,49 @@ impl EmbeddedQueue {
         self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a job with its fast answer (`StagedJob::commit`).
+    pub(super) fn policy(&self) -> &QueuePolicy {
+        &self.inner.policy
+    }
+
+    /// Queues a job with its fast answer (`StagedJob::commit`); with `content`, one whose bytes
+    /// are already queued or running follows that job instead.
     pub(super) fn enqueue(
         &self,
-        id: JobId,
+        job: &NewJob<'_>,
         image: Bytes,
-        fast: &Prediction,
-        created_at_ms: u64,
-        callback_url: Option<&str>,
-    ) -> Result<(), QueueError> {
+        content: Option<&ContentHash>,
+    ) -> Result<Enqueued, QueueError> {
+        let content = content.filter(|_| self.inner.results.is_some());
         let mut state = self.state();
         state.expire(Instant::now());
+        // Looked up under the lock the run's `complete` caches under: a run that ended while
+        // this request waited for its fast answer is found here, not run again.
+        if let Some(result) = content.and_then(|c| self.cached_result(c)) {
+            let record = state.new_record(job);
+            state.records.insert(job.id, Entry { record, expires_at: None, content: None });
+            state.finish(job.id, self.inner.policy.result_ttl, |record| {
+                record.status = JobStatus::Completed;
+                record.result = Some(result.clone());
+                record.source = ResultSource::Cache;
+            });
+            drop(state);
+            self.job_ended(job.id);
+            return Ok(Enqueued::Cached(result));
+        }
+        let leader = content.and_then(|c| state.unfinished_run_for(c));
+        let room = leader.is_some_and(|l| state.followers.get(&l).map_or(0, Vec::len) < super::MAX_FOLLOWERS);
+        if let Some(leader) = leader.filter(|_| room) {
+            let mut record = state.new_record(job);
+            // A follower mirrors its leader from the start: it may be running already.
+            if let Some(leading) = state.records.get(&leader) {
+                record.status = leading.record.status;
+                record.started_at_ms = leading.record.started_at_ms;
+                record.attempts = leading.record.attempts;
+            }
+            state.records.insert(job.id, Entry { record, expires_at: None, content: None });
+            state.followers.entry(leader).or_default().push(job.id);
+            return Ok(Enqueued::SharedRun);
+        }
         let limit = self.inner.policy.max_queue;
         if state.waiting.len() + state.running >= limit {
             return Err(QueueError::Full { limit });
@@ -117,20 +174,47 @@ impl EmbeddedQueue {
         let held = HeldBytes::take(&state.image_bytes, image.len() as u64, byte_limit)
             .ok_or(QueueError::FullBytes { limit: byte_limit })?;
         let image = Bytes::from_owner(QueuedImage { image, _held: held });
-        let mut record = JobRecord::new(id, fast.clone(), created_at_ms);
-        record.callback_url = callback_url.map(str::to_owned);
-        state.records.insert(id, Entry { record, expires_at: None });
+        let record = state.new_record(job);
+        state.records.insert(job.id, Entry { record, expires_at: None, content: content.copied() });
+        if let Some(content) = content {
+            state.running_for.insert(*content, job.id);
+        }
         state.waiting.push_back(Delivery {
-            id,
+            id: job.id,
             image,
             attempt: 0,
-            created_at_ms,
+            created_at_ms: job.created_at_ms,
             fast_class: None,
             receipt: Receipt::default(),
         });
         drop(state);
         self.inner.arrived.notify_one();
-        Ok(())
+        Ok(Enqueued::Queued)
+    }
+
+    /// Stores a job as completed already (`StagedJob::finish_now`): no worker sees it.
+    pub(super) fn finish_now(&self, job: &NewJob<'_>, result: &Prediction, source: ResultSource) {
+        let mut state = self.state();
+        state.expire(Instant::now());
+        let record = state.new_record(job);
+        state.records.insert(job.id, Entry { record, expires_at: None, content: None });
+        state.finish(job.id, self.inner.policy.result_ttl, |record| {
+            record.status = JobStatus::Completed;
+            record.result = Some(result.clone());
+            record.source = source;
+        });
+        drop(state);
+        self.job_ended(job.id);
+    }
+
+    /// The cached accurate result for these bytes, if any.
+    pub fn cached_result(&self, content: &ContentHash) -> Option<Prediction> {
+        self.inner.results.as_ref()?.get(content)
+    }
+
+    /// Results in the cache now (0 with it off).
+    pub fn cached_results(&self) -> usize {
+        self.inner.results.as_ref().map_or(0, MemoryCache::len)
     }
 
     pub fn get(&self, id: JobId) -> Option<JobRecord> {
@@ -164,7 +248,7 @@ impl EmbeddedQueue {
             let taken = self.take_now(max);
             if !taken.is_empty() {
                 for delivery in &taken {
-                    self.inner.events.changed(delivery.id);
+                    self.changed_with_followers(delivery.id);
                 }
                 return Ok(taken);
             }
@@ -188,6 +272,7 @@ impl EmbeddedQueue {
                 entry.record.started_at_ms = Some(started);
                 delivery.fast_class = Some(entry.record.fast.class_index);
             }
+            state.mirror(delivery.id, JobStatus::Running, Some(started), delivery.attempt);
         }
         if !state.waiting.is_empty() {
             // More work than this taker wanted: let another worker have it.
@@ -200,14 +285,32 @@ impl EmbeddedQueue {
         let ttl = self.inner.policy.result_ttl;
         let mut state = self.state();
         state.running = state.running.saturating_sub(1);
-        state.finish(delivery.id, ttl, |record| {
+        let content = state.records.get(&delivery.id).and_then(|entry| entry.content);
+        if let (Some(content), Some(results)) = (content, &self.inner.results) {
+            results.put(content, result.clone());
+        }
+        let ended = state.finish_run(delivery.id, ttl, |record, leader| {
             record.status = JobStatus::Completed;
             record.result = Some(result.clone());
             record.error = None;
+            if !leader {
+                record.source = ResultSource::SharedRun;
+            }
         });
         drop(state);
-        self.job_ended(delivery.id);
+        for id in ended {
+            self.job_ended(id);
+        }
         Ok(())
+    }
+
+    /// Tells the watchers of a job, and of those that follow it, that it changed.
+    fn changed_with_followers(&self, id: JobId) {
+        let followers = self.state().followers.get(&id).cloned().unwrap_or_default();
+        self.inner.events.changed(id);
+        for follower in followers {
+            self.inner.events.changed(follower);
+        }
     }
 
     /// Tells a job's watchers, and the webhook sender, that it has ended.
@@ -246,9 +349,24 @@ impl EmbeddedQueue {
             other => return CancelOutcome::TooLate(other),
         }
         // Queued means waiting (a retried job is put back before its status says queued):
-        // dropping its delivery lets go of its image and the bytes it counted.
-        let withdrawn = state.waiting.iter().position(|d| d.id == id).and_then(|at| state.waiting.remove(at));
+        // dropping its delivery lets go of its image and the bytes it counted, unless a
+        // follower takes its place (see "Cache and shared runs").
+        let at = state.waiting.iter().position(|d| d.id == id);
+        let heir = at.and_then(|_| state.hand_over(id));
+        let withdrawn = match (at, heir) {
+            (Some(at), Some(heir)) => {
+                let created_at_ms = state.records.get(&heir).map(|entry| entry.record.created_at_ms);
+                if let Some(delivery) = state.waiting.get_mut(at) {
+                    delivery.id = heir;
+                    delivery.created_at_ms = created_at_ms.unwrap_or(delivery.created_at_ms);
+                }
+                None
+            }
+            (Some(at), None) => state.waiting.remove(at),
+            (None, _) => None,
+        };
         state.finish(id, self.inner.policy.result_ttl, |record| record.status = JobStatus::Canceled);
+        state.forget_run(id);
         drop(state);
         drop(withdrawn);
         self.job_ended(id);
@@ -260,22 +378,25 @@ impl EmbeddedQueue {
         let mut state = self.state();
         state.running = state.running.saturating_sub(1);
         if delivery.attempt >= policy.max_attempts {
-            state.finish(delivery.id, policy.result_ttl, |record| {
+            let ended = state.finish_run(delivery.id, policy.result_ttl, |record, _| {
                 record.status = JobStatus::Failed;
                 record.error = Some(error.to_owned());
             });
             drop(state);
-            self.job_ended(delivery.id);
+            for id in ended {
+                self.job_ended(id);
+            }
             return Ok(FailOutcome::Dead);
         }
         if let Some(entry) = state.records.get_mut(&delivery.id) {
             entry.record.status = JobStatus::Queued;
             entry.record.error = Some(error.to_owned());
         }
+        state.mirror(delivery.id, JobStatus::Queued, None, delivery.attempt);
         state.waiting.push_back(delivery.clone());
         drop(state);
         self.inner.arrived.notify_one();
-        self.inner.events.changed(delivery.id);
+        self.changed_with_followers(delivery.id);
         Ok(FailOutcome::Retrying)
     }
 }
@@ -291,44 +412,13 @@ impl Drop for EmbeddedWorker {
     }
 }
 
-/// `bytes` of a queued image, counted in a queue's `image_bytes` until dropped.
-struct HeldBytes {
-    count: Arc<AtomicU64>,
-    bytes: u64,
-}
-
-impl HeldBytes {
-    /// Counts `bytes` more, unless that would pass `limit`.
-    fn take(count: &Arc<AtomicU64>, bytes: u64, limit: u64) -> Option<Self> {
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                held.checked_add(bytes).filter(|&total| total <= limit)
-            })
-            .ok()?;
-        Some(Self { count: Arc::clone(count), bytes })
-    }
-}
-
-impl Drop for HeldBytes {
-    fn drop(&mut self) {
-        self.count.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
-}
-
-/// A queued job's image, the owner of the `Bytes` its deliveries carry: its bytes stay counted
-/// for as long as any copy of it is alive.
-struct QueuedImage {
-    image: Bytes,
-    _held: HeldBytes,
-}
-
-impl AsRef<[u8]> for QueuedImage {
-    fn as_ref(&self) -> &[u8] {
-        &self.image
-    }
-}
-
 impl State {
+    fn new_record(&self, job: &NewJob<'_>) -> JobRecord {
+        let mut record = JobRecord::new(job.id, job.fast.clone(), job.created_at_ms);
+        record.callback_url = job.callback_url.map(str::to_owned);
+        record
+    }
+
     fn finish(&mut self, id: JobId, ttl: Duration, update: impl FnOnce(&mut JobRecord)) {
         let now = Instant::now();
         if let Some(entry) = self.records.get_mut(&id) {
@@ -349,109 +439,10 @@ impl State {
             }
             self.expiries.pop_front();
             self.records.remove(&id);
+            self.followers.remove(&id);
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    //! What only the embedded queue does; the contract both backends keep is
-    //! `tests/queue_contract.rs`.
-
-    use super::*;
-    use crate::engine::Prediction;
-    use bytes::Bytes;
-    use uuid::Uuid;
-
-    fn prediction(label: &str) -> Prediction {
-        Prediction {
-            model: "m".into(),
-            label: label.into(),
-            class_index: 1,
-            score: 0.5,
-            top_k: Vec::new(),
-            inference_ms: 1.0,
-            probabilities: None,
-        }
-    }
-
-    /// Stages and commits a job with an image of `size` bytes.
-    async fn enqueue_of(q: &EmbeddedQueue, size: usize) -> Result<JobId, QueueError> {
-        let id = Uuid::new_v4();
-        q.stage(id, Bytes::from(vec![7; size]), now_ms()).commit(&prediction("fast"), None).await?;
-        Ok(id)
-    }
-
-    /// Images of 4 bytes against a 10-byte bound: two fit; a third fits only once a job's image
-    /// is gone (not merely its job finished: the worker may still hold the image).
-    #[tokio::test]
-    async fn the_queue_is_bounded_in_image_bytes_and_gives_them_back_exactly() {
-        let q = EmbeddedQueue::new(QueuePolicy { max_queue_bytes: 10, max_attempts: 2, ..QueuePolicy::default() });
-        enqueue_of(&q, 4).await.expect("first");
-        enqueue_of(&q, 4).await.expect("second");
-        assert_eq!(q.held_bytes(), 8);
-        let refused = enqueue_of(&q, 4).await;
-        assert!(matches!(refused, Err(QueueError::FullBytes { limit: 10 })), "{refused:?}");
-        assert!(refused.is_err_and(|err| err.to_string().contains("10 B")));
-        enqueue_of(&q, 2).await.expect("a smaller one still fits");
-        assert_eq!(q.held_bytes(), 10);
-
-        // Completed: counted until the worker drops the image.
-        let taken = q.take(1, Duration::ZERO).await.expect("take");
-        q.complete(&taken[0], &prediction("a")).expect("complete");
-        assert_eq!(q.held_bytes(), 10);
-        drop(taken);
-        assert_eq!(q.held_bytes(), 6);
-
-        // Retried: the same buffer goes back in the queue, counted once.
-        let taken = q.take(1, Duration::ZERO).await.expect("take");
-        assert_eq!(q.fail(&taken[0], "boom").expect("fail"), FailOutcome::Retrying);
-        drop(taken);
-        assert_eq!(q.held_bytes(), 6);
-
-        // Dead after its attempts, and a delivery dropped without an outcome: both give back.
-        let rest = q.take(4, Duration::ZERO).await.expect("take");
-        let retried = rest.iter().find(|d| d.attempt == 2).expect("the retried job");
-        assert_eq!(q.fail(retried, "boom twice").expect("fail"), FailOutcome::Dead);
-        drop(rest);
-        assert_eq!(q.held_bytes(), 0);
-
-        // An image larger than the whole bound is refused, and takes nothing.
-        assert!(matches!(enqueue_of(&q, 11).await, Err(QueueError::FullBytes { .. })));
-        assert_eq!(q.held_bytes(), 0);
-    }
-
-    #[test]
-    fn a_worker_counts_as_live_while_registered() {
-        let q = EmbeddedQueue::new(QueuePolicy::default());
-        assert_eq!(q.live_workers(), 0);
-        let worker = q.register_worker();
-        assert_eq!(q.live_workers(), 1);
-        drop(worker);
-        assert_eq!(q.live_workers(), 0);
-    }
-
-    #[tokio::test]
-    async fn finished_records_expire_and_are_purged() {
-        let q = EmbeddedQueue::new(QueuePolicy {
-            max_queue: 10,
-            result_ttl: Duration::ZERO,
-            max_attempts: 1,
-            ..QueuePolicy::default()
-        });
-        let id = enqueue_of(&q, 3).await.expect("enqueue");
-        let taken = q.take(1, Duration::ZERO).await.expect("take");
-        q.complete(&taken[0], &prediction("a")).expect("complete");
-        assert!(q.get(id).is_none());
-        enqueue_of(&q, 3).await.expect("enqueue purges expired records");
-        assert_eq!(q.state().records.len(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_delivery_carries_the_fast_class_and_an_empty_receipt() {
-        let q = EmbeddedQueue::new(QueuePolicy::default());
-        enqueue_of(&q, 3).await.expect("enqueue");
-        let taken = q.take(1, Duration::ZERO).await.expect("take");
-        assert_eq!((taken[0].fast_class, &taken[0].receipt), (Some(1), &Receipt::default()));
-    }
-}
+mod tests;
