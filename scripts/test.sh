@@ -3,7 +3,8 @@
 # answers (starting a throw-away one on a free port if none does), then `cargo test`, then
 # scripts/openapi-check.sh (the API document), scripts/protocol-check.sh (promtool and
 # Schemathesis against real processes), scripts/v2-client-test.sh (the Open Inference Protocol
-# with tritonclient), scripts/browser-test.sh (the web page in a real browser), then
+# with tritonclient), scripts/netns-test.sh (hosts in network namespaces), scripts/failover-test.sh
+# (Redis Sentinel failover), scripts/browser-test.sh (the web page in a real browser), then
 # scripts/container-test.sh (the image and compose files).
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test golden`).
 set -euo pipefail
@@ -55,6 +56,15 @@ cargo test --locked --test faults -- --nocapture --test-threads=1
 "$root/scripts/protocol-check.sh"
 # The Open Inference Protocol (KServe v2) through NVIDIA's tritonclient, embedded and on Redis.
 "$root/scripts/v2-client-test.sh"
+# Across hosts: network namespaces, Redis 20 ms away, a worker and a serve cut off and back
+# (needs root; skipped, loudly, without). TANDEM_SKIP_NETNS=1 skips it.
+if [ "${TANDEM_SKIP_NETNS:-0}" = 1 ]; then
+  echo "test.sh: TANDEM_SKIP_NETNS=1: scripts/netns-test.sh skipped" >&2
+else
+  "$root/scripts/netns-test.sh"
+fi
+# Redis Sentinel: the primary killed under load, the replica promoted, serve and workers follow.
+"$root/scripts/failover-test.sh"
 # The web page in headless Chromium against a real serve (scripts/browser-test.sh installs
 # Debian's chromium and chromium-driver when missing). TANDEM_SKIP_BROWSER=1 skips it.
 if [ "${TANDEM_SKIP_BROWSER:-0}" = 1 ]; then

@@ -421,7 +421,8 @@ async fn an_image_is_staged_before_its_job_and_expires_if_the_job_never_comes() 
     let keys = Keys::new();
     let q = keys.queue("c1", LONG_RECLAIM, policy(10, 3, Duration::from_secs(60))).await;
     let j = job();
-    let staged = q.stage(j.id, j.image.clone(), j.created_at_ms).await;
+    let mut staged = q.stage(j.id, j.image.clone(), j.created_at_ms).await;
+    assert!(staged.stored().await, "staged");
     let ttl = keys.pttl(&keys.image(j.id)).await;
     assert!(ttl > 0, "a staged image expires unless its job is queued (PTTL {ttl})");
     assert_eq!(q.get(j.id).await.expect("get"), None, "staging alone creates no job");
@@ -435,14 +436,16 @@ async fn an_image_is_staged_before_its_job_and_expires_if_the_job_never_comes() 
 
     // Staged, then its image gone (expired, say) before the commit.
     let unstaged = job();
-    let staged = q.stage(unstaged.id, unstaged.image.clone(), unstaged.created_at_ms).await;
+    let mut staged = q.stage(unstaged.id, unstaged.image.clone(), unstaged.created_at_ms).await;
+    assert!(staged.stored().await, "staged");
     redis::cmd("DEL").arg(keys.image(unstaged.id)).query_async::<()>(&mut keys.raw().await).await.expect("DEL");
     let refused = staged.commit(&unstaged.fast, None, None).await;
     assert!(matches!(refused, Err(QueueError::Unavailable(_))), "no image, no job: {refused:?}");
     assert_eq!(q.get(unstaged.id).await.expect("get"), None);
 
     let dropped = job();
-    let staged = q.stage(dropped.id, dropped.image.clone(), dropped.created_at_ms).await;
+    let mut staged = q.stage(dropped.id, dropped.image.clone(), dropped.created_at_ms).await;
+    assert!(staged.stored().await, "staged");
     assert!(keys.pttl(&keys.image(dropped.id)).await > 0, "staged");
     staged.abandon().await;
     assert_eq!(keys.pttl(&keys.image(dropped.id)).await, -2, "a discarded image is gone at once");
@@ -567,7 +570,8 @@ async fn an_enqueue_that_redis_runs_after_its_caller_gave_up_queues_nothing() {
     let first_bytes = first.image.len() as u64;
     enqueue(&q, first).await.expect("enqueue");
     let j = job();
-    let staged = q.stage(j.id, j.image.clone(), j.created_at_ms).await;
+    let mut staged = q.stage(j.id, j.image.clone(), j.created_at_ms).await;
+    assert!(staged.stored().await, "staged");
     assert!(keys.pttl(&keys.image(j.id)).await > 0, "staged");
     redis.pause();
     let started = Instant::now();
@@ -645,7 +649,8 @@ async fn an_enqueue_whose_answer_was_lost_is_undone() {
     let k = job();
     enqueue(&q, k.clone()).await.expect("enqueue");
     let j = job();
-    let staged = q.stage(j.id, j.image.clone(), j.created_at_ms).await;
+    let mut staged = q.stage(j.id, j.image.clone(), j.created_at_ms).await;
+    assert!(staged.stored().await, "staged");
     assert!(keys.pttl(&keys.image(j.id)).await > 0, "staged");
     proxy.swallow.store(true, Ordering::SeqCst);
     let outcome = staged.commit(&j.fast, None, None).await;

@@ -92,7 +92,7 @@ pub(super) async fn fast_then_enqueue(
     // The job is enqueued before answering, so a job id the client sees always resolves; with
     // Redis, the image is written while the fast model runs.
     let id = Uuid::new_v4();
-    let (answer, staged) = tokio::join!(answer, queue.stage(id, image, now_ms()));
+    let (answer, mut staged) = tokio::join!(answer, queue.stage(id, image, now_ms()));
     let mut fast = match answer {
         Ok(fast) => fast,
         Err(err) => {

@@ -132,7 +132,10 @@ impl ModelArgs {
 /// Where jobs go and how long they live.
 #[derive(Debug, Clone, Args)]
 pub struct QueueArgs {
-    /// Redis URL (e.g. redis://127.0.0.1:6379/). Unset: the embedded in-process queue.
+    /// Redis URL (e.g. redis://127.0.0.1:6379/), or Redis Sentinel's
+    /// (redis+sentinel://HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB]: the sentinels, and the name
+    /// they know the primary by; a failover is followed without a restart). Unset: the embedded
+    /// in-process queue.
     #[arg(long, env = "TANDEM_REDIS_URL")]
     pub redis_url: Option<String>,
 

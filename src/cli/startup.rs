@@ -23,15 +23,19 @@ pub(super) async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> 
     })
 }
 
-/// Refuses a Redis URL that cannot work, naming it and the forms that do.
+/// Refuses a Redis URL that cannot work, naming it (its password left out) and the forms that do.
 pub(super) fn check_redis_url(url: &str) -> anyhow::Result<()> {
-    use redis::IntoConnectionInfo as _;
-    url.into_connection_info().map(|_| ()).map_err(|err| {
-        anyhow::anyhow!(
-            "invalid --redis-url {url:?}: expected redis://[:PASSWORD@]HOST[:PORT][/DB] or unix:///PATH/redis.sock \
-             (TLS `rediss://` is not built in); {err}"
-        )
-    })
+    RedisQueue::check_url(url).map_err(|err| anyhow::anyhow!("invalid --redis-url {:?}: {err}", without_password(url)))
+}
+
+/// `scheme://user:secret@host/...` as `scheme://***@host/...`.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
 }
 
 /// `policy`: `args.policy()`, with what only `serve` sets (the cache).

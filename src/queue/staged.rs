@@ -9,6 +9,7 @@
 
 use bytes::Bytes;
 
+use super::redis::Staging;
 use super::{EmbeddedQueue, Enqueued, NewJob, QueueError, RedisQueue};
 use crate::engine::Prediction;
 use crate::fingerprint::ContentHash;
@@ -27,8 +28,9 @@ pub struct StagedJob {
 enum Backend {
     /// Nothing to stage in memory: the image waits here.
     Embedded { queue: EmbeddedQueue, image: Bytes },
-    /// The image is in Redis, unless staging failed (its error comes out of `commit`).
-    Redis { queue: RedisQueue, staged: Result<(), QueueError> },
+    /// The image is on its way into Redis, or there, unless staging failed (its error comes out
+    /// of `commit`).
+    Redis { queue: RedisQueue, staging: Staging },
 }
 
 impl EmbeddedQueue {
@@ -39,12 +41,12 @@ impl EmbeddedQueue {
 }
 
 impl RedisQueue {
-    /// Stores a job's image ahead of the job (see `queue::redis::enqueue`), to run while the
-    /// fast model does; the job is queued only by [`StagedJob::commit`], where a staging error
+    /// Starts storing a job's image ahead of the job (see `queue::redis::enqueue`), to run while
+    /// the fast model does; the job is queued only by [`StagedJob::commit`], where a staging error
     /// comes out.
     pub async fn stage(&self, id: JobId, image: Bytes, created_at_ms: u64) -> StagedJob {
-        let staged = self.stage_image(id, &image).await;
-        StagedJob::redis(self.clone(), id, created_at_ms, staged)
+        let staging = Staging::start(self, id, image).await;
+        StagedJob { id, created_at_ms, backend: Backend::Redis { queue: self.clone(), staging } }
     }
 }
 
@@ -53,13 +55,22 @@ impl StagedJob {
         Self { id, created_at_ms, backend: Backend::Embedded { queue, image } }
     }
 
-    fn redis(queue: RedisQueue, id: JobId, created_at_ms: u64, staged: Result<(), QueueError>) -> Self {
-        Self { id, created_at_ms, backend: Backend::Redis { queue, staged } }
+    /// False when staging is known to have failed already: then [`Self::commit`] returns that
+    /// error.
+    pub fn is_staged(&mut self) -> bool {
+        match &mut self.backend {
+            Backend::Embedded { .. } => true,
+            Backend::Redis { staging, .. } => !staging.failed_already(),
+        }
     }
 
-    /// False when staging failed already: then [`Self::commit`] returns that error at once.
-    pub fn is_staged(&self) -> bool {
-        !matches!(self.backend, Backend::Redis { staged: Err(_), .. })
+    /// Waits until the image is stored (Redis: the `SET` has answered); whether it is. `commit`
+    /// does not need this: it sends the job behind the image.
+    pub async fn stored(&mut self) -> bool {
+        match &mut self.backend {
+            Backend::Embedded { .. } => true,
+            Backend::Redis { staging, .. } => staging.settle().await,
+        }
     }
 
     /// Queues the job with its fast answer; returns once it is stored. An error (the staging's
@@ -77,10 +88,7 @@ impl StagedJob {
         let job = NewJob { id: self.id, fast, created_at_ms: self.created_at_ms, callback_url };
         match self.backend {
             Backend::Embedded { queue, image } => queue.enqueue(&job, image, content),
-            Backend::Redis { queue, staged } => {
-                staged?;
-                queue.enqueue_staged(&job, content).await
-            }
+            Backend::Redis { queue, staging } => queue.commit_staged(&job, content, staging).await,
         }
     }
 
@@ -101,16 +109,20 @@ impl StagedJob {
                 queue.finish_now(&job, result, source);
                 Ok(())
             }
-            Backend::Redis { queue, staged } => {
-                staged?;
-                queue.finish_now(&job, result, source).await
+            Backend::Redis { queue, staging } => {
+                // The record needs no image: it is sent at once too (its script deletes the image,
+                // and runs after the `SET`, behind it on the connection).
+                let (_, finished) = tokio::join!(biased; staging.wait(), queue.finish_now(&job, result, source));
+                finished
             }
         }
     }
 
     /// Gives the job up (its fast answer failed): a staged image is deleted at once, best effort.
     pub async fn abandon(self) {
-        if let Backend::Redis { queue, staged: Ok(()) } = self.backend {
+        if let Backend::Redis { queue, staging } = self.backend
+            && staging.wait().await.is_ok()
+        {
             queue.discard_staged(self.id).await;
         }
     }

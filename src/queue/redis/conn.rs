@@ -1,7 +1,7 @@
 //! Connections to Redis, the bounds on every call, and the one retry policy of this backend.
 //!
 //! `connect` never touches the network: connections are made lazily by [`ConnectionManager`]s
-//! (which reconnect by themselves): one for ordinary commands, one for heartbeats (driven by
+//! (which reconnect by themselves, to the same address): one for ordinary commands, one for heartbeats (driven by
 //! the heartbeat thread's runtime, `presence.rs`) and one dedicated to the blocking
 //! `XREADGROUP ... BLOCK` of `take` — a blocked command on a multiplexed connection would hold
 //! up every command queued behind it. Each call is bounded (connect ~1 s, answer ~1.5 s, whole
@@ -10,12 +10,18 @@
 //! when Redis stops answering and a line when it is back, once per outage whichever calls
 //! notice (`outage.rs`).
 //!
+//! With Sentinel (`endpoint.rs`) the primary's address is asked of the sentinels each time a
+//! manager is made, and a manager is thrown away at the first failure that may mean the primary
+//! moved: a lost or refused connection, or `READONLY` (the server is a replica now: Sentinel
+//! demoted it). The next call then finds the new primary.
+//!
 //! # Retries
 //!
 //! All retrying of a Redis call happens in [`RedisQueue::call`], as its [`Retry`] says:
 //!
 //! - always, what cannot have run: a refused connection means the command was never sent, so
-//!   it is tried once more (the manager is already reconnecting — Redis may just be back); and
+//!   it is tried once more (the manager is already reconnecting — Redis may just be back), and
+//!   so does `READONLY` (a replica runs no write; the try after it asks for the primary); and
 //!   a Redis restarted empty is picked up again by itself: the consumer group is recreated on
 //!   `NOGROUP` (from id `0`, so entries added before the group existed are still delivered) and
 //!   the call is tried once more.
@@ -28,13 +34,14 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ErrorKind, RedisError, RedisResult, ServerErrorKind};
+use redis::{ErrorKind, RedisError, RedisResult, ServerErrorKind};
 
 use super::RedisQueue;
+use super::endpoint::Endpoint;
 use super::keys::GROUP;
 use crate::queue::QueueError;
 use crate::queue::outage::Transition;
@@ -63,22 +70,26 @@ pub(super) enum Retry {
 
 /// A lazily connected, self-repairing [`ConnectionManager`].
 pub(super) struct Conn {
-    client: Client,
+    endpoint: Arc<Endpoint>,
     response_timeout: Duration,
-    manager: Mutex<ConnectionManager>,
+    /// `None`: made on the next call (at first with Sentinel, and after a failure).
+    manager: Mutex<Option<ConnectionManager>>,
     failures: AtomicU32,
 }
 
 impl Conn {
     /// A connection for commands Redis answers within `extra` more than an ordinary one.
-    pub fn new(client: Client, extra: Duration) -> RedisResult<Self> {
+    pub fn new(endpoint: Arc<Endpoint>, extra: Duration) -> RedisResult<Self> {
         let response_timeout = RESPONSE_TIMEOUT + extra;
-        let manager = Self::build(&client, response_timeout)?;
-        Ok(Self { client, response_timeout, manager: Mutex::new(manager), failures: AtomicU32::new(0) })
+        let manager = match &*endpoint {
+            Endpoint::Direct(client) => Some(Self::build(client, response_timeout)?),
+            Endpoint::Sentinel { .. } => None,
+        };
+        Ok(Self { endpoint, response_timeout, manager: Mutex::new(manager), failures: AtomicU32::new(0) })
     }
 
     /// Connects on first use; one quick retry per connection attempt, each bounded.
-    fn build(client: &Client, response_timeout: Duration) -> RedisResult<ConnectionManager> {
+    fn build(client: &redis::Client, response_timeout: Duration) -> RedisResult<ConnectionManager> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(response_timeout))
@@ -88,8 +99,14 @@ impl Conn {
         ConnectionManager::new_lazy_with_config(client.clone(), config)
     }
 
-    fn manager(&self) -> ConnectionManager {
-        self.manager.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    /// The manager, made now if there is none (asking the sentinels where the primary is).
+    async fn manager(&self) -> RedisResult<ConnectionManager> {
+        if let Some(manager) = &*self.manager.lock().unwrap_or_else(PoisonError::into_inner) {
+            return Ok(manager.clone());
+        }
+        let fresh = Self::build(&self.endpoint.client().await?, self.response_timeout)?;
+        let mut slot = self.manager.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(slot.get_or_insert(fresh).clone())
     }
 
     fn succeeded(&self) {
@@ -99,18 +116,15 @@ impl Conn {
     /// The manager reconnects by itself after a dropped connection, but not after a command
     /// that timed out on a connection that looks alive, nor after a connection attempt that
     /// failed with a server error: throw it away then, or after several failures in a row.
-    fn failed(&self, hung: bool) {
+    /// `moved`: the failure may mean the primary moved (see the module's doc): with Sentinel,
+    /// look for it again at once.
+    fn failed(&self, hung: bool, moved: bool) {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if !hung && failures < REBUILD_AFTER_FAILURES {
+        if !hung && failures < REBUILD_AFTER_FAILURES && !(moved && self.endpoint.is_sentinel()) {
             return;
         }
-        match Self::build(&self.client, self.response_timeout) {
-            Ok(fresh) => {
-                *self.manager.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
-                self.failures.store(0, Ordering::Relaxed);
-            }
-            Err(err) => tracing::warn!(error = %err, "could not set up a new Redis connection"),
-        }
+        *self.manager.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.failures.store(0, Ordering::Relaxed);
     }
 }
 
@@ -123,7 +137,7 @@ pub(super) struct AbandonOnDrop<'a> {
 impl Drop for AbandonOnDrop<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.conn.failed(true);
+            self.conn.failed(true, false);
         }
     }
 }
@@ -183,14 +197,15 @@ impl RedisQueue {
         let started = Instant::now();
         let mut retried = false;
         let outcome = loop {
-            let err = match tokio::time::timeout(limit, op(conn.manager())).await {
+            let attempt = async { op(conn.manager().await?).await };
+            let err = match tokio::time::timeout(limit, attempt).await {
                 Ok(Ok(value)) => {
                     conn.succeeded();
                     break Ok(value);
                 }
                 Ok(Err(err)) => err,
                 Err(_) => {
-                    conn.failed(true);
+                    conn.failed(true, false);
                     break Err(CallError::TimedOut(limit));
                 }
             };
@@ -198,8 +213,9 @@ impl RedisQueue {
                 conn.succeeded();
                 break Err(CallError::NoGroup);
             }
-            conn.failed(err.is_timeout());
-            if err.is_connection_refusal() && !retried {
+            let read_only = err.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly);
+            conn.failed(err.is_timeout(), read_only || err.is_io_error() || err.is_connection_dropped());
+            if (err.is_connection_refusal() || read_only) && !retried {
                 retried = true;
                 continue;
             }
@@ -286,7 +302,10 @@ impl CallError {
                     || matches!(
                         err.kind(),
                         ErrorKind::AuthenticationFailed
-                            | ErrorKind::Server(ServerErrorKind::BusyLoading | ServerErrorKind::MasterDown)
+                            | ErrorKind::MasterNameNotFoundBySentinel
+                            | ErrorKind::Server(
+                                ServerErrorKind::BusyLoading | ServerErrorKind::MasterDown | ServerErrorKind::ReadOnly
+                            )
                     )
             }
         }

@@ -4,8 +4,14 @@
 //! # Enqueueing
 //!
 //! `POST /predict` stores the image while the fast model runs (`stage`, then
-//! `stage_image`: `SET` with a short expiry), then queues the job with its fast answer
-//! (`StagedJob::commit`, then `enqueue_staged`: one small script). The image never passes
+//! `stage_image`: `SET` with a short expiry, sent at once), then queues the job with its
+//! fast answer (`StagedJob::commit`, then `commit_staged`: one small script). The script goes out
+//! as soon as the fast answer is there, without waiting for the `SET`'s reply: both travel on the
+//! one multiplexed connection, whose commands Redis runs in order, so the image is in by the time
+//! the script runs, and the request waits one round trip after its fast answer, not two (with
+//! Redis 20 ms away, 20 ms less). A script that overtook its image after all (the `SET` went out
+//! on a connection made anew) finds no image and queues nothing; it is sent once more when the
+//! `SET` has answered. The image never passes
 //! through Lua: a 1 MB script argument costs Redis about 2 ms of copying, a plain `SET` 0.2 ms. An image staged by a request that then failed, or by a
 //! process that died, expires by itself (`STAGED_IMAGE_TTL`); queueing the job removes the
 //! expiry.
@@ -36,8 +42,13 @@
 //! seconds *and* the script's reply was lost, the job runs. Redis' clock stepping back (NTP) by
 //! more than the margin while a request is in flight weakens the fence by that much.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::FutureExt as _;
 use tokio::time::Instant;
 
 use super::RedisQueue;
@@ -58,7 +69,89 @@ const CANCEL_RETRY: Duration = Duration::from_secs(1);
 /// How long a staged image waits for its job to be queued (a request's whole life is far shorter).
 const STAGED_IMAGE_TTL: Duration = Duration::from_secs(300);
 
+/// A job's image on its way into Redis: `RedisQueue::stage_image`, polled once at the start so
+/// that its `SET` is queued on the connection first (the connection's own task sends it and
+/// reads the reply, whether or not this is polled meanwhile).
+pub(in crate::queue) struct Staging {
+    state: StagingState,
+}
+
+type Sending = Pin<Box<dyn Future<Output = Result<(), QueueError>> + Send>>;
+
+enum StagingState {
+    Sending(Sending),
+    Done(Result<(), QueueError>),
+}
+
+impl Staging {
+    pub async fn start(queue: &RedisQueue, id: JobId, image: Bytes) -> Self {
+        let queue = queue.clone();
+        let mut sending: Sending = Box::pin(async move { queue.stage_image(id, &image).await });
+        let first = std::future::poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await;
+        let state = match first {
+            Poll::Ready(done) => StagingState::Done(done),
+            Poll::Pending => StagingState::Sending(sending),
+        };
+        Self { state }
+    }
+
+    /// Whether the image is known not to be stored, without waiting.
+    pub fn failed_already(&mut self) -> bool {
+        if let StagingState::Sending(sending) = &mut self.state
+            && let Some(done) = sending.as_mut().now_or_never()
+        {
+            self.state = StagingState::Done(done);
+        }
+        matches!(self.state, StagingState::Done(Err(_)))
+    }
+
+    /// Waits for the `SET`'s reply: whether the image is stored.
+    pub async fn settle(&mut self) -> bool {
+        if let StagingState::Sending(sending) = &mut self.state {
+            self.state = StagingState::Done(sending.await);
+        }
+        matches!(self.state, StagingState::Done(Ok(())))
+    }
+
+    pub async fn wait(self) -> Result<(), QueueError> {
+        match self.state {
+            StagingState::Sending(sending) => sending.await,
+            StagingState::Done(done) => done,
+        }
+    }
+}
+
+/// What the enqueue script did, before a missing image is taken for an error.
+enum Reply {
+    Done(Enqueued),
+    /// The image was not in Redis: nothing was queued.
+    ImageMissing,
+}
+
 impl RedisQueue {
+    /// Queues a staged job with its fast answer; the script is sent at once, behind the image's
+    /// `SET` (see "Enqueueing"). An error means the job is not queued, ever.
+    pub(in crate::queue) async fn commit_staged(
+        &self,
+        job: &NewJob<'_>,
+        content: Option<&ContentHash>,
+        staging: Staging,
+    ) -> Result<Enqueued, QueueError> {
+        // Biased: polled first, a `SET` still waiting for the connection goes out before the script.
+        let (staged, queued) = tokio::join!(biased; staging.wait(), self.enqueue_staged(job, content));
+        let missing =
+            || QueueError::Unavailable("enqueue: the job's image was not in Redis (staging failed or expired)".into());
+        match (staged, queued?) {
+            (_, Reply::Done(queued)) => Ok(queued),
+            (Err(err), Reply::ImageMissing) => Err(err),
+            // It overtook its image: nothing was queued, and now the image is in.
+            (Ok(()), Reply::ImageMissing) => match self.enqueue_staged(job, content).await? {
+                Reply::Done(queued) => Ok(queued),
+                Reply::ImageMissing => Err(missing()),
+            },
+        }
+    }
+
     /// Stores a job's image ahead of the job, with a plain `SET` (see "Enqueueing" above). It
     /// expires after `STAGED_IMAGE_TTL` unless [`Self::enqueue_staged`] queues its job. Redis'
     /// `TIME` comes back in the same round trip, for the enqueue fence.
@@ -111,11 +204,7 @@ impl RedisQueue {
     /// queues nothing; and if no answer comes, the job is removed in the background (see
     /// "Enqueue outcome"). So an error here always means no job, ever. With `content` (the
     /// cache on), a job for bytes already queued or running follows that run.
-    pub(in crate::queue) async fn enqueue_staged(
-        &self,
-        job: &NewJob<'_>,
-        content: Option<&ContentHash>,
-    ) -> Result<Enqueued, QueueError> {
+    async fn enqueue_staged(&self, job: &NewJob<'_>, content: Option<&ContentHash>) -> Result<Reply, QueueError> {
         let inner = &self.inner;
         let id = job.id;
         let content = content.filter(|_| inner.config.policy.cache.is_on()).map(ContentHash::hex).unwrap_or_default();
@@ -165,22 +254,20 @@ impl RedisQueue {
             other => {
                 let cached = super::reply::string_of(&other).and_then(|json| serde_json::from_str(&json).ok());
                 return cached
-                    .map(Enqueued::Cached)
+                    .map(|cached| Reply::Done(Enqueued::Cached(cached)))
                     .ok_or_else(|| QueueError::Unavailable("enqueue: the cached result could not be read".into()));
             }
         };
         match queued {
-            1 => Ok(Enqueued::Queued),
-            3 => Ok(Enqueued::SharedRun),
+            1 => Ok(Reply::Done(Enqueued::Queued)),
+            3 => Ok(Reply::Done(Enqueued::SharedRun)),
             0 => Err(QueueError::Full { limit }),
             2 => Err(QueueError::FullBytes { limit: byte_limit }),
             -2 => Err(QueueError::Unavailable(format!(
                 "enqueue: Redis ran it more than {} ms late (stalled?), so it queued nothing",
                 ENQUEUE_FENCE.as_millis()
             ))),
-            _ => Err(QueueError::Unavailable(
-                "enqueue: the job's image was not in Redis (staging failed or expired)".into(),
-            )),
+            _ => Ok(Reply::ImageMissing),
         }
     }
 

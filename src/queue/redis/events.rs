@@ -12,8 +12,8 @@
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use redis::Client;
 
+use super::endpoint::Endpoint;
 use crate::queue::events::JobEvents;
 
 /// Connecting, subscribing and each ping must answer within this.
@@ -28,7 +28,7 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 /// Runs the subscription for as long as the process does (see `RedisQueue::watch`).
 pub(super) fn spawn_subscriber(
     runtime: &tokio::runtime::Handle,
-    client: Client,
+    endpoint: std::sync::Arc<Endpoint>,
     channel: String,
     events: JobEvents,
 ) -> tokio::task::JoinHandle<()> {
@@ -36,7 +36,7 @@ pub(super) fn spawn_subscriber(
         let mut backoff = Duration::from_millis(100);
         loop {
             let started = tokio::time::Instant::now();
-            match subscribe(&client, &channel, &events).await {
+            match subscribe(&endpoint, &channel, &events).await {
                 Ok(()) => tracing::debug!(%channel, "job events subscription ended; subscribing again"),
                 Err(err) => tracing::debug!(%channel, error = %err, "job events subscription failed"),
             }
@@ -50,8 +50,10 @@ pub(super) fn spawn_subscriber(
 }
 
 /// Subscribes and forwards events until the connection ends or stops answering pings.
-async fn subscribe(client: &Client, channel: &str, events: &JobEvents) -> Result<(), String> {
-    let pubsub = tokio::time::timeout(ANSWER_TIMEOUT, client.get_async_pubsub())
+async fn subscribe(endpoint: &Endpoint, channel: &str, events: &JobEvents) -> Result<(), String> {
+    // With Sentinel, the primary as it is now (a subscription made again follows a failover).
+    let connect = async { endpoint.client().await?.get_async_pubsub().await };
+    let pubsub = tokio::time::timeout(ANSWER_TIMEOUT, connect)
         .await
         .map_err(|_| "connect timed out".to_owned())?
         .map_err(|err| err.to_string())?;

@@ -42,6 +42,7 @@
 mod cache;
 mod clock;
 mod conn;
+mod endpoint;
 mod enqueue;
 mod events;
 mod heartbeat;
@@ -56,7 +57,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::{Client, Value};
+use redis::Value;
 use tokio::time::Instant;
 
 use super::events::{JobEvents, JobWatch};
@@ -66,10 +67,14 @@ use crate::engine::Prediction;
 use crate::jobs::{JobId, JobRecord, JobStatus, now_ms};
 use clock::RedisClock;
 use conn::{Conn, OP_TIMEOUT, Retry, unavailable};
+use endpoint::Endpoint;
 use keys::{GROUP, Keys};
 use reply::parse_record;
 use scripts::Scripts;
 use take::BLOCK_CHUNK;
+
+pub use endpoint::InvalidUrl;
+pub(in crate::queue) use enqueue::Staging;
 
 #[derive(Debug, Clone)]
 pub struct RedisQueueConfig {
@@ -116,7 +121,8 @@ struct Inner {
     scripts: Scripts,
     /// Whether Redis is answering, so an outage is logged once (see `outage.rs`).
     outage: Outage,
-    /// `host:port` of the Redis, for log lines (never the URL: it may hold a password).
+    /// `host:port` of the Redis (or the sentinels), for log lines (never the URL: it may hold a
+    /// password).
     addr: String,
     /// Redis' clock as last seen from here, for the enqueue fence.
     clock: RedisClock,
@@ -128,7 +134,7 @@ struct Inner {
     events: JobEvents,
     /// The subscription task, started by the first watch and started again if it ever ends.
     subscriber: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    client: Client,
+    endpoint: Arc<Endpoint>,
     /// `{prefix}:cache:{identity}:`, once this worker has announced its model: where the results
     /// it stores are cached.
     cache_prefix: Mutex<Option<String>>,
@@ -142,16 +148,30 @@ struct ReclaimState {
 }
 
 impl RedisQueue {
+    /// Refuses a Redis URL that cannot work (`redis://`, `unix://`, `redis+sentinel://`), saying
+    /// why and what would.
+    pub fn check_url(url: &str) -> Result<(), InvalidUrl> {
+        Endpoint::parse(url).map(|_| ())
+    }
+
     /// Sets up the queue without connecting: Redis may be down now and come up later.
     /// Fails only on a malformed URL.
     pub async fn connect(config: RedisQueueConfig) -> Result<Self, QueueError> {
-        let client = Client::open(config.url.as_str())
-            .map_err(|err| QueueError::Unavailable(format!("invalid Redis URL: {err}")))?;
-        let addr = client.get_connection_info().addr().to_string();
-        let main = Conn::new(client.clone(), Duration::ZERO).map_err(|err| unavailable("connect", &err))?;
-        let beat = Conn::new(client.clone(), Duration::ZERO).map_err(|err| unavailable("connect", &err))?;
-        let blocking = Conn::new(client.clone(), BLOCK_CHUNK).map_err(|err| unavailable("connect", &err))?;
-        let hooks = Conn::new(client.clone(), BLOCK_CHUNK).map_err(|err| unavailable("connect", &err))?;
+        // One each per connection: with Sentinel, each asks the sentinels on its own connections,
+        // driven by its own runtime (the heartbeats' is not the process's).
+        let url = config.url.as_str();
+        let endpoint = || {
+            Endpoint::parse(url)
+                .map(Arc::new)
+                .map_err(|err| QueueError::Unavailable(format!("invalid Redis URL: {err}")))
+        };
+        let conn = |extra| -> Result<Conn, QueueError> {
+            Conn::new(endpoint()?, extra).map_err(|err| unavailable("connect", &err))
+        };
+        let (main, beat, blocking, hooks) =
+            (conn(Duration::ZERO)?, conn(Duration::ZERO)?, conn(BLOCK_CHUNK)?, conn(BLOCK_CHUNK)?);
+        let events_endpoint = endpoint()?;
+        let addr = events_endpoint.describe();
         let keys = Keys::new(&config.prefix);
         let scripts = Scripts::new();
         Ok(Self {
@@ -173,7 +193,7 @@ impl RedisQueue {
                 held: Mutex::new(HashMap::new()),
                 events: JobEvents::default(),
                 subscriber: Mutex::new(None),
-                client,
+                endpoint: events_endpoint,
                 cache_prefix: Mutex::new(None),
             }),
         })
@@ -189,8 +209,8 @@ impl RedisQueue {
         if subscriber.as_ref().is_none_or(tokio::task::JoinHandle::is_finished)
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            let (client, channel, events) = (inner.client.clone(), inner.keys.events.clone(), inner.events.clone());
-            *subscriber = Some(events::spawn_subscriber(&runtime, client, channel, events));
+            let (endpoint, channel, events) = (inner.endpoint.clone(), inner.keys.events.clone(), inner.events.clone());
+            *subscriber = Some(events::spawn_subscriber(&runtime, endpoint, channel, events));
         }
         watch
     }
