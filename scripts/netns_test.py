@@ -18,8 +18,11 @@ namespaces):
   and it takes jobs again without a restart;
 - serve-cut: a `serve`'s route to Redis gone: it still answers with the fast result
   (`job_id: null`, `async_error`), `/health/ready` is 503, and it recovers by itself;
-- latency: `POST /predict` p50 at concurrency 1 with Redis 20 ms away against Redis on the same
-  host's loopback-equivalent (0 ms), in alternating slices.
+- loss: 2 % of the packets every host receives dropped (`iptables -m statistic`), Redis still
+  20 ms away: 1,000 jobs through both `serve`, every job given an id completed, none lost or
+  failed (TCP retransmits; what it costs shows in the latencies and in `results_reported`);
+- latency: `POST /predict` p50 at concurrency 1 with Redis 20 ms away, and 1 ms away (relay
+  mode), against Redis across the bridge with no delay, in alternating slices.
 
 Prints one line per check and a JSON summary at the end; exits non-zero on the first failure.
 """
@@ -35,7 +38,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NET = "10.77.0"
@@ -43,6 +45,11 @@ HOSTS = {"redis": 1, "serve1": 2, "serve2": 3, "worker1": 4, "worker2": 5, "work
 REDIS_PORT = 6379
 RELAY_PORT = 6390
 ONE_WAY_S = 0.010
+# A second relay, 1 ms round trip, for the latency scenario.
+NEAR_RELAY_PORT = 6391
+NEAR_ONE_WAY_S = 0.0005
+LOSS = 0.02
+LOSS_JOBS = 1000
 
 
 def sh(*cmd, check=True, capture=False):
@@ -175,15 +182,6 @@ def relay_main(listen_host, listen_port, target_port, one_way):
     asyncio.run(serve())
 
 
-def http(method, url, body=None, headers=None, timeout=30):
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 class Client:
     """Runs commands in the client's namespace."""
 
@@ -230,11 +228,12 @@ def main():
     parser.add_argument("--binary", default=os.path.join(ROOT, "target/debug/tandem"))
     parser.add_argument("--shared", default=os.environ.get("TANDEM_SHARED_DIR", os.path.join(ROOT, "..", "shared")))
     parser.add_argument("--jobs", type=int, default=5000)
-    parser.add_argument("--only", default=None, help="one scenario: exactly-once, worker-cut, serve-cut, latency")
-    parser.add_argument("--relay", nargs=3, metavar=("HOST", "PORT", "TARGET"), help=argparse.SUPPRESS)
+    parser.add_argument("--only", default=None,
+                        help="one scenario: exactly-once, worker-cut, serve-cut, loss, latency")
+    parser.add_argument("--relay", nargs=4, metavar=("HOST", "PORT", "TARGET", "ONE_WAY_S"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.relay:
-        return relay_main(args.relay[0], int(args.relay[1]), int(args.relay[2]), ONE_WAY_S)
+        return relay_main(args.relay[0], int(args.relay[1]), int(args.relay[2]), float(args.relay[3]))
     if os.geteuid() != 0:
         say("needs root (network namespaces); skipped")
         return 0
@@ -255,8 +254,9 @@ def main():
                   open(os.path.join(work, "redis.log"), "w"))
         far_port = REDIS_PORT
         if not lab.netem:
-            lab.spawn("redis", [sys.executable, os.path.abspath(__file__), "--relay", redis_ip, str(RELAY_PORT),
-                                str(REDIS_PORT)], open(os.path.join(work, "relay.log"), "w"))
+            for port, one_way in ((RELAY_PORT, ONE_WAY_S), (NEAR_RELAY_PORT, NEAR_ONE_WAY_S)):
+                lab.spawn("redis", [sys.executable, os.path.abspath(__file__), "--relay", redis_ip, str(port),
+                                    str(REDIS_PORT), str(one_way)], open(os.path.join(work, f"relay-{port}.log"), "w"))
             far_port = RELAY_PORT
         wait_until("redis", lambda: "PONG" in redis_cli(lab, "ping", check=False), 10)
         far = f"redis://{redis_ip}:{far_port}/"
@@ -280,7 +280,7 @@ def main():
         def job_keys():
             return [k for k in redis_cli(lab, "--scan", "--pattern", "tandem:job:*").split() if k.count(":") == 2]
 
-        scenarios = [args.only] if args.only else ["exactly-once", "worker-cut", "serve-cut", "latency"]
+        scenarios = [args.only] if args.only else ["exactly-once", "worker-cut", "serve-cut", "loss", "latency"]
         if "exactly-once" in scenarios:
             per = args.jobs // 2
             started = time.monotonic()
@@ -365,18 +365,29 @@ def main():
                 raise RuntimeError("serve-cut: no job after recovery")
             summary["serve_cut"] = {"recovered_s": round(time.monotonic() - back, 1)}
 
+        if "loss" in scenarios:
+            summary["loss"] = lossy(lab, client, serves, photo, job_keys)
+
         if "latency" in scenarios:
             near = f"redis://{redis_ip}:{REDIS_PORT}/"
             lab.spawn("serve1", [binary, "serve", "--addr", f"{lab.ip('serve1')}:8001", "--redis-url", near, *common],
                       open(os.path.join(work, "serve1-near.log"), "w"))
             near_base = f"http://{lab.ip('serve1')}:8001"
             wait_until("near serve", lambda: client.status(f"{near_base}/health/ready") == "200", 120)
+            bases = [("far", serves["serve1"]), ("near", near_base)]
+            if not lab.netem:
+                one_ms = f"redis://{redis_ip}:{NEAR_RELAY_PORT}/"
+                lab.spawn("serve2", [binary, "serve", "--addr", f"{lab.ip('serve2')}:8001", "--redis-url", one_ms,
+                                     *common], open(os.path.join(work, "serve2-1ms.log"), "w"))
+                one_ms_base = f"http://{lab.ip('serve2')}:8001"
+                wait_until("1 ms serve", lambda: client.status(f"{one_ms_base}/health/ready") == "200", 120)
+                bases.append(("1ms", one_ms_base))
             # The workers would compete for the CPU: stopped for this one.
             for proc in workers.values():
                 lab.stop(proc)
-            p50 = {"far": [], "near": []}
+            p50 = {name: [] for name, _ in bases}
             for _ in range(3):
-                for name, base in (("far", serves["serve1"]), ("near", near_base)):
+                for name, base in bases:
                     report = client.bench("--url", base, "--image", photo, "--concurrency", "1", "--duration", "3",
                                           "--warmup", "1")
                     p50[name].append(report["routes"]["predict"]["latency"]["p50_ms"])
@@ -385,11 +396,58 @@ def main():
                 f"local {statistics.median(p50['near']):.2f} ms; median difference {statistics.median(diffs):.2f} ms")
             summary["latency"] = {"far_p50_ms": p50["far"], "near_p50_ms": p50["near"],
                                   "far_minus_near_ms_median": round(statistics.median(diffs), 2)}
+            if "1ms" in p50:
+                diffs_1ms = [f - n for f, n in zip(p50["1ms"], p50["near"])]
+                say(f"latency: with Redis 1 ms away {statistics.median(p50['1ms']):.2f} ms; median difference "
+                    f"{statistics.median(diffs_1ms):.2f} ms")
+                summary["latency"].update({"one_ms_p50_ms": p50["1ms"],
+                                           "one_ms_minus_near_ms_median": round(statistics.median(diffs_1ms), 2)})
         print(json.dumps(summary))
         say("ok")
         return 0
     finally:
         lab.close()
+
+
+def lossy(lab, client, serves, photo, job_keys):
+    """The loss scenario: LOSS of every host's incoming packets on its bridge link dropped while
+    LOSS_JOBS jobs go through both serves."""
+    hosts = [h for h in HOSTS if h != "client"]
+    rule = ["INPUT", "-i", "eth0", "-m", "statistic", "--mode", "random", "--probability", str(LOSS), "-j", "DROP"]
+    for host in hosts:
+        sh("ip", "netns", "exec", lab.ns(host), "iptables", "-A", *rule)
+    before = set(job_keys())
+    try:
+        results = []
+        threads = [threading.Thread(target=lambda b=b: results.append(client.bench(
+            "--url", b, "--image", photo, "--jobs", str(LOSS_JOBS // 2), "--concurrency", "8",
+            "--poll-interval", "200", "--job-timeout", "300"))) for b in serves.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        dropped = sum(int(line.split()[0]) for host in hosts for line in sh(
+            "ip", "netns", "exec", lab.ns(host), "iptables", "-L", "INPUT", "-v", "-n", "-x", capture=True
+        ).splitlines() if "statistic" in line)
+    finally:
+        for host in hosts:
+            sh("ip", "netns", "exec", lab.ns(host), "iptables", "-D", *rule, check=False)
+    queued = sum(r["queued"] for r in results)
+    completed = sum(r["completed"] for r in results)
+    bad = sum(r["lost"] + r["timed_out"] + r["failed"] for r in results)
+    reported = {}
+    for key in set(job_keys()) - before:
+        count = redis_cli(lab, "hget", key, "results_reported").strip() or "0"
+        reported[count] = reported.get(count, 0) + 1
+    p50 = max(r["submit_latency"]["p50_ms"] for r in results)
+    p99 = max(r["submit_latency"]["p99_ms"] for r in results)
+    say(f"loss: {LOSS:.0%} of packets dropped ({dropped} in all): {queued} of {LOSS_JOBS} queued, {completed} "
+        f"completed, {bad} lost or failed; POST /predict p50 {p50:.1f} ms, p99 {p99:.1f} ms; results reported "
+        f"per job {reported}")
+    if completed != queued or bad or queued < LOSS_JOBS * 0.9 or dropped == 0:
+        raise RuntimeError("loss: a queued job did not complete, or the loss was not applied")
+    return {"loss": LOSS, "dropped_packets": dropped, "queued": queued, "completed": completed,
+            "predict_p50_ms": p50, "predict_p99_ms": p99, "results_reported": reported}
 
 
 # The pending entries of the worker whose consumer name ends in its pid (`host-pid-random`).

@@ -302,9 +302,9 @@ fn start_up_checks_come_before_the_models_load() {
     assert!(!stderr.contains("nonexistent"), "{stderr}");
     // Sentinel URLs are checked as well; a password never reaches the message.
     let (ok, stderr) =
-        run(&["serve", "--model-dir", "/nonexistent", "--redis-url", "redis+sentinel://:s3cret@s1:26379"]);
+        run(&["serve", "--model-dir", "/nonexistent", "--redis-url", "redis+sentinel://:s3c/ret@s1:26379"]);
     assert!(!ok && stderr.contains("SERVICE") && stderr.contains("redis+sentinel://***@s1:26379"), "{stderr}");
-    assert!(!stderr.contains("s3cret") && !stderr.contains("nonexistent"), "{stderr}");
+    assert!(!stderr.contains("s3c") && !stderr.contains("ret@") && !stderr.contains("nonexistent"), "{stderr}");
 
     let (ok, stderr) = run(&["serve", "--model-dir", "/nonexistent", "--cors-origin", "not an origin"]);
     assert!(!ok && stderr.contains("--cors-origin"), "{stderr}");

@@ -15,7 +15,7 @@ use super::worker::{start_accurate, worker_config};
 use crate::api::{self, Access, Limits};
 use crate::engine::Tier;
 use crate::labels::Labels;
-use crate::queue::{EmbeddedQueue, JobQueue};
+use crate::queue::{EmbeddedQueue, JobQueue, ReplicaAcks};
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -28,6 +28,19 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub queue: QueueArgs,
+
+    /// Redis replicas that must have a job before `POST /predict` hands out its id (Redis `WAIT`).
+    ///
+    /// Redis replicates asynchronously, so without it a failover can lose the jobs acknowledged
+    /// just before it (their ids then answer 404). A job the replicas do not acknowledge within
+    /// --redis-wait-timeout is withdrawn and answered `"job_id": null` with an `async_error`.
+    /// 0: off.
+    #[arg(long, env = "TANDEM_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
+    /// Seconds --redis-wait-replicas waits for the replicas.
+    #[arg(long, env = "TANDEM_REDIS_WAIT_TIMEOUT", default_value_t = 0.5, value_parser = parse_seconds)]
+    pub redis_wait_timeout: f64,
 
     #[command(flatten)]
     pub workers: WorkerPoolArgs,
@@ -137,7 +150,13 @@ async fn run_async(args: &ServeArgs) -> anyhow::Result<()> {
     let mut policy = args.queue.policy();
     policy.cache = args.refine.cache_policy();
     let (queue, embedded_worker) = match &args.queue.redis_url {
-        Some(url) => (connect_redis(url, &args.queue, policy).await?, None),
+        Some(url) => {
+            let acks = ReplicaAcks {
+                replicas: args.redis_wait_replicas,
+                timeout: Duration::from_secs_f64(args.redis_wait_timeout.max(0.001)),
+            };
+            (connect_redis(url, &args.queue, policy, acks).await?, None)
+        }
         None => {
             let queue = JobQueue::Embedded(EmbeddedQueue::new(policy));
             let accurate = start_accurate(&args.models, &labels, &args.workers)?;

@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 
 use super::args::QueueArgs;
-use crate::queue::{JobQueue, QueuePolicy, RedisQueue, RedisQueueConfig};
+use crate::queue::{JobQueue, QueuePolicy, RedisQueue, RedisQueueConfig, ReplicaAcks};
 
 pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
@@ -28,24 +28,33 @@ pub(super) fn check_redis_url(url: &str) -> anyhow::Result<()> {
     RedisQueue::check_url(url).map_err(|err| anyhow::anyhow!("invalid --redis-url {:?}: {err}", without_password(url)))
 }
 
-/// `scheme://user:secret@host/...` as `scheme://***@host/...`.
+/// `scheme://user:secret@host/...` as `scheme://***@host/...`: everything up to the last `@`
+/// (a password may hold `/` or `@`).
 fn without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rfind('@') {
+            Some(at) => format!("{scheme}://***{}", &rest[at..]),
+            None => url.to_owned(),
+        },
+        None if url.contains('@') => "***".to_owned(),
         None => url.to_owned(),
     }
 }
 
-/// `policy`: `args.policy()`, with what only `serve` sets (the cache).
-pub(super) async fn connect_redis(url: &str, args: &QueueArgs, policy: QueuePolicy) -> anyhow::Result<JobQueue> {
+/// `policy`: `args.policy()`, with what only `serve` sets (the cache); `replica_acks` too.
+pub(super) async fn connect_redis(
+    url: &str,
+    args: &QueueArgs,
+    policy: QueuePolicy,
+    replica_acks: ReplicaAcks,
+) -> anyhow::Result<JobQueue> {
     let config = RedisQueueConfig {
         url: url.to_owned(),
         prefix: args.redis_prefix.clone(),
         consumer: consumer_name(),
         reclaim_after: args.reclaim_after(),
         policy,
+        replica_acks,
     };
     let queue = RedisQueue::connect(config).await.context("cannot set up the Redis queue")?;
     // One call now, so a Redis that does not answer is logged at start-up (the queue logs

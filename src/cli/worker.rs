@@ -17,6 +17,7 @@ use super::startup::{bind, check_redis_url, connect_redis, runtime};
 use super::tiers::{self, Run};
 use crate::engine::{Classifier, Tier};
 use crate::labels::Labels;
+use crate::queue::ReplicaAcks;
 use crate::worker::{self, WorkerConfig};
 
 #[derive(Debug, Clone, Args)]
@@ -74,7 +75,7 @@ async fn run_async(args: &WorkerArgs) -> anyhow::Result<()> {
     args.models.configure_decode_memory();
     let labels = Arc::new(Labels::load(&args.models.labels_path())?);
     let accurate = start_accurate(&args.models, &labels, &args.workers)?;
-    let queue = connect_redis(url, &args.queue, args.queue.policy()).await?;
+    let queue = connect_redis(url, &args.queue, args.queue.policy(), ReplicaAcks::OFF).await?;
     crate::metrics::install();
     crate::metrics::register_worker_series();
     if let Some(listener) = metrics_listener {

@@ -24,7 +24,7 @@ pub use delivery::{Delivery, FailOutcome, Receipt, WebhookTask};
 pub use embedded::EmbeddedQueue;
 pub use events::{JobEvents, JobWatch};
 pub use presence::WorkerPresence;
-pub use redis::{RedisQueue, RedisQueueConfig};
+pub use redis::{RedisQueue, RedisQueueConfig, ReplicaAcks};
 pub use staged::StagedJob;
 
 use crate::engine::Prediction;

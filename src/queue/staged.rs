@@ -110,10 +110,12 @@ impl StagedJob {
                 Ok(())
             }
             Backend::Redis { queue, staging } => {
-                // The record needs no image: it is sent at once too (its script deletes the image,
-                // and runs after the `SET`, behind it on the connection).
-                let (_, finished) = tokio::join!(biased; staging.wait(), queue.finish_now(&job, result, source));
-                finished
+                // After the `SET` has answered: the script deletes the image, so it must run
+                // after it (one round trip more; this path runs no worker).
+                staging.wait().await?;
+                let server_before = queue.server();
+                queue.finish_now(&job, result, source).await?;
+                queue.replicated(job.id, queue.committed_on(server_before)).await
             }
         }
     }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use redis::Value;
 use tandem::engine::Prediction;
 use tandem::jobs::now_ms;
-use tandem::queue::{QueuePolicy, RedisQueue, RedisQueueConfig};
+use tandem::queue::{QueuePolicy, RedisQueue, RedisQueueConfig, ReplicaAcks};
 use uuid::Uuid;
 
 /// How long a queue under test waits before taking over a job: longer than any test.
@@ -62,7 +62,14 @@ pub fn config(
     reclaim_after: Duration,
     policy: QueuePolicy,
 ) -> RedisQueueConfig {
-    RedisQueueConfig { url: url.into(), prefix: prefix.into(), consumer: consumer.into(), reclaim_after, policy }
+    RedisQueueConfig {
+        url: url.into(),
+        prefix: prefix.into(),
+        consumer: consumer.into(),
+        reclaim_after,
+        policy,
+        replica_acks: ReplicaAcks::OFF,
+    }
 }
 
 /// A fresh key prefix whose keys are deleted when this is dropped.

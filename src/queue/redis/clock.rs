@@ -2,34 +2,44 @@
 //! `enqueue.rs`): a deadline on Redis' own clock, so clock skew between hosts plays no part.
 
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 /// Maps this process's monotonic clock to Redis' (`TIME`), from the latest `TIME` answer. The
 /// offset is taken when the answer arrives, so it is never ahead of the true one (Redis read
-/// its clock before): a deadline computed with it is early, never late.
+/// its clock before): a deadline computed with it is early, never late. It holds for the server
+/// it was read from only: after a failover (Sentinel) the new primary's clock is read anew.
 pub(super) struct RedisClock {
     epoch: Instant,
     /// Redis' time (ms) minus ours (ms since `epoch`); `i64::MIN` until first seen.
     offset_ms: AtomicI64,
+    /// The server (`host:port`) the offset was read from.
+    server: Mutex<Option<String>>,
 }
 
 impl RedisClock {
     pub fn new() -> Self {
-        Self { epoch: Instant::now(), offset_ms: AtomicI64::new(i64::MIN) }
+        Self { epoch: Instant::now(), offset_ms: AtomicI64::new(i64::MIN), server: Mutex::new(None) }
     }
 
     fn local_ms(&self, at: Instant) -> i64 {
         i64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// Records a `TIME` answer (seconds, microseconds) received at `received`.
-    pub fn observe(&self, (secs, micros): (u64, u64), received: Instant) {
+    /// Records a `TIME` answer (seconds, microseconds) from `server`, received at `received`.
+    pub fn observe(&self, (secs, micros): (u64, u64), received: Instant, server: Option<String>) {
         let redis_ms = i64::try_from(secs.saturating_mul(1000).saturating_add(micros / 1000)).unwrap_or(i64::MAX);
+        let mut seen_on = self.server.lock().unwrap_or_else(PoisonError::into_inner);
         self.offset_ms.store(redis_ms.saturating_sub(self.local_ms(received)), Ordering::Relaxed);
+        *seen_on = server;
     }
 
-    /// Redis' time (ms) at our `at`, or `None` before any `TIME` was seen.
-    pub fn redis_ms(&self, at: Instant) -> Option<i64> {
+    /// Redis' time (ms) at our `at` on `server`, or `None` before a `TIME` of that server was seen.
+    pub fn redis_ms(&self, at: Instant, server: &Option<String>) -> Option<i64> {
+        let seen_on = self.server.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen_on.is_none() || *seen_on != *server {
+            return None;
+        }
         let offset = self.offset_ms.load(Ordering::Relaxed);
         (offset != i64::MIN).then(|| offset.saturating_add(self.local_ms(at)))
     }

@@ -73,40 +73,69 @@ pub(super) struct Conn {
     endpoint: Arc<Endpoint>,
     response_timeout: Duration,
     /// `None`: made on the next call (at first with Sentinel, and after a failure).
-    manager: Mutex<Option<ConnectionManager>>,
+    current: Mutex<Option<Current>>,
+    /// One lookup at a time: calls that find no manager wait for the one being made.
+    making: tokio::sync::Mutex<()>,
     failures: AtomicU32,
+}
+
+struct Current {
+    manager: ConnectionManager,
+    /// `host:port` of the server it connects to.
+    server: String,
 }
 
 impl Conn {
     /// A connection for commands Redis answers within `extra` more than an ordinary one.
     pub fn new(endpoint: Arc<Endpoint>, extra: Duration) -> RedisResult<Self> {
         let response_timeout = RESPONSE_TIMEOUT + extra;
-        let manager = match &*endpoint {
+        let current = match &*endpoint {
             Endpoint::Direct(client) => Some(Self::build(client, response_timeout)?),
             Endpoint::Sentinel { .. } => None,
         };
-        Ok(Self { endpoint, response_timeout, manager: Mutex::new(manager), failures: AtomicU32::new(0) })
+        Ok(Self {
+            endpoint,
+            response_timeout,
+            current: Mutex::new(current),
+            making: tokio::sync::Mutex::new(()),
+            failures: AtomicU32::new(0),
+        })
     }
 
     /// Connects on first use; one quick retry per connection attempt, each bounded.
-    fn build(client: &redis::Client, response_timeout: Duration) -> RedisResult<ConnectionManager> {
+    fn build(client: &redis::Client, response_timeout: Duration) -> RedisResult<Current> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(response_timeout))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(200));
-        ConnectionManager::new_lazy_with_config(client.clone(), config)
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        Ok(Current { manager, server: client.get_connection_info().addr().to_string() })
+    }
+
+    fn existing(&self) -> Option<ConnectionManager> {
+        self.current.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|c| c.manager.clone())
     }
 
     /// The manager, made now if there is none (asking the sentinels where the primary is).
     async fn manager(&self) -> RedisResult<ConnectionManager> {
-        if let Some(manager) = &*self.manager.lock().unwrap_or_else(PoisonError::into_inner) {
-            return Ok(manager.clone());
+        if let Some(manager) = self.existing() {
+            return Ok(manager);
+        }
+        let _making = self.making.lock().await;
+        if let Some(manager) = self.existing() {
+            return Ok(manager);
         }
         let fresh = Self::build(&self.endpoint.client().await?, self.response_timeout)?;
-        let mut slot = self.manager.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(slot.get_or_insert(fresh).clone())
+        let manager = fresh.manager.clone();
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(fresh);
+        Ok(manager)
+    }
+
+    /// `host:port` of the server the connection goes to now; `None` while there is no manager.
+    pub fn server(&self) -> Option<String> {
+        self.current.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|c| c.server.clone())
     }
 
     fn succeeded(&self) {
@@ -123,7 +152,7 @@ impl Conn {
         if !hung && failures < REBUILD_AFTER_FAILURES && !(moved && self.endpoint.is_sentinel()) {
             return;
         }
-        *self.manager.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = None;
         self.failures.store(0, Ordering::Relaxed);
     }
 }
@@ -213,7 +242,8 @@ impl RedisQueue {
                 conn.succeeded();
                 break Err(CallError::NoGroup);
             }
-            let read_only = err.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly);
+            // By its code too: a script's write refused on a replica may come wrapped in ERR.
+            let read_only = err.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly) || has_code(&err, "READONLY");
             conn.failed(err.is_timeout(), read_only || err.is_io_error() || err.is_connection_dropped());
             if (err.is_connection_refusal() || read_only) && !retried {
                 retried = true;

@@ -87,11 +87,13 @@ impl Endpoint {
 
 fn parse_sentinel(rest: &str) -> Result<Endpoint, InvalidUrl> {
     let form = || format!("expected {SENTINEL_SCHEME}[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB]");
-    let (authority, path) = rest.split_once('/').ok_or_else(|| InvalidUrl(format!("{}: no /SERVICE", form())))?;
-    let (credentials, hosts) = match authority.rsplit_once('@') {
-        Some((credentials, hosts)) => (Some(credentials), hosts),
-        None => (None, authority),
+    // The credentials end at the last `@` (a password may hold `@` or `/`); the hosts at the first
+    // `/` after it. Nothing before that `@` is ever quoted in an error.
+    let (credentials, rest) = match rest.rsplit_once('@') {
+        Some((credentials, rest)) => (Some(credentials), rest),
+        None => (None, rest),
     };
+    let (hosts, path) = rest.split_once('/').ok_or_else(|| InvalidUrl(format!("{}: no /SERVICE", form())))?;
     let addrs = hosts.split(',').map(parse_host).collect::<Result<Vec<_>, _>>()?;
     let mut segments = path.split('/');
     let service =
@@ -103,19 +105,28 @@ fn parse_sentinel(rest: &str) -> Result<Endpoint, InvalidUrl> {
     if segments.any(|s| !s.is_empty()) {
         return Err(InvalidUrl(format!("{}: too many path segments", form())));
     }
-    let sentinels = addrs.iter().map(ToString::to_string).collect();
+    let sentinels = addrs
+        .iter()
+        .map(|addr| match addr {
+            ConnectionAddr::Tcp(host, port) if host.contains(':') => format!("[{host}]:{port}"),
+            other => other.to_string(),
+        })
+        .collect();
     let mut builder = SentinelClientBuilder::new(addrs, service, SentinelServerType::Master)
         .map_err(|err| InvalidUrl(err.to_string()))?;
     if let Some(credentials) = credentials {
+        // As in a `redis://` URL: `USER`, `:PASSWORD` or `USER:PASSWORD`.
         let (user, password) = match credentials.split_once(':') {
-            Some((user, password)) => (user, password),
-            None => ("", credentials),
+            Some((user, password)) => (user, Some(password)),
+            None => (credentials, None),
         };
         let user = decode(user)?;
         if !user.is_empty() {
             builder = builder.set_client_to_redis_username(user);
         }
-        builder = builder.set_client_to_redis_password(decode(password)?);
+        if let Some(password) = password {
+            builder = builder.set_client_to_redis_password(decode(password)?);
+        }
     }
     if let Some(db) = db {
         builder = builder.set_client_to_redis_db(db);
@@ -130,14 +141,19 @@ fn parse_host(host: &str) -> Result<ConnectionAddr, InvalidUrl> {
     let (name, port) = match host.strip_prefix('[') {
         Some(bracketed) => {
             let (name, after) = bracketed.split_once(']').ok_or_else(bad)?;
-            (name, after.strip_prefix(':'))
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or_else(bad)?),
+            };
+            (name, port)
         }
-        None => match host.rsplit_once(':') {
+        None => match host.split_once(':') {
             Some((name, port)) => (name, Some(port)),
             None => (host, None),
         },
     };
-    if name.is_empty() {
+    // An IPv6 address goes in brackets: `fe80::1` would read as host `fe80`, port `:1`.
+    if name.is_empty() || (!host.starts_with('[') && port.is_some_and(|p| p.contains(':'))) {
         return Err(bad());
     }
     let port = match port {
@@ -171,9 +187,11 @@ mod tests {
     fn sentinel_urls_name_the_sentinels_and_the_service() {
         assert_eq!(
             sentinels("redis+sentinel://10.0.0.1,10.0.0.2:26380,[::1]:5000/mymaster"),
-            ("mymaster".into(), vec!["10.0.0.1:26379".into(), "10.0.0.2:26380".into(), "::1:5000".into()])
+            ("mymaster".into(), vec!["10.0.0.1:26379".into(), "10.0.0.2:26380".into(), "[::1]:5000".into()])
         );
         assert_eq!(sentinels("redis+sentinel://:p%40ss@s1/jobs/2").0, "jobs");
+        // A password may hold `@`, `/`, `,` and `:`: everything up to the last `@` is credentials.
+        assert_eq!(sentinels("redis+sentinel://u:p@a/s,s:x@s1:7/jobs"), ("jobs".into(), vec!["s1:7".to_owned()]));
         assert_eq!(sentinels("redis+sentinel://user:pw@s1:1/jobs/").1, vec!["s1:1".to_owned()]);
     }
 
@@ -186,6 +204,8 @@ mod tests {
             "redis+sentinel://,s2/svc",
             "redis+sentinel://s1/svc/db",
             "redis+sentinel://s1/svc/1/extra",
+            "redis+sentinel://fe80::1/svc",
+            "redis+sentinel://[::1]junk/svc",
             "http://example.com",
         ] {
             let Err(err) = Endpoint::parse(url) else { panic!("{url}: accepted") };

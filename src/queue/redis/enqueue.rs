@@ -42,13 +42,13 @@
 //! seconds *and* the script's reply was lost, the job runs. Redis' clock stepping back (NTP) by
 //! more than the margin while a request is in flight weakens the fence by that much.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::future::Future as _;
 use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt as _;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::RedisQueue;
@@ -69,56 +69,61 @@ const CANCEL_RETRY: Duration = Duration::from_secs(1);
 /// How long a staged image waits for its job to be queued (a request's whole life is far shorter).
 const STAGED_IMAGE_TTL: Duration = Duration::from_secs(300);
 
-/// A job's image on its way into Redis: `RedisQueue::stage_image`, polled once at the start so
-/// that its `SET` is queued on the connection first (the connection's own task sends it and
-/// reads the reply, whether or not this is polled meanwhile).
+/// A job's image on its way into Redis: `RedisQueue::stage_image`, polled once here so that its
+/// `SET` is queued on the connection ahead of anything sent later (the connection's own task
+/// writes it), then left to a task of its own, so that its reply is taken as it arrives: the
+/// `TIME` read with it sets the enqueue fence's clock, and a Sentinel lookup it started is not
+/// left parked while the fast model runs.
 pub(in crate::queue) struct Staging {
     state: StagingState,
 }
 
-type Sending = Pin<Box<dyn Future<Output = Result<(), QueueError>> + Send>>;
-
 enum StagingState {
-    Sending(Sending),
+    Sending(JoinHandle<Result<(), QueueError>>),
     Done(Result<(), QueueError>),
 }
 
 impl Staging {
     pub async fn start(queue: &RedisQueue, id: JobId, image: Bytes) -> Self {
         let queue = queue.clone();
-        let mut sending: Sending = Box::pin(async move { queue.stage_image(id, &image).await });
+        let mut sending = Box::pin(async move { queue.stage_image(id, &image).await });
         let first = std::future::poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await;
         let state = match first {
             Poll::Ready(done) => StagingState::Done(done),
-            Poll::Pending => StagingState::Sending(sending),
+            Poll::Pending => StagingState::Sending(tokio::spawn(sending)),
         };
         Self { state }
     }
 
     /// Whether the image is known not to be stored, without waiting.
     pub fn failed_already(&mut self) -> bool {
-        if let StagingState::Sending(sending) = &mut self.state
-            && let Some(done) = sending.as_mut().now_or_never()
+        if let StagingState::Sending(task) = &mut self.state
+            && task.is_finished()
+            && let Some(done) = task.now_or_never()
         {
-            self.state = StagingState::Done(done);
+            self.state = StagingState::Done(done.unwrap_or_else(task_failed));
         }
         matches!(self.state, StagingState::Done(Err(_)))
     }
 
     /// Waits for the `SET`'s reply: whether the image is stored.
     pub async fn settle(&mut self) -> bool {
-        if let StagingState::Sending(sending) = &mut self.state {
-            self.state = StagingState::Done(sending.await);
+        if let StagingState::Sending(task) = &mut self.state {
+            self.state = StagingState::Done(task.await.unwrap_or_else(task_failed));
         }
         matches!(self.state, StagingState::Done(Ok(())))
     }
 
     pub async fn wait(self) -> Result<(), QueueError> {
         match self.state {
-            StagingState::Sending(sending) => sending.await,
+            StagingState::Sending(task) => task.await.unwrap_or_else(task_failed),
             StagingState::Done(done) => done,
         }
     }
+}
+
+fn task_failed(err: tokio::task::JoinError) -> Result<(), QueueError> {
+    Err(QueueError::Unavailable(format!("store the image: {err}")))
 }
 
 /// What the enqueue script did, before a missing image is taken for an error.
@@ -137,19 +142,30 @@ impl RedisQueue {
         content: Option<&ContentHash>,
         staging: Staging,
     ) -> Result<Enqueued, QueueError> {
-        // Biased: polled first, a `SET` still waiting for the connection goes out before the script.
-        let (staged, queued) = tokio::join!(biased; staging.wait(), self.enqueue_staged(job, content));
+        // The `SET` was queued on the connection when staging started, unless the connection was
+        // still being made then: a script that overtakes it finds no image, and is sent again.
+        let server_before = self.server();
+        let (staged, queued) = tokio::join!(staging.wait(), self.enqueue_staged(job, content));
         let missing =
             || QueueError::Unavailable("enqueue: the job's image was not in Redis (staging failed or expired)".into());
-        match (staged, queued?) {
-            (_, Reply::Done(queued)) => Ok(queued),
-            (Err(err), Reply::ImageMissing) => Err(err),
+        let queued = match (staged, queued?) {
+            (_, Reply::Done(queued)) => queued,
+            (Err(err), Reply::ImageMissing) => return Err(err),
             // It overtook its image: nothing was queued, and now the image is in.
             (Ok(()), Reply::ImageMissing) => match self.enqueue_staged(job, content).await? {
-                Reply::Done(queued) => Ok(queued),
-                Reply::ImageMissing => Err(missing()),
+                Reply::Done(queued) => queued,
+                Reply::ImageMissing => return Err(missing()),
             },
-        }
+        };
+        self.replicated(job.id, self.committed_on(server_before)).await?;
+        Ok(queued)
+    }
+
+    /// The server a commit just answered was made on: the main connection's, unless it moved
+    /// during the commit (then unknown, and so never acknowledged).
+    pub(in crate::queue) fn committed_on(&self, before: Option<String>) -> Option<String> {
+        let after = self.server();
+        if before.is_some() && before != after { None } else { after }
     }
 
     /// Stores a job's image ahead of the job, with a plain `SET` (see "Enqueueing" above). It
@@ -174,7 +190,7 @@ impl RedisQueue {
                     .map(|(time,)| time)
             })
             .await?;
-        self.inner.clock.observe(time, std::time::Instant::now());
+        self.inner.clock.observe(time, std::time::Instant::now(), self.server());
         Ok(())
     }
 
@@ -183,7 +199,7 @@ impl RedisQueue {
     async fn redis_time(&self) -> Result<(i64, std::time::Instant), QueueError> {
         let clock = &self.inner.clock;
         let now = std::time::Instant::now();
-        if let Some(redis_ms) = clock.redis_ms(now) {
+        if let Some(redis_ms) = clock.redis_ms(now, &self.server()) {
             return Ok((redis_ms, now));
         }
         let time: (u64, u64) = self
@@ -192,9 +208,11 @@ impl RedisQueue {
             })
             .await?;
         let received = std::time::Instant::now();
-        clock.observe(time, received);
-        let redis_ms =
-            clock.redis_ms(received).ok_or_else(|| QueueError::Unavailable("Redis' clock could not be read".into()))?;
+        let server = self.server();
+        clock.observe(time, received, server.clone());
+        let redis_ms = clock
+            .redis_ms(received, &server)
+            .ok_or_else(|| QueueError::Unavailable("Redis' clock could not be read".into()))?;
         Ok((redis_ms, received))
     }
 
@@ -274,7 +292,7 @@ impl RedisQueue {
     /// After an enqueue without an answer: waits until its fence has passed (from then on the
     /// script, should Redis run it yet, queues nothing), then removes whatever it queued,
     /// retrying while Redis does not answer, up to `CANCEL_FOR`.
-    fn cancel_in_background(&self, id: JobId, fence_at: std::time::Instant) {
+    pub(super) fn cancel_in_background(&self, id: JobId, fence_at: std::time::Instant) {
         let queue = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep_until(Instant::from_std(fence_at)).await;

@@ -62,6 +62,11 @@
 //!   (expired, or an undone enqueue) ends its followers `failed` (`start.lua`). A job completed without a worker (`finish_now.lua`) has
 //!   `source` `cache` or `cascade`.
 //!
+//! # Acknowledgement by replicas (with `--redis-wait-replicas`)
+//!
+//! - `{prefix}:replicated` — a counter, incremented before each `WAIT` so that the `WAIT` has a
+//!   write of its connection's own to wait for (`replicas.rs`). Its value means nothing.
+//!
 //! The consumer group every worker reads `{prefix}:jobs` through is [`GROUP`].
 
 use crate::jobs::JobId;
@@ -85,6 +90,8 @@ pub(super) struct Keys {
     pub accurate_model: String,
     /// `{prefix}:cache:`, which the scripts complete with the identity and the image's hash.
     pub cache_prefix: String,
+    /// Written before each `WAIT` (`replicas.rs`).
+    pub replication_marker: String,
     inflight_prefix: String,
     job_prefix: String,
     image_prefix: String,
@@ -102,6 +109,7 @@ impl Keys {
             accurate_model: format!("{prefix}:accurate_model"),
             // Versioned: results written in another shape by another release are not read.
             cache_prefix: format!("{prefix}:cache:v1:"),
+            replication_marker: format!("{prefix}:replicated"),
             inflight_prefix: format!("{prefix}:inflight:"),
             job_prefix: format!("{prefix}:job:"),
             image_prefix: format!("{prefix}:image:"),

@@ -47,6 +47,7 @@ mod enqueue;
 mod events;
 mod heartbeat;
 mod keys;
+mod replicas;
 mod reply;
 mod scripts;
 mod take;
@@ -75,6 +76,7 @@ use take::BLOCK_CHUNK;
 
 pub use endpoint::InvalidUrl;
 pub(in crate::queue) use enqueue::Staging;
+pub use replicas::ReplicaAcks;
 
 #[derive(Debug, Clone)]
 pub struct RedisQueueConfig {
@@ -86,6 +88,8 @@ pub struct RedisQueueConfig {
     /// A job taken by a worker that has not finished it after this long is taken over.
     pub reclaim_after: Duration,
     pub policy: QueuePolicy,
+    /// Whether a commit waits for replicas (`replicas.rs`): `serve` only.
+    pub replica_acks: ReplicaAcks,
 }
 
 /// A job's record lives at least this long while the job is unfinished (refreshed when it
@@ -114,6 +118,10 @@ struct Inner {
     blocking_lock: tokio::sync::Mutex<()>,
     /// Only for the webhook sender's `XREADGROUP ... BLOCK` (connected on first use).
     hooks: Conn,
+    /// Only for `WAIT` (`replicas.rs`), which blocks its connection; connected on first use.
+    acks: Conn,
+    /// Started by the first commit that waits for replicas.
+    acknowledger: std::sync::OnceLock<replicas::Acknowledger>,
     webhook_group_ready: AtomicBool,
     /// Whether this process has made sure the consumer group exists.
     group_ready: AtomicBool,
@@ -170,6 +178,7 @@ impl RedisQueue {
         };
         let (main, beat, blocking, hooks) =
             (conn(Duration::ZERO)?, conn(Duration::ZERO)?, conn(BLOCK_CHUNK)?, conn(BLOCK_CHUNK)?);
+        let acks = conn(config.replica_acks.timeout)?;
         let events_endpoint = endpoint()?;
         let addr = events_endpoint.describe();
         let keys = Keys::new(&config.prefix);
@@ -183,6 +192,8 @@ impl RedisQueue {
                 blocking,
                 blocking_lock: tokio::sync::Mutex::new(()),
                 hooks,
+                acks,
+                acknowledger: std::sync::OnceLock::new(),
                 webhook_group_ready: AtomicBool::new(false),
                 group_ready: AtomicBool::new(false),
                 reclaim: Mutex::new(ReclaimState { next_at: None, cursor: "0-0".into() }),
