@@ -113,9 +113,9 @@ impl StagedJob {
                 // After the `SET` has answered: the script deletes the image, so it must run
                 // after it (one round trip more; this path runs no worker).
                 staging.wait().await?;
-                let server_before = queue.server();
+                let before = queue.before_commit();
                 queue.finish_now(&job, result, source).await?;
-                queue.replicated(job.id, queue.committed_on(server_before)).await
+                queue.replicated(job.id, before).await
             }
         }
     }

@@ -1,7 +1,6 @@
 //! Redis' clock as seen from this process, for the enqueue fence ("Enqueue outcome" in
 //! `enqueue.rs`): a deadline on Redis' own clock, so clock skew between hosts plays no part.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -11,15 +10,20 @@ use std::time::Instant;
 /// it was read from only: after a failover (Sentinel) the new primary's clock is read anew.
 pub(super) struct RedisClock {
     epoch: Instant,
-    /// Redis' time (ms) minus ours (ms since `epoch`); `i64::MIN` until first seen.
-    offset_ms: AtomicI64,
-    /// The server (`host:port`) the offset was read from.
-    server: Mutex<Option<String>>,
+    /// The latest reading; `None` until first seen.
+    seen: Mutex<Option<Reading>>,
+}
+
+struct Reading {
+    /// Redis' time (ms) minus ours (ms since `epoch`).
+    offset_ms: i64,
+    /// The server (`host:port`) it was read from.
+    server: Option<String>,
 }
 
 impl RedisClock {
     pub fn new() -> Self {
-        Self { epoch: Instant::now(), offset_ms: AtomicI64::new(i64::MIN), server: Mutex::new(None) }
+        Self { epoch: Instant::now(), seen: Mutex::new(None) }
     }
 
     fn local_ms(&self, at: Instant) -> i64 {
@@ -29,18 +33,14 @@ impl RedisClock {
     /// Records a `TIME` answer (seconds, microseconds) from `server`, received at `received`.
     pub fn observe(&self, (secs, micros): (u64, u64), received: Instant, server: Option<String>) {
         let redis_ms = i64::try_from(secs.saturating_mul(1000).saturating_add(micros / 1000)).unwrap_or(i64::MAX);
-        let mut seen_on = self.server.lock().unwrap_or_else(PoisonError::into_inner);
-        self.offset_ms.store(redis_ms.saturating_sub(self.local_ms(received)), Ordering::Relaxed);
-        *seen_on = server;
+        let offset_ms = redis_ms.saturating_sub(self.local_ms(received));
+        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(Reading { offset_ms, server });
     }
 
     /// Redis' time (ms) at our `at` on `server`, or `None` before a `TIME` of that server was seen.
     pub fn redis_ms(&self, at: Instant, server: &Option<String>) -> Option<i64> {
-        let seen_on = self.server.lock().unwrap_or_else(PoisonError::into_inner);
-        if seen_on.is_none() || *seen_on != *server {
-            return None;
-        }
-        let offset = self.offset_ms.load(Ordering::Relaxed);
-        (offset != i64::MIN).then(|| offset.saturating_add(self.local_ms(at)))
+        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let reading = seen.as_ref().filter(|r| r.server.is_some() && r.server == *server)?;
+        Some(reading.offset_ms.saturating_add(self.local_ms(at)))
     }
 }

@@ -1,10 +1,10 @@
 //! Connections to Redis, the bounds on every call, and the one retry policy of this backend.
 //!
 //! `connect` never touches the network: connections are made lazily by [`ConnectionManager`]s
-//! (which reconnect by themselves, to the same address): one for ordinary commands, one for heartbeats (driven by
-//! the heartbeat thread's runtime, `presence.rs`) and one dedicated to the blocking
-//! `XREADGROUP ... BLOCK` of `take` — a blocked command on a multiplexed connection would hold
-//! up every command queued behind it. Each call is bounded (connect ~1 s, answer ~1.5 s, whole
+//! (which reconnect by themselves, to the same address): one for ordinary commands, one for
+//! heartbeats (driven by the heartbeat thread's runtime, `presence.rs`) and one dedicated to the
+//! blocking `XREADGROUP ... BLOCK` of `take` — a blocked command on a multiplexed connection
+//! would hold up every command queued behind it. Each call is bounded (connect ~1 s, answer ~1.5 s, whole
 //! call `OP_TIMEOUT`) so a Redis outage turns into a prompt [`QueueError::Unavailable`] rather
 //! than a hang. Every call reports how it ended to one `Outage` per queue, which logs a warning
 //! when Redis stops answering and a line when it is back, once per outage whichever calls
@@ -34,7 +34,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -70,7 +70,7 @@ pub(super) enum Retry {
 
 /// A lazily connected, self-repairing [`ConnectionManager`].
 pub(super) struct Conn {
-    endpoint: Arc<Endpoint>,
+    endpoint: Endpoint,
     response_timeout: Duration,
     /// `None`: made on the next call (at first with Sentinel, and after a failure).
     current: Mutex<Option<Current>>,
@@ -87,9 +87,9 @@ struct Current {
 
 impl Conn {
     /// A connection for commands Redis answers within `extra` more than an ordinary one.
-    pub fn new(endpoint: Arc<Endpoint>, extra: Duration) -> RedisResult<Self> {
+    pub fn new(endpoint: Endpoint, extra: Duration) -> RedisResult<Self> {
         let response_timeout = RESPONSE_TIMEOUT + extra;
-        let current = match &*endpoint {
+        let current = match &endpoint {
             Endpoint::Direct(client) => Some(Self::build(client, response_timeout)?),
             Endpoint::Sentinel { .. } => None,
         };
@@ -242,8 +242,9 @@ impl RedisQueue {
                 conn.succeeded();
                 break Err(CallError::NoGroup);
             }
-            // By its code too: a script's write refused on a replica may come wrapped in ERR.
-            let read_only = err.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly) || has_code(&err, "READONLY");
+            // By its code, also inside a message: a script's write refused on a replica may come
+            // wrapped in ERR.
+            let read_only = has_code(&err, "READONLY");
             conn.failed(err.is_timeout(), read_only || err.is_io_error() || err.is_connection_dropped());
             if (err.is_connection_refusal() || read_only) && !retried {
                 retried = true;

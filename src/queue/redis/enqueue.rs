@@ -144,7 +144,7 @@ impl RedisQueue {
     ) -> Result<Enqueued, QueueError> {
         // The `SET` was queued on the connection when staging started, unless the connection was
         // still being made then: a script that overtakes it finds no image, and is sent again.
-        let server_before = self.server();
+        let before = self.before_commit();
         let (staged, queued) = tokio::join!(staging.wait(), self.enqueue_staged(job, content));
         let missing =
             || QueueError::Unavailable("enqueue: the job's image was not in Redis (staging failed or expired)".into());
@@ -157,15 +157,8 @@ impl RedisQueue {
                 Reply::ImageMissing => return Err(missing()),
             },
         };
-        self.replicated(job.id, self.committed_on(server_before)).await?;
+        self.replicated(job.id, before).await?;
         Ok(queued)
-    }
-
-    /// The server a commit just answered was made on: the main connection's, unless it moved
-    /// during the commit (then unknown, and so never acknowledged).
-    pub(in crate::queue) fn committed_on(&self, before: Option<String>) -> Option<String> {
-        let after = self.server();
-        if before.is_some() && before != after { None } else { after }
     }
 
     /// Stores a job's image ahead of the job, with a plain `SET` (see "Enqueueing" above). It
@@ -190,7 +183,7 @@ impl RedisQueue {
                     .map(|(time,)| time)
             })
             .await?;
-        self.inner.clock.observe(time, std::time::Instant::now(), self.server());
+        self.inner.clock.observe(time, std::time::Instant::now(), self.inner.main.server());
         Ok(())
     }
 
@@ -199,7 +192,7 @@ impl RedisQueue {
     async fn redis_time(&self) -> Result<(i64, std::time::Instant), QueueError> {
         let clock = &self.inner.clock;
         let now = std::time::Instant::now();
-        if let Some(redis_ms) = clock.redis_ms(now, &self.server()) {
+        if let Some(redis_ms) = clock.redis_ms(now, &self.inner.main.server()) {
             return Ok((redis_ms, now));
         }
         let time: (u64, u64) = self
@@ -208,7 +201,7 @@ impl RedisQueue {
             })
             .await?;
         let received = std::time::Instant::now();
-        let server = self.server();
+        let server = self.inner.main.server();
         clock.observe(time, received, server.clone());
         let redis_ms = clock
             .redis_ms(received, &server)

@@ -142,7 +142,8 @@ struct Inner {
     events: JobEvents,
     /// The subscription task, started by the first watch and started again if it ever ends.
     subscriber: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    endpoint: Arc<Endpoint>,
+    /// Where that subscription connects (an endpoint of its own, like each connection's).
+    events_endpoint: Arc<Endpoint>,
     /// `{prefix}:cache:{identity}:`, once this worker has announced its model: where the results
     /// it stores are cached.
     cache_prefix: Mutex<Option<String>>,
@@ -168,18 +169,15 @@ impl RedisQueue {
         // One each per connection: with Sentinel, each asks the sentinels on its own connections,
         // driven by its own runtime (the heartbeats' is not the process's).
         let url = config.url.as_str();
-        let endpoint = || {
-            Endpoint::parse(url)
-                .map(Arc::new)
-                .map_err(|err| QueueError::Unavailable(format!("invalid Redis URL: {err}")))
-        };
+        let endpoint =
+            || Endpoint::parse(url).map_err(|err| QueueError::Unavailable(format!("invalid Redis URL: {err}")));
         let conn = |extra| -> Result<Conn, QueueError> {
             Conn::new(endpoint()?, extra).map_err(|err| unavailable("connect", &err))
         };
         let (main, beat, blocking, hooks) =
             (conn(Duration::ZERO)?, conn(Duration::ZERO)?, conn(BLOCK_CHUNK)?, conn(BLOCK_CHUNK)?);
         let acks = conn(config.replica_acks.timeout)?;
-        let events_endpoint = endpoint()?;
+        let events_endpoint = Arc::new(endpoint()?);
         let addr = events_endpoint.describe();
         let keys = Keys::new(&config.prefix);
         let scripts = Scripts::new();
@@ -204,7 +202,7 @@ impl RedisQueue {
                 held: Mutex::new(HashMap::new()),
                 events: JobEvents::default(),
                 subscriber: Mutex::new(None),
-                endpoint: events_endpoint,
+                events_endpoint,
                 cache_prefix: Mutex::new(None),
             }),
         })
@@ -220,7 +218,8 @@ impl RedisQueue {
         if subscriber.as_ref().is_none_or(tokio::task::JoinHandle::is_finished)
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            let (endpoint, channel, events) = (inner.endpoint.clone(), inner.keys.events.clone(), inner.events.clone());
+            let (endpoint, channel, events) =
+                (inner.events_endpoint.clone(), inner.keys.events.clone(), inner.events.clone());
             *subscriber = Some(events::spawn_subscriber(&runtime, endpoint, channel, events));
         }
         watch

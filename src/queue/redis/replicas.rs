@@ -126,18 +126,23 @@ impl RedisQueue {
 }
 
 impl RedisQueue {
-    /// `host:port` of the server ordinary commands go to now (`None` while not connected).
-    pub(in crate::queue) fn server(&self) -> Option<String> {
-        self.inner.main.server()
+    /// With acknowledgement on, the server ordinary commands go to now: taken before a commit,
+    /// for [`Self::replicated`] after it. `None` with it off (nothing to compare).
+    pub(in crate::queue) fn before_commit(&self) -> Option<String> {
+        if self.inner.config.replica_acks.is_on() { self.inner.main.server() } else { None }
     }
 
-    /// With acknowledgement on, returns once the replicas have job `id`, committed just now on
-    /// `committed_on`; a job they do not acknowledge in time is withdrawn if it still can be, and
-    /// the error says why (see the module's doc).
-    pub(in crate::queue) async fn replicated(&self, id: JobId, committed_on: Option<String>) -> Result<(), QueueError> {
+    /// With acknowledgement on, returns once the replicas have job `id`, committed just now
+    /// (`before`: [`Self::before_commit`]); a job they do not acknowledge in time is withdrawn,
+    /// and the error says why (see the module's doc).
+    pub(in crate::queue) async fn replicated(&self, id: JobId, before: Option<String>) -> Result<(), QueueError> {
         if !self.inner.config.replica_acks.is_on() {
             return Ok(());
         }
+        // The server the commit was made on: the main connection's, unless it moved during the
+        // commit (then unknown, and so never acknowledged).
+        let after = self.inner.main.server();
+        let committed_on = if before.is_some() && before != after { None } else { after };
         let acknowledger = self.inner.acknowledger.get_or_init(|| Acknowledger::start(self));
         let Err(reason) = acknowledger.acknowledged(committed_on).await else { return Ok(()) };
         // A job still queued is canceled first, so that a run other jobs share passes to one of
